@@ -1,0 +1,274 @@
+//! The XDP side of a scan: loading and attaching the program, handing it the
+//! scan keys, and reading the validated replies and counters it produces.
+
+use std::{fmt, io, os::fd::AsFd as _, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use aya_log::EbpfLogger;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use scanner_common::{
+    ProbeKey, ReplyEvent,
+    maps::{Settings, SlotKey, counter},
+};
+
+/// The XDP program, built by `build.rs` with the pinned nightly.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/scanner-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "this binary was built without its XDP program (bpf-linker was missing at build time); build it with `cargo xtask build`"
+    )]
+    NotBuilt,
+    #[error("loading the XDP program failed: {0}")]
+    Load(String),
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    #[error(
+        "interface {0} already carries an XDP program; scanner-agent never replaces someone else's program (detach it first, e.g. `ip link set dev {0} xdp off`)"
+    )]
+    AlreadyAttached(String),
+    #[error("interface {interface} cannot take an XDP program in driver or SKB mode: {reason}")]
+    CannotAttach { interface: String, reason: String },
+    #[error("BPF map {0} is missing from the XDP program")]
+    MissingMap(&'static str),
+    #[error("BPF map access failed: {0}")]
+    Map(#[from] aya::maps::MapError),
+}
+
+/// How the program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native XDP, run by the driver.
+    Driver,
+    /// Generic XDP, run by the kernel's network stack (slower, works everywhere).
+    Skb,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+        })
+    }
+}
+
+/// Per-CPU counters of the program, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    pub frames: u64,
+    pub matched: u64,
+    pub ringbuf_full: u64,
+}
+
+/// The attached program and the maps the sender side needs. Dropping it
+/// detaches the program; so does the process dying, because the attachment
+/// is a BPF link owned by this process's file descriptor.
+pub struct Capture {
+    _ebpf: Ebpf,
+    interface: String,
+    mode: AttachMode,
+    keys: Array<MapData, SlotKey>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// The receiving end: validated replies, and the program's own log lines.
+pub struct ReplyStream {
+    events: RingBuf<MapData>,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Loads the program into the kernel without attaching it (also what the
+/// BPF_PROG_TEST_RUN tests use).
+pub fn load(settings: Settings) -> Result<Ebpf, CaptureError> {
+    if PROGRAM.is_empty() {
+        return Err(CaptureError::NotBuilt);
+    }
+    raise_memlock_limit();
+    let mut ebpf = EbpfLoader::new()
+        .load(PROGRAM)
+        .map_err(|e| CaptureError::Load(e.to_string()))?;
+    let mut map: Array<_, Settings> = Array::try_from(
+        ebpf.map_mut("SETTINGS")
+            .ok_or(CaptureError::MissingMap("SETTINGS"))?,
+    )?;
+    map.set(0, settings, 0)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut("scanner_xdp")
+        .ok_or_else(|| CaptureError::Load("program scanner_xdp not found".into()))?
+        .try_into()
+        .map_err(|e: ProgramError| CaptureError::Load(e.to_string()))?;
+    prog.load().map_err(|e| CaptureError::Load(verbose(&e)))?;
+    Ok(ebpf)
+}
+
+impl Capture {
+    /// Loads the program and attaches it to `interface`, in driver mode if
+    /// the driver supports it, else in SKB mode.
+    pub fn attach(
+        interface: &str,
+        settings: Settings,
+    ) -> Result<(Self, ReplyStream), CaptureError> {
+        let mut ebpf = load(settings)?;
+        let logger = match EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::debug!("eBPF logging unavailable: {e}");
+                None
+            }
+        };
+        let prog: &mut Xdp = ebpf
+            .program_mut("scanner_xdp")
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| CaptureError::Load("program scanner_xdp not found".into()))?;
+        let mode = attach_with_fallback(prog, interface)?;
+        tracing::info!(interface, %mode, "XDP program attached");
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(CaptureError::MissingMap(name))
+        };
+        let keys = Array::try_from(take(&mut ebpf, "KEYS")?)?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
+        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let capture = Self {
+            _ebpf: ebpf,
+            interface: interface.to_owned(),
+            mode,
+            keys,
+            counters,
+        };
+        Ok((capture, ReplyStream { events, logger }))
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Makes the program accept replies to probes made with `key` in `slot`.
+    pub fn activate(&mut self, slot: u32, key: ProbeKey) -> Result<(), CaptureError> {
+        Ok(self.keys.set(slot, SlotKey { key, active: 1 }, 0)?)
+    }
+
+    pub fn deactivate(&mut self, slot: u32) -> Result<(), CaptureError> {
+        Ok(self.keys.set(slot, SlotKey::default(), 0)?)
+    }
+
+    pub fn counters(&self) -> Result<XdpCounters, CaptureError> {
+        let sum =
+            |index| -> Result<u64, CaptureError> { Ok(self.counters.get(&index, 0)?.iter().sum()) };
+        Ok(XdpCounters {
+            frames: sum(counter::FRAMES)?,
+            matched: sum(counter::MATCHED)?,
+            ringbuf_full: sum(counter::RINGBUF_FULL)?,
+        })
+    }
+}
+
+fn attach_with_fallback(prog: &mut Xdp, interface: &str) -> Result<AttachMode, CaptureError> {
+    let mut reasons = Vec::new();
+    for (mode, flag) in [
+        (AttachMode::Driver, XdpMode::Driver),
+        (AttachMode::Skb, XdpMode::Skb),
+    ] {
+        match prog.attach(interface, flag) {
+            Ok(_) => return Ok(mode),
+            Err(ProgramError::UnknownInterface { .. }) => {
+                return Err(CaptureError::NoInterface(interface.to_owned()));
+            }
+            Err(e) => {
+                let errno = os_error(&e);
+                // EBUSY/EEXIST: some other program holds the hook. Never fight it.
+                if matches!(errno, Some(libc::EBUSY | libc::EEXIST)) {
+                    return Err(CaptureError::AlreadyAttached(interface.to_owned()));
+                }
+                tracing::debug!(interface, %mode, "XDP attach failed: {}", verbose(&e));
+                reasons.push(format!("{mode} mode: {}", verbose(&e)));
+            }
+        }
+    }
+    Err(CaptureError::CannotAttach {
+        interface: interface.to_owned(),
+        reason: reasons.join("; "),
+    })
+}
+
+/// The OS error number buried in an attach error, if any.
+fn os_error(e: &ProgramError) -> Option<i32> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return io.raw_os_error();
+        }
+        source = err.source();
+    }
+    None
+}
+
+fn verbose(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+impl ReplyStream {
+    /// Waits up to `timeout` for replies and hands each one to `on_reply`.
+    /// Returns how many were handled.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        mut on_reply: impl FnMut(ReplyEvent),
+    ) -> io::Result<usize> {
+        {
+            let mut fds = vec![PollFd::new(self.events.as_fd(), PollFlags::POLLIN)];
+            if let Some(logger) = &self.logger {
+                fds.push(PollFd::new(logger.as_fd(), PollFlags::POLLIN));
+            }
+            let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+        let mut handled = 0;
+        while let Some(item) = self.events.next() {
+            if let Some(event) = ReplyEvent::from_bytes(&item) {
+                on_reply(event);
+                handled += 1;
+            }
+        }
+        Ok(handled)
+    }
+}

@@ -1,0 +1,15 @@
+//! scanner-agent: an XDP-assisted port scanner for data-transfer nodes.
+//!
+//! Data flow of a scan: [`targets`] (what to scan) -> [`probes`] (order and
+//! wire format) -> [`transmit`] (raw socket, pacing) -> [`capture`] (the XDP
+//! program and its ring buffer) -> [`results`] (port states, output), driven
+//! by [`scan`].
+
+pub mod capture;
+pub mod privileges;
+pub mod probes;
+pub mod results;
+pub mod route;
+pub mod scan;
+pub mod targets;
+pub mod transmit;

@@ -1,0 +1,15 @@
+//! Shared between the XDP program (`scanner-ebpf`) and the agent.
+//!
+//! Everything here is `no_std`, panic-free and allocation-free so it can run
+//! inside the eBPF verifier's limits, and is unit-tested on the host.
+#![no_std]
+
+pub mod checksum;
+pub mod cookie;
+pub mod event;
+pub mod frame;
+pub mod maps;
+
+pub use cookie::{ProbeKey, tcp_cookie};
+pub use event::{ReplyEvent, ReplyKind};
+pub use frame::{Frame, TcpReply, parse_tcp_reply};
