@@ -98,13 +98,37 @@ pub fn load(settings: Settings) -> Result<Ebpf, CaptureError> {
             .ok_or(CaptureError::MissingMap("SETTINGS"))?,
     )?;
     map.set(0, settings, 0)?;
+    let mut errors = Vec::new();
+    for name in PROGRAMS {
+        match load_program(&mut ebpf, name) {
+            Ok(()) => return Ok(ebpf),
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    Err(CaptureError::Load(errors.join("; ")))
+}
+
+/// The program in its jumbo-frame-capable form first, then the form for
+/// kernels older than 5.18.
+pub const PROGRAMS: [&str; 2] = ["scanner_xdp", "scanner_xdp_single"];
+
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
     let prog: &mut Xdp = ebpf
-        .program_mut("scanner_xdp")
-        .ok_or_else(|| CaptureError::Load("program scanner_xdp not found".into()))?
+        .program_mut(name)
+        .ok_or("not in the object")?
         .try_into()
-        .map_err(|e: ProgramError| CaptureError::Load(e.to_string()))?;
-    prog.load().map_err(|e| CaptureError::Load(verbose(&e)))?;
-    Ok(ebpf)
+        .map_err(|e: ProgramError| e.to_string())?;
+    prog.load().map_err(|e| verbose(&e))
+}
+
+/// The loaded program (whichever form the kernel took).
+pub fn loaded_program(ebpf: &mut Ebpf) -> Option<&mut Xdp> {
+    let name = PROGRAMS.into_iter().find(|name| {
+        ebpf.program(name)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .is_some_and(|p| p.fd().is_ok())
+    })?;
+    ebpf.program_mut(name)?.try_into().ok()
 }
 
 impl Capture {
@@ -122,10 +146,8 @@ impl Capture {
                 None
             }
         };
-        let prog: &mut Xdp = ebpf
-            .program_mut("scanner_xdp")
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| CaptureError::Load("program scanner_xdp not found".into()))?;
+        let prog = loaded_program(&mut ebpf)
+            .ok_or_else(|| CaptureError::Load("no program loaded".into()))?;
         let mode = attach_with_fallback(prog, interface)?;
         tracing::info!(interface, %mode, "XDP program attached");
 

@@ -58,6 +58,13 @@ pub fn scanner_xdp(ctx: XdpContext) -> u32 {
     classify(&ctx)
 }
 
+/// The same program for kernels before 5.18, which know no `frags`.
+#[xdp]
+pub fn scanner_xdp_single(ctx: XdpContext) -> u32 {
+    bump(counter::FRAMES);
+    classify(&ctx)
+}
+
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> u32 {
     let Some(reply) = parse_tcp_reply(&Packet(ctx)) else {

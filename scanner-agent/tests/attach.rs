@@ -1,0 +1,123 @@
+//! Attaching to real interfaces: jumbo frames, someone else's program, and
+//! cleanup when the agent is killed.
+mod common;
+
+use std::{fs, net::Ipv4Addr, process::Stdio, time::Duration};
+
+use common::{Lab, SCANNER_IF, agent, sh, wait_until};
+use scanner_common::maps::Settings;
+
+const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
+#[test]
+fn driver_mode_on_a_jumbo_frame_veth() {
+    let lab = Lab::new(&[TARGET], 9000);
+    let _l = lab.target.listen(&[(TARGET, 5201)]);
+    let out = lab
+        .scanner
+        .command(agent())
+        .args(["scan", "-p", "5000-5500", "198.18.0.2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("xdp_mode=driver"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "198.18.0.2       5201/tcp open\n"
+    );
+    assert_eq!(
+        lab.scanner.xdp_prog(SCANNER_IF),
+        None,
+        "program left attached after the scan"
+    );
+}
+
+/// A private bpffs mount (`ip -n` remounts /sys, hiding /sys/fs/bpf).
+struct Bpffs(String);
+
+impl Bpffs {
+    fn mount() -> Self {
+        let dir = format!("/run/scanner-agent-test-bpffs-{}", std::process::id());
+        fs::create_dir_all(&dir).unwrap();
+        sh("mount", &["-t", "bpf", "bpf", &dir]);
+        Self(dir)
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn never_replaces_someone_elses_program() {
+    let lab = Lab::new(&[TARGET], 1500);
+    let bpffs = Bpffs::mount();
+    // Someone else's program, attached the classic way (netlink, `ip link`).
+    let pin = format!("{}/foreign", bpffs.0);
+    let mut ebpf = scanner_agent::capture::load(Settings::default()).unwrap();
+    let prog = scanner_agent::capture::loaded_program(&mut ebpf).unwrap();
+    prog.pin(&pin).unwrap();
+    lab.scanner.ip(&[
+        "link",
+        "set",
+        "dev",
+        SCANNER_IF,
+        "xdpgeneric",
+        "pinned",
+        &pin,
+    ]);
+    let _ = fs::remove_file(&pin);
+    let before = lab
+        .scanner
+        .xdp_prog(SCANNER_IF)
+        .expect("foreign program attached");
+
+    let out = lab
+        .scanner
+        .command(agent())
+        .args(["scan", "-p", "22", "198.18.0.2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("veth-scan already carries an XDP program"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lab.scanner.xdp_prog(SCANNER_IF),
+        Some(before),
+        "the other program was touched"
+    );
+}
+
+#[test]
+fn sigkill_leaves_no_program_attached() {
+    let lab = Lab::new(&[TARGET], 1500);
+    // Slow enough to still be running when killed.
+    let mut child = lab
+        .scanner
+        .command(agent())
+        .args(["scan", "-p", "1-65535", "--rate", "100", "198.18.0.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let attached = wait_until(Duration::from_secs(10), || {
+        lab.scanner.xdp_prog(SCANNER_IF).is_some()
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(attached, "the scan never attached its program");
+    assert!(
+        wait_until(Duration::from_secs(5), || lab
+            .scanner
+            .xdp_prog(SCANNER_IF)
+            .is_none()),
+        "XDP program still attached after SIGKILL"
+    );
+}

@@ -1,0 +1,89 @@
+//! Bad input and missing privileges: exit status 2 and one line naming the problem.
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{Lab, agent};
+
+fn scan_fails(args: &[&str]) -> String {
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let out = lab
+        .scanner
+        .command(agent())
+        .arg("scan")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(out.stdout.is_empty());
+    stderr
+}
+
+#[test]
+fn invalid_address_is_named() {
+    let e = scan_fails(&["198.18.0.300"]);
+    assert_eq!(
+        e,
+        "error: invalid target \"198.18.0.300\": expected an IPv4 address or CIDR range such as 198.18.0.0/24\n"
+    );
+}
+
+#[test]
+fn invalid_ports_are_named() {
+    let e = scan_fails(&["-p", "80,90-70", "198.18.0.2"]);
+    assert_eq!(
+        e,
+        "error: invalid port specification \"80,90-70\": range \"90-70\" ends before it starts\n"
+    );
+}
+
+#[test]
+fn never_targets_are_refused() {
+    let e = scan_fails(&["224.0.0.0/24"]);
+    assert!(
+        e.contains("cannot be scanned: it includes multicast addresses"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_interface_is_named() {
+    let e = scan_fails(&["--interface", "nope0", "198.18.0.2"]);
+    assert_eq!(e, "error: interface nope0 does not exist\n");
+}
+
+#[test]
+fn missing_capability_is_named() {
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    for (cap, name) in [
+        ("-net_raw", "CAP_NET_RAW"),
+        ("-net_admin", "CAP_NET_ADMIN"),
+        ("-bpf,-sys_admin", "CAP_BPF"),
+    ] {
+        let out = lab
+            .scanner
+            .command("setpriv")
+            .args([
+                "--bounding-set",
+                cap,
+                "--inh-caps",
+                "-all",
+                "--",
+                agent(),
+                "scan",
+                "-p",
+                "22",
+                "198.18.0.2",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cap}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: missing capability {name} (")),
+            "{cap}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}

@@ -1,0 +1,184 @@
+//! Test hosts in network namespaces: a scanner and a target joined by a
+//! veth pair, addressed from 198.18.0.0/15, with no default route, torn down
+//! on drop (also when the test fails).
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+pub const SCANNER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const SCANNER_IF: &str = "veth-scan";
+pub const TARGET_IF: &str = "veth-target";
+
+pub fn agent() -> &'static str {
+    env!("CARGO_BIN_EXE_scanner-agent")
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    fn create(name: String) -> Self {
+        sh("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs `f` on a thread that has entered the namespace; sockets it
+    /// creates stay in the namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let ns = File::open(&path).expect("open netns");
+            setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+
+    /// Opens TCP listeners on the given (address, port) pairs in the namespace.
+    pub fn listen(&self, endpoints: &[(Ipv4Addr, u16)]) -> Vec<TcpListener> {
+        let endpoints = endpoints.to_vec();
+        self.run(move || {
+            endpoints
+                .iter()
+                .map(|&(a, p)| {
+                    TcpListener::bind(SocketAddrV4::new(a, p))
+                        .unwrap_or_else(|e| panic!("bind {a}:{p}: {e}"))
+                })
+                .collect()
+        })
+    }
+
+    /// The XDP program id attached to `dev`, if any.
+    pub fn xdp_prog(&self, dev: &str) -> Option<u32> {
+        let out = self.ip(&["-d", "link", "show", "dev", dev]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let after = text.split("prog/xdp id ").nth(1)?;
+        after.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub struct Lab {
+    pub scanner: Netns,
+    pub target: Netns,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    /// A scanner and a target namespace; the target answers on `targets`
+    /// (all in 198.18.0.0/24, on its veth) and the link has the given MTU.
+    pub fn new(targets: &[Ipv4Addr], mtu: u32) -> Self {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let scanner = Netns::create(format!("sa-scan-{tag}"));
+        let target = Netns::create(format!("sa-target-{tag}"));
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                SCANNER_IF,
+                "netns",
+                &scanner.name,
+                "mtu",
+                &mtu.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                TARGET_IF,
+                "netns",
+                &target.name,
+                "mtu",
+                &mtu.to_string(),
+            ],
+        );
+        scanner.ip(&[
+            "addr",
+            "add",
+            &format!("{SCANNER_ADDR}/24"),
+            "dev",
+            SCANNER_IF,
+        ]);
+        for addr in targets {
+            target.ip(&["addr", "add", &format!("{addr}/24"), "dev", TARGET_IF]);
+        }
+        scanner.ip(&["link", "set", SCANNER_IF, "up"]);
+        target.ip(&["link", "set", TARGET_IF, "up"]);
+        let lab = Self { scanner, target };
+        for ns in [&lab.scanner, &lab.target] {
+            let routes =
+                String::from_utf8_lossy(&ns.ip(&["route", "show", "default"]).stdout).into_owned();
+            assert!(
+                routes.trim().is_empty(),
+                "test namespace {} has a default route",
+                ns.name
+            );
+        }
+        lab
+    }
+}
+
+/// Polls `cond` for up to `limit`.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
