@@ -1,11 +1,13 @@
 //! scanner-agent: an XDP-assisted port scanner for data-transfer nodes.
 //!
 //! Data flow of a scan: [`targets`] (what to scan) -> [`probes`] (order and
-//! wire format) -> [`transmit`] (raw socket, pacing) -> [`capture`] (the XDP
-//! program and its ring buffer) -> [`results`] (port states, output), driven
-//! by [`scan`].
+//! wire format) -> [`transmit`] (raw sockets, pacing) -> [`capture`] (the
+//! XDP program and its ring buffer) -> [`results`] (port states, output),
+//! driven by [`engine`] (retries, timeouts, rate) and [`scan`] (one scan
+//! from start to end).
 
 pub mod capture;
+pub mod engine;
 pub mod privileges;
 pub mod probes;
 pub mod results;

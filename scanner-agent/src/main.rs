@@ -6,9 +6,11 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use scanner_agent::{
+    engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
+    probes::{Protocol, Shard},
     results::{OutputFormat, PortState, write_results},
-    scan::{self, ScanOptions},
-    targets::{PortList, TargetSet},
+    scan::{self, ScanOptions, ScanReport},
+    targets::{DEFAULT_MAX_V6_PREFIX, PortList, TargetSpec},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -26,29 +28,83 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Scan targets once and print what answers (like masscan or nmap -sS).
-    Scan(ScanArgs),
+    Scan(Box<ScanArgs>),
 }
 
 #[derive(Args)]
 struct ScanArgs {
-    /// IPv4 addresses or CIDR ranges.
+    /// IPv4/IPv6 addresses, CIDR ranges or hostnames.
     #[arg(required = true)]
     targets: Vec<String>,
     /// Ports: lists and ranges, e.g. 22,80,8000-8100.
     #[arg(short, long, default_value = "1-65535")]
     ports: String,
-    /// Probes per second.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    rate: u64,
-    /// Seconds to wait for late replies after the last probe.
-    #[arg(long, default_value_t = 1.0)]
-    wait: f64,
-    /// Interface to send on and capture from (default: by route lookup).
-    #[arg(short, long)]
-    interface: Option<String>,
+    /// Also scan UDP (with service payloads for common ports).
+    #[arg(long)]
+    udp: bool,
+    /// Addresses or ranges never to probe (wins over targets). Repeatable, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Port states to print.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "open")]
+    states: Vec<PortState>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
+    /// Interface to send on and capture from (default: by route lookup).
+    #[arg(short, long)]
+    interface: Option<String>,
+    /// This agent's share i/N of a scan split over N agents.
+    #[arg(long, default_value = "1/1")]
+    shard: Shard,
+    /// Seed of the probe order (shards of one scan must agree; derived from the command line when sharding).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Skip host discovery: treat every target as up (nmap -Pn).
+    #[arg(long = "disable-host-discovery")]
+    no_discovery: bool,
+    /// Do not resolve hostnames given as targets (nmap -n).
+    #[arg(long = "disable-dns-resolution", short = 'n')]
+    no_dns: bool,
+    /// Largest IPv6 range accepted, as a prefix length.
+    #[arg(long, default_value_t = DEFAULT_MAX_V6_PREFIX)]
+    max_ipv6_prefix: u8,
+    /// Packets per second, fixed. Default 10000 unless --min-rate/--max-rate is given.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["min_rate", "max_rate"])]
+    rate: Option<u64>,
+    /// Adaptive rate: start here, never go below (nmap --min-rate).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    min_rate: Option<u64>,
+    /// Adaptive rate: never go above (0 = no fixed ceiling).
+    #[arg(long)]
+    max_rate: Option<u64>,
+    /// Probes that may await an answer at once, at least.
+    #[arg(long, default_value_t = 1000)]
+    min_parallelism: usize,
+    /// Retransmissions of an unanswered probe.
+    #[arg(long, default_value_t = 6)]
+    max_retries: u8,
+    /// Seconds after which a host that answered nothing gets no more probes (0 = never).
+    #[arg(long, default_value_t = 300)]
+    host_timeout: u64,
+    /// Minimum milliseconds between probes to one host.
+    #[arg(long, default_value_t = 0)]
+    scan_delay: u64,
+    /// Largest per-host delay (ms) backing off may reach (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    max_scan_delay: u64,
+    /// Retry timeout (ms) before any round trip was measured (0 = 1000).
+    #[arg(long, default_value_t = 0)]
+    initial_rtt_timeout: u64,
+    /// Upper bound of the retry timeout (ms, 0 = 10000).
+    #[arg(long, default_value_t = 0)]
+    max_rtt_timeout: u64,
+    /// Lower bound of the retry timeout (ms, 0 = 100).
+    #[arg(long, default_value_t = 0)]
+    min_rtt_timeout: u64,
+    /// Seconds to keep listening for late replies after the last probe.
+    #[arg(long, default_value_t = 1.0)]
+    wait: f64,
 }
 
 fn main() -> ExitCode {
@@ -67,7 +123,7 @@ fn main() -> ExitCode {
         .with_ansi(io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Scan(args) => run_scan(args),
+        Command::Scan(args) => run_scan(*args),
     }
 }
 
@@ -77,27 +133,81 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+fn ms_or(ms: u64, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+impl ScanArgs {
+    fn options(self) -> Result<ScanOptions, String> {
+        let ports = PortList::parse(&self.ports).map_err(|e| e.to_string())?;
+        let wait = Duration::try_from_secs_f64(self.wait).map_err(|_| {
+            format!(
+                "invalid --wait {}: expected seconds, e.g. 1 or 0.5",
+                self.wait
+            )
+        })?;
+        let rate = match (self.rate, self.min_rate, self.max_rate) {
+            (Some(r), ..) => Rate::Fixed(r),
+            (None, None, None) => Rate::Fixed(10_000),
+            (None, min, max) => {
+                let max = max.filter(|&m| m > 0);
+                let min = min.unwrap_or(1000);
+                if max.is_some_and(|m| m < min) {
+                    return Err(format!(
+                        "--max-rate {} is below --min-rate {min}",
+                        max.unwrap_or_default()
+                    ));
+                }
+                Rate::Adaptive { min, max }
+            }
+        };
+        let tuning = Tuning {
+            rate,
+            min_parallelism: self.min_parallelism,
+            max_retries: self.max_retries,
+            host_timeout: (self.host_timeout > 0).then(|| Duration::from_secs(self.host_timeout)),
+            scan_delay: Duration::from_millis(self.scan_delay),
+            max_scan_delay: (self.max_scan_delay > 0)
+                .then(|| Duration::from_millis(self.max_scan_delay)),
+            initial_rtt_timeout: ms_or(self.initial_rtt_timeout, DEFAULT_INITIAL_RTT),
+            min_rtt_timeout: ms_or(self.min_rtt_timeout, DEFAULT_MIN_RTT),
+            max_rtt_timeout: ms_or(self.max_rtt_timeout, DEFAULT_MAX_RTT),
+            wait,
+        };
+        let targets = TargetSpec {
+            include: self.targets,
+            exclude: self.exclude,
+            max_v6_prefix: self.max_ipv6_prefix,
+            resolve_dns: !self.no_dns,
+        };
+        let protocols = if self.udp {
+            vec![Protocol::Tcp, Protocol::Udp]
+        } else {
+            vec![Protocol::Tcp]
+        };
+        Ok(ScanOptions {
+            targets,
+            ports,
+            protocols,
+            tuning,
+            interface: self.interface,
+            host_discovery: !self.no_discovery,
+            shard: self.shard,
+            seed: self.seed,
+            states: self.states,
+        })
+    }
+}
+
 fn run_scan(args: ScanArgs) -> ExitCode {
-    let targets = match TargetSet::parse(&args.targets) {
-        Ok(t) => t,
+    let format = args.format;
+    let opts = match args.options() {
+        Ok(o) => o,
         Err(e) => return usage_error(e),
-    };
-    let ports = match PortList::parse(&args.ports) {
-        Ok(p) => p,
-        Err(e) => return usage_error(e),
-    };
-    let Ok(wait) = Duration::try_from_secs_f64(args.wait) else {
-        return usage_error(format!(
-            "invalid --wait {}: expected seconds, e.g. 1 or 0.5",
-            args.wait
-        ));
-    };
-    let opts = ScanOptions {
-        targets,
-        ports,
-        rate: args.rate,
-        wait,
-        interface: args.interface,
     };
     let report = match scan::run(&opts) {
         Ok(r) => r,
@@ -107,32 +217,60 @@ fn run_scan(args: ScanArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let s = &report.stats;
-    tracing::info!(
-        probes = s.probes,
-        seconds = format_args!("{:.2}", s.total_time.as_secs_f64()),
-        rate = format_args!("{:.0}", s.achieved_rate()),
-        open = report.results.count(PortState::Open),
-        closed = report.results.count(PortState::Closed),
-        xdp_mode = %s.mode,
-        xdp_frames = s.xdp.frames,
-        xdp_matched = s.xdp.matched,
-        xdp_lost = s.xdp.ringbuf_full,
-        "scan finished"
-    );
-    if s.xdp.ringbuf_full > 0 {
-        tracing::warn!(
-            lost = s.xdp.ringbuf_full,
-            "replies were lost because the ring buffer was full: results are incomplete; lower --rate"
-        );
-    }
-    let results = report.results.filtered(&[PortState::Open]);
-    match write_results(&mut io::stdout().lock(), args.format, &results) {
+    summarize(&report, &opts);
+    match write_results(&mut io::stdout().lock(), format, &report.results.results()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: writing results: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The closing summary on stderr, so a lossy or slow scan never looks clean.
+fn summarize(r: &ScanReport, opts: &ScanOptions) {
+    for (target, (up, down)) in &r.hosts {
+        tracing::info!(target = target.as_str(), up, down, "hosts");
+    }
+    let p = &r.ports;
+    let count = |s| r.results.count(s);
+    tracing::info!(
+        probes = p.sent,
+        retries = p.retries,
+        seconds = format_args!("{:.2}", r.total_time.as_secs_f64()),
+        rate = format_args!("{:.0}", p.achieved_rate()),
+        open = count(PortState::Open),
+        closed = count(PortState::Closed),
+        filtered = count(PortState::Filtered),
+        open_filtered = count(PortState::OpenFiltered),
+        hosts_timed_out = p.hosts_timed_out,
+        xdp_mode = %r.mode,
+        xdp_frames = r.xdp.frames,
+        xdp_matched = r.xdp.matched,
+        xdp_lost = r.xdp.ringbuf_full,
+        "scan finished"
+    );
+    if let Rate::Fixed(asked) = opts.tuning.rate
+        && p.sent > 10_000
+        && p.achieved_rate() < asked as f64 * 0.9
+    {
+        tracing::warn!(
+            asked,
+            achieved = format_args!("{:.0}", p.achieved_rate()),
+            "the requested rate was not reached"
+        );
+    }
+    if r.xdp.ringbuf_full > 0 {
+        tracing::warn!(
+            lost = r.xdp.ringbuf_full,
+            "replies were lost because the ring buffer was full: results are incomplete; lower the rate"
+        );
+    }
+    if p.hosts_timed_out > 0 {
+        tracing::warn!(
+            hosts = p.hosts_timed_out,
+            "hosts timed out (host_timeout) and were not fully scanned"
+        );
     }
 }

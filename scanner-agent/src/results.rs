@@ -1,32 +1,35 @@
-//! What a scan found, and how it is printed.
+//! What a scan found: port states with nmap's meanings and the reply that
+//! decided each, and how they are printed.
 
 use std::{
     collections::BTreeMap,
     fmt,
     io::{self, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use scanner_common::{ReplyEvent, ReplyKind};
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-}
+use crate::probes::Protocol;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Port states as nmap defines them. The order is the precedence when a
+/// port gets several answers: a definite answer beats silence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 pub enum PortState {
+    #[serde(rename = "open")]
+    #[value(name = "open")]
     Open,
+    #[serde(rename = "closed")]
+    #[value(name = "closed")]
     Closed,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("tcp")
-    }
+    #[serde(rename = "filtered")]
+    #[value(name = "filtered")]
+    Filtered,
+    /// UDP silence: open, or a firewall dropped the probe.
+    #[serde(rename = "open|filtered")]
+    #[value(name = "open|filtered")]
+    OpenFiltered,
 }
 
 impl fmt::Display for PortState {
@@ -34,63 +37,182 @@ impl fmt::Display for PortState {
         f.write_str(match self {
             Self::Open => "open",
             Self::Closed => "closed",
+            Self::Filtered => "filtered",
+            Self::OpenFiltered => "open|filtered",
         })
     }
+}
+
+/// Why a port has its state: the reply (or its absence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    SynAck,
+    Rst,
+    UdpResponse,
+    /// ICMP (family 4) or ICMPv6 (family 6) destination unreachable.
+    Unreachable {
+        family: u8,
+        code: u8,
+    },
+    NoResponse,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::SynAck => f.write_str("syn-ack"),
+            Self::Rst => f.write_str("rst"),
+            Self::UdpResponse => f.write_str("udp-response"),
+            Self::NoResponse => f.write_str("no-response"),
+            Self::Unreachable { family: 4, code } => match code {
+                0 => f.write_str("icmp-net-unreach"),
+                1 => f.write_str("icmp-host-unreach"),
+                2 => f.write_str("icmp-proto-unreach"),
+                3 => f.write_str("icmp-port-unreach"),
+                9 => f.write_str("icmp-net-prohibited"),
+                10 => f.write_str("icmp-host-prohibited"),
+                13 => f.write_str("icmp-admin-prohibited"),
+                c => write!(f, "icmp-unreach-{c}"),
+            },
+            Self::Unreachable { code, .. } => match code {
+                0 => f.write_str("icmp6-no-route"),
+                1 => f.write_str("icmp6-admin-prohibited"),
+                3 => f.write_str("icmp6-addr-unreach"),
+                4 => f.write_str("icmp6-port-unreach"),
+                c => write!(f, "icmp6-unreach-{c}"),
+            },
+        }
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The state a reply establishes for the probed port, by nmap's rules, or
+/// `None` for replies that say nothing about the port.
+pub fn classify(event: &ReplyEvent, protocol: Protocol) -> Option<(PortState, Reason)> {
+    let v4 = event.family == 4;
+    Some(match (event.kind()?, protocol) {
+        (ReplyKind::SynAck, Protocol::Tcp) => (PortState::Open, Reason::SynAck),
+        (ReplyKind::Rst, Protocol::Tcp) => (PortState::Closed, Reason::Rst),
+        (ReplyKind::Udp, Protocol::Udp) => (PortState::Open, Reason::UdpResponse),
+        (ReplyKind::Unreachable, protocol) => {
+            let reason = Reason::Unreachable {
+                family: event.family,
+                code: event.icmp_code,
+            };
+            let port_unreachable = if v4 {
+                event.icmp_code == 3
+            } else {
+                event.icmp_code == 4
+            };
+            let filtering = if v4 {
+                matches!(event.icmp_code, 0..=3 | 9 | 10 | 13)
+            } else {
+                event.icmp_code <= 6
+            };
+            match protocol {
+                Protocol::Udp if port_unreachable => (PortState::Closed, reason),
+                Protocol::Tcp | Protocol::Udp if filtering => (PortState::Filtered, reason),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
 }
 
 /// One line of output. Field order is the NDJSON field order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PortResult {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub state: PortState,
+    pub reason: Reason,
 }
 
-/// Port states gathered from replies, one entry per (address, port).
-#[derive(Debug, Default)]
+/// Results in the wanted states (others are only counted, so memory is
+/// bounded by what is reported), sorted by address, protocol and port.
+#[derive(Debug)]
 pub struct ResultSet {
-    states: BTreeMap<(Ipv4Addr, u16), PortState>,
+    wanted: Vec<PortState>,
+    entries: BTreeMap<(IpAddr, Protocol, u16), (PortState, Reason)>,
+    counts: [u64; 4],
 }
 
 impl ResultSet {
-    /// Records a reply; returns the state it establishes.
-    pub fn record(&mut self, event: &ReplyEvent) -> Option<PortState> {
-        let state = match event.kind()? {
-            ReplyKind::SynAck => PortState::Open,
-            ReplyKind::Rst => PortState::Closed,
-        };
-        let addr = Ipv4Addr::new(
-            event.remote[0],
-            event.remote[1],
-            event.remote[2],
-            event.remote[3],
-        );
-        // An open answer outranks a closed one for the same port.
-        let entry = self
-            .states
-            .entry((addr, event.remote_port))
-            .or_insert(state);
-        *entry = (*entry).min(state);
-        Some(state)
+    pub fn new(wanted: &[PortState]) -> Self {
+        Self {
+            wanted: wanted.to_vec(),
+            entries: BTreeMap::new(),
+            counts: [0; 4],
+        }
     }
 
-    /// Results in the given states, sorted by address and port.
-    pub fn filtered(&self, wanted: &[PortState]) -> Vec<PortResult> {
-        self.states
+    /// Records a state for a port. A port's first state is counted; a later,
+    /// more definite one (a late answer after silence) replaces it.
+    pub fn record(
+        &mut self,
+        ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        state: PortState,
+        reason: Reason,
+    ) {
+        let key = (ip, protocol, port);
+        if let Some(&(old, _)) = self.entries.get(&key) {
+            if state >= old {
+                return;
+            }
+            self.counts[old as usize] -= 1;
+        }
+        self.counts[state as usize] += 1;
+        if self.wanted.contains(&state) {
+            self.entries.insert(key, (state, reason));
+        } else {
+            self.entries.remove(&key);
+        }
+    }
+
+    /// Records a late answer for a port already recorded as `silence` (its
+    /// retries ran out first), which may have been counted but not kept.
+    pub fn record_after_silence(
+        &mut self,
+        ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        silence: PortState,
+        state: PortState,
+        reason: Reason,
+    ) {
+        if !self.entries.contains_key(&(ip, protocol, port)) && state < silence {
+            self.counts[silence as usize] = self.counts[silence as usize].saturating_sub(1);
+        }
+        self.record(ip, protocol, port, state, reason);
+    }
+
+    pub fn results(&self) -> Vec<PortResult> {
+        self.entries
             .iter()
-            .filter(|(_, state)| wanted.contains(state))
-            .map(|(&(ip, port), &state)| PortResult {
+            .map(|(&(ip, protocol, port), &(state, reason))| PortResult {
                 ip,
                 port,
-                protocol: Protocol::Tcp,
+                protocol,
                 state,
+                reason,
             })
             .collect()
     }
 
-    pub fn count(&self, state: PortState) -> usize {
-        self.states.values().filter(|&&s| s == state).count()
+    pub fn count(&self, state: PortState) -> u64 {
+        self.counts[state as usize]
+    }
+
+    pub fn is_wanted(&self, state: PortState) -> bool {
+        self.wanted.contains(&state)
     }
 }
 
@@ -111,8 +233,12 @@ pub fn write_results(
         match format {
             OutputFormat::Text => writeln!(
                 out,
-                "{:<15} {:>5}/{:<3} {}",
-                r.ip, r.port, r.protocol, r.state
+                "{:<15} {:>5}/{:<3} {:<13} {}",
+                r.ip.to_string(),
+                r.port,
+                r.protocol,
+                r.state.to_string(),
+                r.reason
             )?,
             OutputFormat::Ndjson => {
                 serde_json::to_writer(&mut *out, r)?;
@@ -126,61 +252,143 @@ pub fn write_results(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scanner_common::Addr;
 
-    fn event(last: u8, port: u16, kind: ReplyKind) -> ReplyEvent {
-        let mut remote = [0; 16];
-        remote[..4].copy_from_slice(&[198, 19, 0, last]);
+    fn event(kind: ReplyKind, family: u8, code: u8) -> ReplyEvent {
+        let remote = if family == 4 {
+            Addr::v4([198, 19, 0, 3]).bytes
+        } else {
+            [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]
+        };
         ReplyEvent {
             remote,
             local: [0; 16],
-            remote_port: port,
+            remote_port: 22,
             local_port: 61000,
-            family: 4,
+            family,
             protocol: 6,
             kind: kind as u8,
             slot: 0,
             ttl: 64,
-            _pad: [0; 7],
+            icmp_type: 3,
+            icmp_code: code,
+            _pad: [0; 5],
+        }
+    }
+
+    #[test]
+    fn nmap_state_rules() {
+        use PortState::*;
+        use Protocol::*;
+        let c =
+            |k, fam, code, p| classify(&event(k, fam, code), p).map(|(s, r)| (s, r.to_string()));
+        assert_eq!(
+            c(ReplyKind::SynAck, 4, 0, Tcp),
+            Some((Open, "syn-ack".into()))
+        );
+        assert_eq!(c(ReplyKind::Rst, 4, 0, Tcp), Some((Closed, "rst".into())));
+        assert_eq!(
+            c(ReplyKind::Udp, 4, 0, Udp),
+            Some((Open, "udp-response".into()))
+        );
+        assert_eq!(
+            c(ReplyKind::Unreachable, 4, 13, Tcp),
+            Some((Filtered, "icmp-admin-prohibited".into()))
+        );
+        assert_eq!(
+            c(ReplyKind::Unreachable, 4, 3, Tcp),
+            Some((Filtered, "icmp-port-unreach".into()))
+        );
+        assert_eq!(
+            c(ReplyKind::Unreachable, 4, 3, Udp),
+            Some((Closed, "icmp-port-unreach".into()))
+        );
+        assert_eq!(
+            c(ReplyKind::Unreachable, 4, 10, Udp),
+            Some((Filtered, "icmp-host-prohibited".into()))
+        );
+        assert_eq!(
+            c(ReplyKind::Unreachable, 4, 4, Tcp),
+            None,
+            "fragmentation needed says nothing"
+        );
+        assert_eq!(
+            c(ReplyKind::Unreachable, 6, 4, Udp),
+            Some((Closed, "icmp6-port-unreach".into()))
+        );
+        assert_eq!(
+            c(ReplyKind::Unreachable, 6, 1, Tcp),
+            Some((Filtered, "icmp6-admin-prohibited".into()))
+        );
+        for code in [0u8, 1, 2, 9, 10, 13] {
+            assert_eq!(
+                c(ReplyKind::Unreachable, 4, code, Udp).map(|x| x.0),
+                Some(Filtered),
+                "code {code}"
+            );
         }
     }
 
     #[test]
     fn ndjson_has_exactly_the_documented_shape() {
-        let mut set = ResultSet::default();
-        set.record(&event(3, 22, ReplyKind::SynAck));
-        set.record(&event(3, 23, ReplyKind::Rst));
+        let mut set = ResultSet::new(&[PortState::Open, PortState::Filtered]);
+        let ip: IpAddr = "198.19.0.3".parse().unwrap();
+        set.record(ip, Protocol::Tcp, 22, PortState::Open, Reason::SynAck);
+        set.record(ip, Protocol::Tcp, 23, PortState::Closed, Reason::Rst);
+        set.record(
+            ip,
+            Protocol::Udp,
+            53,
+            PortState::Filtered,
+            Reason::Unreachable {
+                family: 4,
+                code: 13,
+            },
+        );
         let mut out = Vec::new();
-        write_results(
-            &mut out,
-            OutputFormat::Ndjson,
-            &set.filtered(&[PortState::Open]),
-        )
-        .unwrap();
+        write_results(&mut out, OutputFormat::Ndjson, &set.results()).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"ip\":\"198.19.0.3\",\"port\":22,\"protocol\":\"tcp\",\"state\":\"open\"}\n"
+            "{\"ip\":\"198.19.0.3\",\"port\":22,\"protocol\":\"tcp\",\"state\":\"open\",\"reason\":\"syn-ack\"}\n\
+             {\"ip\":\"198.19.0.3\",\"port\":53,\"protocol\":\"udp\",\"state\":\"filtered\",\"reason\":\"icmp-admin-prohibited\"}\n"
+        );
+        assert_eq!(
+            (set.count(PortState::Open), set.count(PortState::Closed)),
+            (1, 1)
         );
     }
 
     #[test]
-    fn open_wins_and_results_are_sorted() {
-        let mut set = ResultSet::default();
-        set.record(&event(9, 80, ReplyKind::SynAck));
-        set.record(&event(3, 443, ReplyKind::Rst));
-        set.record(&event(3, 443, ReplyKind::SynAck));
-        set.record(&event(3, 443, ReplyKind::Rst));
-        let open = set.filtered(&[PortState::Open]);
-        assert_eq!(open.len(), 2);
-        assert_eq!(
-            (open[0].ip, open[0].port),
-            (Ipv4Addr::new(198, 19, 0, 3), 443)
+    fn definite_answers_win_over_silence() {
+        let mut set = ResultSet::new(&[PortState::Open, PortState::Filtered]);
+        let ip: IpAddr = "2001:db8::3".parse().unwrap();
+        set.record(
+            ip,
+            Protocol::Tcp,
+            443,
+            PortState::Filtered,
+            Reason::NoResponse,
         );
-        assert_eq!(set.count(PortState::Closed), 0);
+        set.record(ip, Protocol::Tcp, 443, PortState::Open, Reason::SynAck);
+        set.record(
+            ip,
+            Protocol::Tcp,
+            443,
+            PortState::Filtered,
+            Reason::NoResponse,
+        );
+        let r = set.results();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].state, r[0].reason), (PortState::Open, Reason::SynAck));
+        assert_eq!(
+            (set.count(PortState::Open), set.count(PortState::Filtered)),
+            (1, 0)
+        );
         let mut out = Vec::new();
-        write_results(&mut out, OutputFormat::Text, &open[..1]).unwrap();
+        write_results(&mut out, OutputFormat::Text, &r).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "198.19.0.3        443/tcp open\n"
+            "2001:db8::3       443/tcp open          syn-ack\n"
         );
     }
 }

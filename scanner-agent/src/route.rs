@@ -1,30 +1,32 @@
-//! Which interface and source address reach the targets, and which local
+//! Which interface and source addresses reach the targets, and which local
 //! ports probes may use.
 
 use std::{
     fs, io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use nix::ifaddrs::getifaddrs;
 use scanner_common::maps::{MAX_SCANS, Settings};
 use socket2::{Domain, Socket, Type};
 
+use crate::engine::Sources;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("no route to {addr}: {source}")]
-    NoRoute { addr: Ipv4Addr, source: io::Error },
+    NoRoute { addr: IpAddr, source: io::Error },
     #[error("no interface holds the source address {0} chosen for the targets; pass --interface")]
-    NoInterface(Ipv4Addr),
+    NoInterface(IpAddr),
     #[error("interface {0} does not exist")]
     UnknownInterface(String),
     #[error(
         "targets leave through different interfaces ({first} via {first_if}, {other} via {other_if}); scan them separately or pass --interface"
     )]
     Split {
-        first: Ipv4Addr,
+        first: IpAddr,
         first_if: String,
-        other: Ipv4Addr,
+        other: IpAddr,
         other_if: String,
     },
     #[error(
@@ -38,79 +40,103 @@ pub enum RouteError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub interface: String,
-    pub source: Ipv4Addr,
+    pub sources: (Option<IpAddr>, Option<IpAddr>),
+}
+
+impl Route {
+    pub fn sources(&self) -> Sources {
+        let v4 = match self.sources.0 {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        let v6 = match self.sources.1 {
+            Some(IpAddr::V6(a)) => Some(a),
+            _ => None,
+        };
+        Sources { v4, v6 }
+    }
 }
 
 /// The route the kernel would use, asked by connecting a UDP socket (which
 /// sends nothing) and reading back the local address it picked.
-fn source_for(addr: Ipv4Addr, interface: Option<&str>) -> Result<Ipv4Addr, RouteError> {
+fn source_for(addr: IpAddr, interface: Option<&str>) -> Result<IpAddr, RouteError> {
     let no_route = |source| RouteError::NoRoute { addr, source };
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).map_err(no_route)?;
+    let socket = Socket::new(
+        Domain::for_address(SocketAddr::new(addr, 9)),
+        Type::DGRAM,
+        None,
+    )
+    .map_err(no_route)?;
     if let Some(name) = interface {
         socket
             .bind_device(Some(name.as_bytes()))
             .map_err(|_| RouteError::UnknownInterface(name.to_owned()))?;
     }
     socket
-        .connect(&SocketAddrV4::new(addr, 9).into())
+        .connect(&SocketAddr::new(addr, 9).into())
         .map_err(no_route)?;
     let local = socket.local_addr().map_err(no_route)?;
     local
-        .as_socket_ipv4()
-        .map(|a| *a.ip())
-        .ok_or_else(|| no_route(io::Error::other("not IPv4")))
+        .as_socket()
+        .map(|a| a.ip())
+        .ok_or_else(|| no_route(io::Error::other("no local address")))
 }
 
-fn interface_of(source: Ipv4Addr) -> Result<String, RouteError> {
+fn interface_of(source: IpAddr) -> Result<String, RouteError> {
     let addrs = getifaddrs().map_err(|e| RouteError::NoRoute {
         addr: source,
         source: e.into(),
     })?;
-    addrs
-        .filter(|ifa| ifa.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())) == Some(source))
-        .map(|ifa| ifa.interface_name)
-        .next()
-        .ok_or(RouteError::NoInterface(source))
+    for ifa in addrs {
+        let Some(addr) = ifa.address else { continue };
+        let ip = match (addr.as_sockaddr_in(), addr.as_sockaddr_in6()) {
+            (Some(v4), _) => IpAddr::V4(v4.ip()),
+            (_, Some(v6)) => IpAddr::V6(v6.ip()),
+            _ => continue,
+        };
+        if ip == source {
+            return Ok(ifa.interface_name);
+        }
+    }
+    Err(RouteError::NoInterface(source))
 }
 
-/// Finds the one route all `targets` share (checked on each range's first
-/// address). An explicit interface wins over the routing table.
+/// Finds the one interface all `targets` share (checked on each range's
+/// first address) and our source address per family. An explicit interface
+/// wins over the routing table.
 pub fn lookup(
-    targets: impl IntoIterator<Item = Ipv4Addr>,
+    targets: impl IntoIterator<Item = IpAddr>,
     interface: Option<&str>,
 ) -> Result<Route, RouteError> {
-    let mut route: Option<(Ipv4Addr, Route)> = None;
+    let mut first: Option<(IpAddr, String)> = None;
+    let mut sources = (None, None);
     for addr in targets {
         let source = source_for(addr, interface)?;
         let name = match interface {
             Some(name) => name.to_owned(),
             None => interface_of(source)?,
         };
-        match &route {
-            None => {
-                route = Some((
-                    addr,
-                    Route {
-                        interface: name,
-                        source,
-                    },
-                ))
-            }
-            Some((first, r)) if r.interface != name => {
+        match &first {
+            None => first = Some((addr, name)),
+            Some((f, f_if)) if *f_if != name => {
                 return Err(RouteError::Split {
-                    first: *first,
-                    first_if: r.interface.clone(),
+                    first: *f,
+                    first_if: f_if.clone(),
                     other: addr,
                     other_if: name,
                 });
             }
             Some(_) => {}
         }
+        let slot = if addr.is_ipv4() {
+            &mut sources.0
+        } else {
+            &mut sources.1
+        };
+        slot.get_or_insert(source);
     }
-    route.map(|(_, r)| r).ok_or(RouteError::NoRoute {
-        addr: Ipv4Addr::UNSPECIFIED,
-        source: io::Error::other("no targets"),
-    })
+    let (_, interface) = first.ok_or(RouteError::NoInterface(IpAddr::from([0, 0, 0, 0])))?;
+    Ok(Route { interface, sources })
 }
 
 /// Local ports for probes, outside the kernel's ephemeral range so probes
@@ -127,7 +153,7 @@ pub fn probe_ports() -> Result<Settings, RouteError> {
     probe_ports_outside(lo, hi)
 }
 
-/// Fewest ports a scan slot may have: retries reuse them, so a handful suffice.
+/// Fewest ports a scan slot may have.
 const MIN_PORTS_PER_SLOT: u32 = 16;
 const MAX_PORTS_PER_SLOT: u32 = 1024;
 
@@ -176,17 +202,16 @@ mod tests {
 
     #[test]
     fn loopback_routes_through_lo() {
-        let r = lookup([Ipv4Addr::LOCALHOST], None).unwrap();
+        let r = lookup(["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()], None).unwrap();
+        assert_eq!(r.interface, "lo");
         assert_eq!(
-            r,
-            Route {
-                interface: "lo".into(),
-                source: Ipv4Addr::LOCALHOST
-            }
+            r.sources,
+            (
+                Some("127.0.0.1".parse().unwrap()),
+                Some("::1".parse().unwrap())
+            )
         );
-        assert!(matches!(
-            lookup([Ipv4Addr::LOCALHOST], Some("no-such-if0")),
-            Err(RouteError::UnknownInterface(_))
-        ));
+        let bad = lookup(["127.0.0.1".parse().unwrap()], Some("no-such-if0"));
+        assert!(matches!(bad, Err(RouteError::UnknownInterface(_))));
     }
 }

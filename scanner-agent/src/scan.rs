@@ -1,29 +1,25 @@
-//! One scan from start to end: route, attach, send, collect, report.
+//! One scan from start to end: validate, route, attach, discover hosts,
+//! scan ports, report.
 
-use std::{
-    net::Ipv4Addr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, hash::Hasher as _, time::Instant};
 
-use scanner_common::{ProbeKey, ReplyKind, maps::Settings};
+use siphasher::sip::SipHasher13;
 
 use crate::{
     capture::{AttachMode, Capture, CaptureError, ReplyStream, XdpCounters},
+    engine::{Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
     privileges::{self, MissingCapability},
-    probes::{self, Probe, ProbePlan, RST_LEN, SYN_LEN},
-    results::ResultSet,
+    probes::{self, ProbePlan, Protocol, Shard},
+    results::{PortState, ResultSet},
     route::{self, RouteError},
-    targets::{PortList, TargetSet},
-    transmit::{Pacer, RawSender, TransmitError},
+    targets::{PortList, TargetError, TargetSet, TargetSpec},
+    transmit::{RawSender, TransmitError},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
     #[error(transparent)]
     Privilege(#[from] MissingCapability),
     #[error(transparent)]
@@ -32,8 +28,8 @@ pub enum ScanError {
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Transmit(#[from] TransmitError),
-    #[error("the reply reader failed: {0}")]
-    Receive(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 impl ScanError {
@@ -42,8 +38,10 @@ impl ScanError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            Self::Privilege(_)
+            Self::Target(_)
+                | Self::Privilege(_)
                 | Self::Route(_)
+                | Self::Engine(EngineError::NoSource(_))
                 | Self::Capture(
                     CaptureError::NoInterface(_)
                         | CaptureError::AlreadyAttached(_)
@@ -55,169 +53,167 @@ impl ScanError {
 
 #[derive(Clone, Debug)]
 pub struct ScanOptions {
-    pub targets: TargetSet,
+    pub targets: TargetSpec,
     pub ports: PortList,
-    /// Probes per second.
-    pub rate: u64,
-    /// How long to listen for late replies after the last probe.
-    pub wait: Duration,
+    pub protocols: Vec<Protocol>,
+    pub tuning: Tuning,
     pub interface: Option<String>,
+    pub host_discovery: bool,
+    pub shard: Shard,
+    /// Seed of the probe order; shards of one scan must share it.
+    pub seed: Option<u64>,
+    /// States kept and reported (the others are only counted).
+    pub states: Vec<PortState>,
 }
 
-#[derive(Clone, Debug)]
-pub struct ScanStats {
-    pub interface: String,
-    pub mode: AttachMode,
-    pub probes: u64,
-    pub send_time: Duration,
-    pub total_time: Duration,
-    pub xdp: XdpCounters,
-    /// Times the kernel's send queue was full and a batch had to wait.
-    pub queue_full: u64,
-}
-
-impl ScanStats {
-    pub fn achieved_rate(&self) -> f64 {
-        self.probes as f64 / self.send_time.as_secs_f64().max(1e-9)
-    }
-}
+/// Hosts up and down per target, as the targets were named.
+pub type HostReport = BTreeMap<String, (u64, u64)>;
 
 pub struct ScanReport {
     pub results: ResultSet,
-    pub stats: ScanStats,
+    pub hosts: HostReport,
+    pub interface: String,
+    pub mode: AttachMode,
+    pub discovery: Option<EngineStats>,
+    pub ports: EngineStats,
+    pub xdp: XdpCounters,
+    pub total_time: std::time::Duration,
 }
 
 /// The key slot a one-shot scan uses (the daemon hands out the others).
 const SLOT: u32 = 0;
 
+/// The probe order's seed: random, unless the scan is sharded, where every
+/// agent must derive the same order from the same command line.
+fn order_seed(opts: &ScanOptions) -> [u64; 2] {
+    if let Some(seed) = opts.seed {
+        return [seed, !seed];
+    }
+    if opts.shard == Shard::WHOLE {
+        return probes::new_key();
+    }
+    let mut h = SipHasher13::new();
+    for t in &opts.targets.include {
+        h.write(t.as_bytes());
+        h.write_u8(0);
+    }
+    for p in opts.ports.as_slice() {
+        h.write_u16(*p);
+    }
+    let s = h.finish();
+    [s, s.rotate_left(32)]
+}
+
 pub fn run(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
+    let targets = TargetSet::build(&opts.targets)?;
     privileges::check_scan()?;
-    let firsts = opts.targets.range_starts();
-    let route = route::lookup(firsts, opts.interface.as_deref())?;
+    let route = route::lookup(targets.range_starts(), opts.interface.as_deref())?;
     let settings = route::probe_ports()?;
-    tracing::info!(interface = %route.interface, source = %route.source, "route chosen");
+    tracing::info!(interface = %route.interface, sources = ?route.sources, "route chosen");
     let started = Instant::now();
 
-    let (mut capture, stream) = Capture::attach(&route.interface, settings)?;
+    let (mut capture, mut stream) = Capture::attach(&route.interface, settings)?;
     let key = probes::new_key();
     capture.activate(SLOT, key)?;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let stop = Arc::clone(&stop);
-        let rst = RawSender::open(&route.interface)?;
-        thread::Builder::new()
-            .name("replies".into())
-            .spawn(move || receive(stream, rst, key, &stop))
-            .map_err(|e| ScanError::Receive(e.to_string()))?
-    };
-
-    let plan = ProbePlan::new(opts.targets.clone(), opts.ports.clone(), probes::new_key());
     let mut sender = RawSender::open(&route.interface)?;
-    let send_started = Instant::now();
-    let sent = send(&plan, &mut sender, &key, route.source, settings, opts.rate);
-    let send_time = send_started.elapsed();
-    thread::sleep(opts.wait);
-    stop.store(true, Ordering::Relaxed);
-    let results = receiver
-        .join()
-        .map_err(|_| ScanError::Receive("reader thread panicked".into()))??;
-    sent?;
+    let id = Identity {
+        key,
+        slot: SLOT,
+        settings,
+        sources: route.sources(),
+    };
+    let seed = order_seed(opts);
 
+    let mut hosts = HostReport::new();
+    let (up, discovery) = if opts.host_discovery {
+        let (up, stats) = discover(&targets, &opts.tuning, id, seed, &mut stream, &mut sender)?;
+        (up, Some(stats))
+    } else {
+        (Some(targets.clone()), None)
+    };
+    let mut results = ResultSet::new(&opts.states);
+    let ports = match &up {
+        Some(up) => {
+            let plan = ProbePlan::ports(up.clone(), &opts.ports, &opts.protocols, seed, opts.shard);
+            let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results);
+            let stats = engine.run(&mut stream, &mut sender)?;
+            tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
+            count_hosts(&targets, &mut hosts, |a| {
+                // Without discovery, a host is up if it answered anything.
+                opts.host_discovery && up.contains(a)
+                    || plan
+                        .targets()
+                        .index_of(a)
+                        .is_some_and(|h| engine.host_answered(h))
+            });
+            stats
+        }
+        None => {
+            count_hosts(&targets, &mut hosts, |_| false);
+            EngineStats::default()
+        }
+    };
     let xdp = capture.counters()?;
     capture.deactivate(SLOT)?;
-    let stats = ScanStats {
+    Ok(ScanReport {
+        results,
+        hosts,
         interface: route.interface,
         mode: capture.mode(),
-        probes: plan.len(),
-        send_time,
-        total_time: started.elapsed(),
+        discovery,
+        ports,
         xdp,
-        queue_full: sender.queue_full,
-    };
-    Ok(ScanReport { results, stats })
+        total_time: started.elapsed(),
+    })
 }
 
-/// Sends every probe of the plan, paced to `rate`.
-fn send(
-    plan: &ProbePlan,
+/// Host discovery: an ICMP echo and TCP SYNs to 80 and 443 per host, as
+/// nmap's default probes (SYN instead of ACK to 80); any direct answer
+/// means up. Returns the hosts found up.
+fn discover(
+    targets: &TargetSet,
+    tuning: &Tuning,
+    id: Identity,
+    seed: [u64; 2],
+    stream: &mut ReplyStream,
     sender: &mut RawSender,
-    key: &ProbeKey,
-    source: Ipv4Addr,
-    settings: Settings,
-    rate: u64,
-) -> Result<(), TransmitError> {
-    let pacer = Pacer::new(rate);
-    let batch = pacer.batch();
-    let slot_base = settings.port_base + SLOT as u16 * settings.ports_per_slot;
-    let mut packets = vec![[0u8; SYN_LEN]; batch];
-    let mut dests = vec![Ipv4Addr::UNSPECIFIED; batch];
-    let mut i = 0;
-    while i < plan.len() {
-        let n = (plan.len() - i).min(batch as u64) as usize;
-        for j in 0..n {
-            let index = i + j as u64;
-            let probe = plan.get(index);
-            let local_port = slot_base + (index % u64::from(settings.ports_per_slot)) as u16;
-            probes::write_syn(&mut packets[j], key, source, local_port, probe);
-            dests[j] = probe.addr;
-        }
-        pacer.wait(i);
-        sender.send_all(&packets[..n], &dests[..n])?;
-        i += n as u64;
-    }
-    Ok(())
+) -> Result<(Option<TargetSet>, EngineStats), ScanError> {
+    let units = vec![
+        (Protocol::Icmp, 0),
+        (Protocol::Tcp, 80),
+        (Protocol::Tcp, 443),
+    ];
+    let plan = ProbePlan::new(targets.clone(), units, seed, Shard::WHOLE);
+    // nmap retransmits discovery probes once at most.
+    let tuning = Tuning {
+        max_retries: tuning.max_retries.min(1),
+        ..tuning.clone()
+    };
+    let mut unused = ResultSet::new(&[]);
+    let mut engine = Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused);
+    let stats = engine.run(stream, sender)?;
+    let up = targets.retain(|a| targets.index_of(a).is_some_and(|h| engine.host_answered(h)));
+    Ok((up, stats))
 }
 
-/// Collects replies until told to stop, closing every half-open connection
-/// the target opened for us with a RST.
-fn receive(
-    mut stream: ReplyStream,
-    mut rst: RawSender,
-    key: ProbeKey,
-    stop: &AtomicBool,
-) -> Result<ResultSet, ScanError> {
-    let mut results = ResultSet::default();
-    let mut rst_packet = [0u8; RST_LEN];
-    let mut rst_error = None;
-    loop {
-        // Read the flag before draining, so the last drain follows it.
-        let stopping = stop.load(Ordering::Relaxed);
-        stream
-            .poll(Duration::from_millis(20), |event| {
-                if event.slot as u32 != SLOT {
-                    return;
-                }
-                results.record(&event);
-                if event.kind() == Some(ReplyKind::SynAck) {
-                    let local = Ipv4Addr::new(
-                        event.local[0],
-                        event.local[1],
-                        event.local[2],
-                        event.local[3],
-                    );
-                    let remote = Ipv4Addr::new(
-                        event.remote[0],
-                        event.remote[1],
-                        event.remote[2],
-                        event.remote[3],
-                    );
-                    let probe = Probe {
-                        addr: remote,
-                        port: event.remote_port,
-                    };
-                    probes::write_rst(&mut rst_packet, &key, local, event.local_port, probe);
-                    if let Err(e) = rst.send_all(&[&rst_packet], &[remote]) {
-                        rst_error.get_or_insert(e);
-                    }
-                }
-            })
-            .map_err(|e| ScanError::Receive(e.to_string()))?;
-        if let Some(e) = rst_error.take() {
-            tracing::warn!("could not send a RST to close a half-open connection: {e}");
-        }
-        if stopping {
-            return Ok(results);
+fn count_hosts(
+    targets: &TargetSet,
+    report: &mut HostReport,
+    mut up: impl FnMut(std::net::IpAddr) -> bool,
+) {
+    for name in targets.names() {
+        report.entry(name.to_owned()).or_default();
+    }
+    for i in 0..targets.len() {
+        let Some(addr) = targets.get(i) else { continue };
+        let Some(name) = targets.name_of(addr) else {
+            continue;
+        };
+        let entry = report.entry(name.to_owned()).or_default();
+        if up(addr) {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
         }
     }
 }

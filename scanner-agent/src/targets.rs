@@ -1,77 +1,172 @@
-//! What to scan: target address ranges and port lists, parsed and validated.
+//! What to scan: target ranges (IPv4 and IPv6, hostnames), exclusions, port
+//! lists, all validated before anything is sent.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs as _};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
-    #[error("invalid target {0:?}: expected an IPv4 address or CIDR range such as 198.18.0.0/24")]
+    #[error(
+        "invalid target {0:?}: expected an IP address, a CIDR range such as 198.18.0.0/24, or a hostname"
+    )]
     Invalid(String),
+    #[error("target {0:?} is not an IP address or CIDR range, and DNS resolution is disabled")]
+    NoDns(String),
+    #[error("cannot resolve target {name:?}: {reason}")]
+    Resolve { name: String, reason: String },
+    #[error("invalid exclude {0:?}: expected an IP address or CIDR range")]
+    InvalidExclude(String),
     #[error("target {target} cannot be scanned: it includes {what} ({range})")]
     Forbidden {
         target: String,
         what: &'static str,
         range: &'static str,
     },
+    #[error(
+        "IPv6 target {target} is larger than the maximum of a /{max}; split it or raise the limit"
+    )]
+    TooLarge { target: String, max: u8 },
     #[error("no targets given")]
     Empty,
+    #[error("every target address is excluded")]
+    AllExcluded,
     #[error("invalid port specification {spec:?}: {reason}")]
     Ports { spec: String, reason: String },
 }
 
 /// Ranges no probe may ever be sent to, whatever the operator asks for.
-const NEVER_TARGETS: [(&str, &str); 3] = [
+const NEVER_TARGETS: [(&str, &str); 5] = [
     ("0.0.0.0/8", "the \"this network\" range"),
     ("224.0.0.0/4", "multicast addresses"),
     ("255.255.255.255/32", "the limited broadcast address"),
+    ("::/128", "the unspecified address"),
+    ("ff00::/8", "multicast addresses"),
 ];
 
-/// A deduplicated set of IPv4 addresses, indexable in `0..len()`.
+/// Default size limit of one IPv6 range (a /112: 65,536 addresses).
+pub const DEFAULT_MAX_V6_PREFIX: u8 = 112;
+
+/// How targets are given.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// The longest-allowed IPv6 prefix is `/max_v6_prefix` or narrower.
+    pub max_v6_prefix: u8,
+    pub resolve_dns: bool,
+}
+
+impl TargetSpec {
+    pub fn new(include: Vec<String>) -> Self {
+        Self {
+            include,
+            exclude: Vec::new(),
+            max_v6_prefix: DEFAULT_MAX_V6_PREFIX,
+            resolve_dns: true,
+        }
+    }
+}
+
+/// A contiguous run of addresses of one family, as integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Run {
+    v6: bool,
+    first: u128,
+    /// Exclusive end.
+    end: u128,
+}
+
+impl Run {
+    fn of(net: IpNet) -> Self {
+        match net {
+            IpNet::V4(n) => Self {
+                v6: false,
+                first: u32::from(n.network()).into(),
+                end: u128::from(u32::from(n.broadcast())) + 1,
+            },
+            IpNet::V6(n) => Self {
+                v6: true,
+                first: u128::from(n.network()),
+                end: u128::from(n.broadcast()).saturating_add(1),
+            },
+        }
+    }
+
+    fn len(&self) -> u128 {
+        self.end - self.first
+    }
+
+    fn addr(&self, offset: u128) -> IpAddr {
+        let v = self.first + offset;
+        if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(v))
+        } else {
+            IpAddr::V4(Ipv4Addr::from(v as u32))
+        }
+    }
+}
+
+/// A deduplicated set of addresses, indexable in `0..len()`, with the names
+/// they were given by (for per-target reports).
 #[derive(Clone, Debug)]
 pub struct TargetSet {
-    /// Disjoint, sorted ranges as (first address, number of addresses).
-    ranges: Vec<(u32, u64)>,
-    /// `starts[i]` is the index of the first address of `ranges[i]`.
+    runs: Vec<Run>,
+    /// `starts[i]` is the index of the first address of `runs[i]`.
     starts: Vec<u64>,
     len: u64,
+    /// (name as given, the networks it stands for)
+    named: Vec<(String, Vec<IpNet>)>,
 }
 
 impl TargetSet {
+    /// Plain addresses and ranges, no exclusions, DNS allowed.
     pub fn parse<S: AsRef<str>>(specs: &[S]) -> Result<Self, TargetError> {
-        let mut nets = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let spec = spec.as_ref().trim();
-            let net = parse_net(spec)?;
-            for (range, what) in NEVER_TARGETS {
-                let forbidden: Ipv4Net = range.parse().expect("constant range");
-                if net.contains(&forbidden) || forbidden.contains(&net) {
-                    return Err(TargetError::Forbidden {
-                        target: spec.to_owned(),
-                        what,
-                        range,
-                    });
-                }
+        Self::build(&TargetSpec::new(
+            specs.iter().map(|s| s.as_ref().to_owned()).collect(),
+        ))
+    }
+
+    pub fn build(spec: &TargetSpec) -> Result<Self, TargetError> {
+        let mut named = Vec::new();
+        for raw in &spec.include {
+            let name = raw.trim();
+            let nets = resolve(name, spec.resolve_dns)?;
+            for net in &nets {
+                check_allowed(name, *net, spec.max_v6_prefix)?;
             }
-            nets.push(net);
+            named.push((name.to_owned(), nets));
         }
-        if nets.is_empty() {
+        if named.is_empty() {
             return Err(TargetError::Empty);
         }
-        let ranges: Vec<(u32, u64)> = Ipv4Net::aggregate(&nets)
-            .into_iter()
-            .map(|n| (u32::from(n.network()), 1u64 << (32 - n.prefix_len())))
+        let excludes = spec
+            .exclude
+            .iter()
+            .map(|e| parse_net(e.trim()).ok_or_else(|| TargetError::InvalidExclude(e.clone())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut runs: Vec<Run> = named
+            .iter()
+            .flat_map(|(_, nets)| nets.iter().map(|n| Run::of(*n)))
             .collect();
-        let mut starts = Vec::with_capacity(ranges.len());
-        let mut len = 0;
-        for (_, count) in &ranges {
+        runs = merge(runs);
+        for ex in excludes {
+            runs = subtract(&runs, Run::of(ex));
+        }
+        let mut starts = Vec::with_capacity(runs.len());
+        let mut len: u64 = 0;
+        for run in &runs {
             starts.push(len);
-            len += count;
+            len += run.len() as u64;
+        }
+        if len == 0 {
+            return Err(TargetError::AllExcluded);
         }
         Ok(Self {
-            ranges,
+            runs,
             starts,
             len,
+            named,
         })
     }
 
@@ -83,41 +178,170 @@ impl TargetSet {
         self.len == 0
     }
 
-    /// The `index`-th address in ascending order.
-    pub fn get(&self, index: u64) -> Option<Ipv4Addr> {
+    /// The `index`-th address (IPv4 first, ascending).
+    pub fn get(&self, index: u64) -> Option<IpAddr> {
         if index >= self.len {
             return None;
         }
         let i = self.starts.partition_point(|&s| s <= index) - 1;
-        let (first, _) = self.ranges[i];
-        Some(Ipv4Addr::from(first + (index - self.starts[i]) as u32))
+        Some(self.runs[i].addr(u128::from(index - self.starts[i])))
     }
 
-    /// The first address of every disjoint range.
-    pub fn range_starts(&self) -> Vec<Ipv4Addr> {
-        self.ranges
+    /// The index of `addr`, the inverse of [`Self::get`].
+    pub fn index_of(&self, addr: IpAddr) -> Option<u64> {
+        let (v6, v) = match addr {
+            IpAddr::V4(a) => (false, u128::from(u32::from(a))),
+            IpAddr::V6(a) => (true, u128::from(a)),
+        };
+        let i = self
+            .runs
             .iter()
-            .map(|&(first, _)| Ipv4Addr::from(first))
-            .collect()
+            .position(|r| r.v6 == v6 && r.first <= v && v < r.end)?;
+        Some(self.starts[i] + (v - self.runs[i].first) as u64)
     }
 
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let a = u64::from(u32::from(addr));
-        self.ranges
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.index_of(addr).is_some()
+    }
+
+    /// The first address of every disjoint run (one per route to check).
+    pub fn range_starts(&self) -> Vec<IpAddr> {
+        self.runs.iter().map(|r| r.addr(0)).collect()
+    }
+
+    /// The targets as they were named (after DNS resolution).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.named.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// The name of the first target that covers `addr`.
+    pub fn name_of(&self, addr: IpAddr) -> Option<&str> {
+        self.named
             .iter()
-            .any(|&(first, count)| (u64::from(first)..u64::from(first) + count).contains(&a))
+            .find(|(_, nets)| nets.iter().any(|n| n.contains(&addr)))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Only the addresses of `self` that `keep` accepts (e.g. hosts found up).
+    pub fn retain(&self, mut keep: impl FnMut(IpAddr) -> bool) -> Option<Self> {
+        let nets: Vec<IpNet> = (0..self.len)
+            .filter_map(|i| self.get(i))
+            .filter(|a| keep(*a))
+            .map(IpNet::from)
+            .collect();
+        let runs = merge(nets.into_iter().map(Run::of).collect());
+        let mut starts = Vec::with_capacity(runs.len());
+        let mut len = 0;
+        for run in &runs {
+            starts.push(len);
+            len += run.len() as u64;
+        }
+        (len > 0).then(|| Self {
+            runs,
+            starts,
+            len,
+            named: self.named.clone(),
+        })
     }
 }
 
-fn parse_net(spec: &str) -> Result<Ipv4Net, TargetError> {
-    let invalid = || TargetError::Invalid(spec.to_owned());
+fn parse_net(spec: &str) -> Option<IpNet> {
     if spec.contains('/') {
-        let net: Ipv4Net = spec.parse().map_err(|_| invalid())?;
-        Ok(net.trunc())
+        spec.parse::<IpNet>().ok().map(|n| n.trunc())
     } else {
-        let addr: Ipv4Addr = spec.parse().map_err(|_| invalid())?;
-        Ok(Ipv4Net::from(addr))
+        spec.parse::<IpAddr>().ok().map(IpNet::from)
     }
+}
+
+fn looks_like_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && !s.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
+fn resolve(name: &str, dns: bool) -> Result<Vec<IpNet>, TargetError> {
+    if let Some(net) = parse_net(name) {
+        return Ok(vec![net]);
+    }
+    if !looks_like_hostname(name) {
+        return Err(TargetError::Invalid(name.to_owned()));
+    }
+    if !dns {
+        return Err(TargetError::NoDns(name.to_owned()));
+    }
+    let addrs = (name, 0)
+        .to_socket_addrs()
+        .map_err(|e| TargetError::Resolve {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let mut nets: Vec<IpNet> = addrs.map(|a| IpNet::from(a.ip())).collect();
+    nets.sort();
+    nets.dedup();
+    if nets.is_empty() {
+        return Err(TargetError::Resolve {
+            name: name.to_owned(),
+            reason: "no addresses".into(),
+        });
+    }
+    Ok(nets)
+}
+
+fn check_allowed(name: &str, net: IpNet, max_v6_prefix: u8) -> Result<(), TargetError> {
+    for (range, what) in NEVER_TARGETS {
+        let forbidden: IpNet = range.parse().expect("constant range");
+        if net.contains(&forbidden) || forbidden.contains(&net) {
+            return Err(TargetError::Forbidden {
+                target: name.to_owned(),
+                what,
+                range,
+            });
+        }
+    }
+    if let IpNet::V6(n) = net
+        && n.prefix_len() < max_v6_prefix
+    {
+        return Err(TargetError::TooLarge {
+            target: name.to_owned(),
+            max: max_v6_prefix,
+        });
+    }
+    Ok(())
+}
+
+/// Sorts and merges overlapping or adjacent runs.
+fn merge(mut runs: Vec<Run>) -> Vec<Run> {
+    runs.sort();
+    let mut out: Vec<Run> = Vec::with_capacity(runs.len());
+    for r in runs {
+        match out.last_mut() {
+            Some(last) if last.v6 == r.v6 && r.first <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+fn subtract(runs: &[Run], ex: Run) -> Vec<Run> {
+    let mut out = Vec::with_capacity(runs.len() + 1);
+    for &r in runs {
+        if r.v6 != ex.v6 || ex.end <= r.first || r.end <= ex.first {
+            out.push(r);
+            continue;
+        }
+        if r.first < ex.first {
+            out.push(Run { end: ex.first, ..r });
+        }
+        if ex.end < r.end {
+            out.push(Run { first: ex.end, ..r });
+        }
+    }
+    out
 }
 
 /// A sorted, deduplicated list of ports from a spec like `22,80,8000-8100`.
@@ -160,6 +384,11 @@ impl PortList {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Position of `port` in the list.
+    pub fn index_of(&self, port: u16) -> Option<usize> {
+        self.0.binary_search(&port).ok()
+    }
 }
 
 fn parse_port(s: &str) -> Option<u16> {
@@ -170,31 +399,73 @@ fn parse_port(s: &str) -> Option<u16> {
 mod tests {
     use super::*;
 
+    fn ips(t: &TargetSet) -> Vec<String> {
+        (0..t.len())
+            .map(|i| t.get(i).unwrap().to_string())
+            .collect()
+    }
+
     #[test]
     fn ranges_are_merged_and_indexed() {
-        let t = TargetSet::parse(&["198.18.0.0/30", "198.18.0.2", "198.18.0.8/31"]).unwrap();
-        assert_eq!(t.len(), 6);
-        let all: Vec<_> = (0..6).map(|i| t.get(i).unwrap().to_string()).collect();
+        let t = TargetSet::parse(&[
+            "198.18.0.0/30",
+            "198.18.0.2",
+            "198.18.0.8/31",
+            "2001:db8::1",
+        ])
+        .unwrap();
         assert_eq!(
-            all,
+            ips(&t),
             [
                 "198.18.0.0",
                 "198.18.0.1",
                 "198.18.0.2",
                 "198.18.0.3",
                 "198.18.0.8",
-                "198.18.0.9"
+                "198.18.0.9",
+                "2001:db8::1"
             ]
         );
-        assert_eq!(t.get(6), None);
-        assert!(t.contains("198.18.0.9".parse().unwrap()));
+        for i in 0..t.len() {
+            assert_eq!(t.index_of(t.get(i).unwrap()), Some(i));
+        }
+        assert_eq!(t.get(7), None);
         assert!(!t.contains("198.18.0.4".parse().unwrap()));
+        assert_eq!(
+            t.name_of("198.18.0.9".parse().unwrap()),
+            Some("198.18.0.8/31")
+        );
+    }
+
+    #[test]
+    fn excludes_always_win() {
+        let mut spec = TargetSpec::new(vec!["198.18.0.0/28".into(), "2001:db8::/126".into()]);
+        spec.exclude = vec![
+            "198.18.0.4/30".into(),
+            "198.18.0.15".into(),
+            "2001:db8::2".into(),
+        ];
+        let t = TargetSet::build(&spec).unwrap();
+        assert_eq!(t.len(), 16 - 4 - 1 + 3);
+        assert!(!t.contains("198.18.0.5".parse().unwrap()));
+        assert!(!t.contains("2001:db8::2".parse().unwrap()));
+        assert!(t.contains("2001:db8::3".parse().unwrap()));
+        spec.exclude = vec!["0.0.0.0/0".into(), "::/0".into()];
+        assert_eq!(
+            TargetSet::build(&spec).unwrap_err(),
+            TargetError::AllExcluded
+        );
+        spec.exclude = vec!["198.18.0.0/33".into()];
+        assert_eq!(
+            TargetSet::build(&spec).unwrap_err(),
+            TargetError::InvalidExclude("198.18.0.0/33".into())
+        );
     }
 
     #[test]
     fn host_bits_of_a_cidr_are_ignored() {
         let t = TargetSet::parse(&["198.18.0.77/24"]).unwrap();
-        assert_eq!(t.get(0), Some(Ipv4Addr::new(198, 18, 0, 0)));
+        assert_eq!(t.get(0), Some(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0))));
         assert_eq!(t.len(), 256);
     }
 
@@ -209,6 +480,10 @@ mod tests {
             TargetError::Invalid("198.18.0.0/33".into())
         );
         assert_eq!(
+            TargetSet::parse(&["a b"]).unwrap_err(),
+            TargetError::Invalid("a b".into())
+        );
+        assert_eq!(
             TargetSet::parse::<&str>(&[]).unwrap_err(),
             TargetError::Empty
         );
@@ -217,18 +492,55 @@ mod tests {
             e,
             "target 224.0.0.1 cannot be scanned: it includes multicast addresses (224.0.0.0/4)"
         );
-        assert!(matches!(
-            TargetSet::parse(&["0.0.0.0/0"]),
-            Err(TargetError::Forbidden { .. })
-        ));
-        assert!(matches!(
-            TargetSet::parse(&["255.255.255.255"]),
-            Err(TargetError::Forbidden { .. })
-        ));
-        assert!(matches!(
-            TargetSet::parse(&["0.1.2.3"]),
-            Err(TargetError::Forbidden { .. })
-        ));
+        for never in [
+            "0.0.0.0/0",
+            "255.255.255.255",
+            "0.1.2.3",
+            "::",
+            "ff02::1",
+            "::/0",
+        ] {
+            assert!(
+                matches!(
+                    TargetSet::parse(&[never]),
+                    Err(TargetError::Forbidden { .. })
+                ),
+                "{never}"
+            );
+        }
+        assert_eq!(
+            TargetSet::parse(&["2001:db8::/64"])
+                .unwrap_err()
+                .to_string(),
+            "IPv6 target 2001:db8::/64 is larger than the maximum of a /112; split it or raise the limit"
+        );
+        assert_eq!(TargetSet::parse(&["2001:db8::/112"]).unwrap().len(), 65536);
+    }
+
+    #[test]
+    fn hostnames_resolve_unless_disabled() {
+        let t = TargetSet::parse(&["localhost"]).unwrap();
+        assert!(t.contains(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(
+            t.name_of(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some("localhost")
+        );
+        let mut spec = TargetSpec::new(vec!["localhost".into()]);
+        spec.resolve_dns = false;
+        assert_eq!(
+            TargetSet::build(&spec).unwrap_err(),
+            TargetError::NoDns("localhost".into())
+        );
+    }
+
+    #[test]
+    fn retain_keeps_only_chosen_hosts() {
+        let t = TargetSet::parse(&["198.18.0.0/29"]).unwrap();
+        let up = t
+            .retain(|a| a.to_string().ends_with(".3") || a.to_string().ends_with(".4"))
+            .unwrap();
+        assert_eq!(ips(&up), ["198.18.0.3", "198.18.0.4"]);
+        assert!(t.retain(|_| false).is_none());
     }
 
     #[test]
@@ -248,5 +560,6 @@ mod tests {
             PortList::parse("9-3").unwrap_err().to_string(),
             "invalid port specification \"9-3\": range \"9-3\" ends before it starts"
         );
+        assert_eq!(PortList::parse("22,80").unwrap().index_of(80), Some(1));
     }
 }

@@ -1,10 +1,10 @@
-//! Putting probes on the wire: a raw IPv4 socket fed by `sendmmsg` batches,
-//! paced to the requested rate.
+//! Putting packets on the wire: raw IPv4 and IPv6 sockets fed by `sendmmsg`
+//! batches, and the token bucket that paces them.
 
 use std::{
     io,
     mem::MaybeUninit,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
@@ -12,13 +12,15 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::probes::packets::MAX_PACKET;
+
 /// Packets handed to the kernel in one `sendmmsg` call.
 pub const BATCH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransmitError {
-    #[error("cannot open a raw IPv4 socket (needs CAP_NET_RAW): {0}")]
-    Open(io::Error),
+    #[error("cannot open a raw IPv{family} socket (needs CAP_NET_RAW): {source}")]
+    Open { family: u8, source: io::Error },
     #[error("cannot bind the raw socket to interface {interface}: {source}")]
     Bind {
         interface: String,
@@ -28,53 +30,85 @@ pub enum TransmitError {
     Send(io::Error),
 }
 
-const EMPTY_SOCKADDR: libc::sockaddr_in = libc::sockaddr_in {
-    sin_family: libc::AF_INET as libc::sa_family_t,
-    sin_port: 0,
-    sin_addr: libc::in_addr { s_addr: 0 },
-    sin_zero: [0; 8],
-};
+/// One packet in a send batch.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    pub bytes: [u8; MAX_PACKET],
+    pub len: usize,
+    pub dest: IpAddr,
+}
 
-/// A raw socket that sends complete IPv4 packets (header included).
+impl Default for Packet {
+    fn default() -> Self {
+        Self {
+            bytes: [0; MAX_PACKET],
+            len: 0,
+            dest: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
+
+/// Raw sockets that send complete IP packets (header included), one per
+/// family, opened on first use.
 pub struct RawSender {
-    socket: Socket,
-    /// Times the kernel said its queue was full; the batch was retried.
+    interface: String,
+    v4: Option<Socket>,
+    v6: Option<Socket>,
+    /// Times the kernel said its queue was full and a batch had to wait.
     pub queue_full: u64,
 }
 
 impl RawSender {
+    /// Opens the IPv4 socket at once, so a missing privilege shows up before
+    /// the scan starts.
     pub fn open(interface: &str) -> Result<Self, TransmitError> {
-        let socket = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(libc::IPPROTO_RAW)),
-        )
-        .map_err(TransmitError::Open)?;
-        socket
-            .bind_device(Some(interface.as_bytes()))
-            .map_err(|source| TransmitError::Bind {
-                interface: interface.to_owned(),
-                source,
-            })?;
-        // A large buffer absorbs bursts; failure only costs retries.
-        let _ = socket.set_send_buffer_size(4 << 20);
-        Ok(Self {
-            socket,
+        let mut s = Self {
+            interface: interface.to_owned(),
+            v4: None,
+            v6: None,
             queue_full: 0,
-        })
+        };
+        s.socket(false)?;
+        Ok(s)
     }
 
-    /// Sends every packet of `batch` to its destination, retrying while the
-    /// kernel's queue is full, so a returned `Ok` means all were accepted.
-    pub fn send_all<P: AsRef<[u8]>>(
-        &mut self,
-        packets: &[P],
-        dests: &[Ipv4Addr],
-    ) -> Result<(), TransmitError> {
-        assert_eq!(packets.len(), dests.len());
+    fn socket(&mut self, v6: bool) -> Result<&Socket, TransmitError> {
+        let (slot, domain, family) = if v6 {
+            (&mut self.v6, Domain::IPV6, 6)
+        } else {
+            (&mut self.v4, Domain::IPV4, 4)
+        };
+        if slot.is_none() {
+            // IPPROTO_RAW implies "header included" for both families.
+            let socket = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
+                .map_err(|source| TransmitError::Open { family, source })?;
+            socket
+                .bind_device(Some(self.interface.as_bytes()))
+                .map_err(|source| TransmitError::Bind {
+                    interface: self.interface.clone(),
+                    source,
+                })?;
+            // A large buffer absorbs bursts; failure only costs retries.
+            let _ = socket.set_send_buffer_size(4 << 20);
+            *slot = Some(socket);
+        }
+        Ok(slot.as_ref().expect("just opened"))
+    }
+
+    /// Sends every packet, retrying while the kernel's queue is full, so a
+    /// returned `Ok` means all were accepted. Packets of both families may
+    /// be mixed.
+    pub fn send_all(&mut self, packets: &[Packet]) -> Result<(), TransmitError> {
         let mut done = 0;
         while done < packets.len() {
-            match self.sendmmsg(&packets[done..], &dests[done..]) {
+            let v6 = packets[done].dest.is_ipv6();
+            let run = packets[done..]
+                .iter()
+                .take_while(|p| p.dest.is_ipv6() == v6)
+                .count()
+                .min(BATCH);
+            let socket = self.socket(v6)?;
+            match sendmmsg(socket, &packets[done..done + run]) {
                 Ok(n) => done += n,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) => {
                     self.queue_full += 1;
@@ -86,89 +120,96 @@ impl RawSender {
         }
         Ok(())
     }
+}
 
-    fn sendmmsg<P: AsRef<[u8]>>(&self, packets: &[P], dests: &[Ipv4Addr]) -> io::Result<usize> {
-        let n = packets.len().min(BATCH);
-        let mut addrs: [libc::sockaddr_in; BATCH] = [EMPTY_SOCKADDR; BATCH];
-        for (addr, dest) in addrs.iter_mut().zip(&dests[..n]) {
-            addr.sin_addr.s_addr = u32::from(*dest).to_be();
-        }
-        let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
-        let mut msgs: [MaybeUninit<libc::mmsghdr>; BATCH] =
-            [const { MaybeUninit::uninit() }; BATCH];
-        for i in 0..n {
-            let iov = iovs[i].write(libc::iovec {
-                iov_base: packets[i].as_ref().as_ptr() as *mut libc::c_void,
-                iov_len: packets[i].as_ref().len(),
-            });
-            // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
-            let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            hdr.msg_hdr.msg_name = (&raw mut addrs[i]).cast();
-            hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-            hdr.msg_hdr.msg_iov = iov;
-            hdr.msg_hdr.msg_iovlen = 1;
-            msgs[i].write(hdr);
-        }
-        // SAFETY: the first `n` headers are initialised and point at buffers
-        // (`packets`, `addrs`, `iovs`) that outlive the call.
-        let sent = unsafe {
-            libc::sendmmsg(
-                self.socket.as_raw_fd(),
-                msgs.as_mut_ptr().cast(),
-                n as u32,
-                0,
+/// Sends up to `BATCH` packets of one family in one system call.
+fn sendmmsg(socket: &Socket, packets: &[Packet]) -> io::Result<usize> {
+    let n = packets.len().min(BATCH);
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs: [MaybeUninit<libc::iovec>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+    let mut msgs: [MaybeUninit<libc::mmsghdr>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+    for i in 0..n {
+        let len = socket2::SockAddr::from(std::net::SocketAddr::new(packets[i].dest, 0));
+        // SAFETY: `len` holds a valid sockaddr of `len.len()` bytes, which
+        // fits in a sockaddr_storage.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                len.as_ptr().cast::<u8>(),
+                (&raw mut addrs[i]).cast::<u8>(),
+                len.len() as usize,
             )
         };
-        if sent < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(sent as usize)
-        }
+        let iov = iovs[i].write(libc::iovec {
+            iov_base: packets[i].bytes.as_ptr() as *mut libc::c_void,
+            iov_len: packets[i].len,
+        });
+        // SAFETY: mmsghdr is plain data; all-zero is a valid empty header.
+        let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_hdr.msg_name = (&raw mut addrs[i]).cast();
+        hdr.msg_hdr.msg_namelen = len.len();
+        hdr.msg_hdr.msg_iov = iov;
+        hdr.msg_hdr.msg_iovlen = 1;
+        msgs[i].write(hdr);
+    }
+    // SAFETY: the first `n` headers are initialised and point at buffers
+    // (`packets`, `addrs`, `iovs`) that outlive the call.
+    let sent = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr().cast(), n as u32, 0) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
     }
 }
 
-/// Paces sending to `rate` packets per second: packet `i` is due at
-/// `start + i / rate`, so short stalls are caught up and the average holds.
+/// A token bucket: `rate` tokens per second, holding at most a couple of
+/// milliseconds' worth, so bursts stay short and the average holds.
 #[derive(Debug)]
 pub struct Pacer {
-    start: Instant,
     rate: f64,
+    tokens: f64,
+    last: Instant,
 }
 
 impl Pacer {
-    pub fn new(rate: u64) -> Self {
+    pub fn new(rate: f64) -> Self {
         Self {
-            start: Instant::now(),
-            rate: rate.max(1) as f64,
+            rate: rate.max(1.0),
+            tokens: 1.0,
+            last: Instant::now(),
         }
     }
 
-    /// When packet number `sent` is due.
-    pub fn due(&self, sent: u64) -> Instant {
-        self.start + Duration::from_secs_f64(sent as f64 / self.rate)
+    pub fn rate(&self) -> f64 {
+        self.rate
     }
 
-    /// Blocks until packet number `sent` may go out.
-    pub fn wait(&self, sent: u64) {
-        let due = self.due(sent);
-        loop {
-            let now = Instant::now();
-            if now >= due {
-                return;
-            }
-            let left = due - now;
-            // Sleeping is coarse (~60 us); spin for the last stretch.
-            if left > Duration::from_micros(200) {
-                thread::sleep(left - Duration::from_micros(100));
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+    pub fn set_rate(&mut self, rate: f64) {
+        self.refill(Instant::now());
+        self.rate = rate.max(1.0);
     }
 
-    /// Batch size that keeps the pacing error near a millisecond.
-    pub fn batch(&self) -> usize {
-        ((self.rate / 1000.0) as usize).clamp(1, BATCH)
+    fn burst(&self) -> f64 {
+        (self.rate * 0.002).clamp(1.0, BATCH as f64)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst());
+        self.last = now;
+    }
+
+    /// How many packets may go out now (taken from the bucket).
+    pub fn take(&mut self, now: Instant, want: usize) -> usize {
+        self.refill(now);
+        let n = (self.tokens.floor() as usize).min(want);
+        self.tokens -= n as f64;
+        n
+    }
+
+    /// How long until the next packet may go.
+    pub fn next_in(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
     }
 }
 
@@ -177,14 +218,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pacer_schedules_evenly() {
-        let p = Pacer::new(1000);
-        assert_eq!(p.due(1000) - p.due(0), Duration::from_secs(1));
-        assert_eq!(p.due(1) - p.due(0), Duration::from_millis(1));
-        assert_eq!(Pacer::new(100).batch(), 1);
-        assert_eq!(Pacer::new(10_000).batch(), 10);
-        assert_eq!(Pacer::new(10_000_000).batch(), BATCH);
-        let floor = Pacer::new(0);
-        assert_eq!(floor.due(1) - floor.due(0), Duration::from_secs(1));
+    fn pacer_holds_the_rate_and_caps_bursts() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(1000.0);
+        p.last = t0;
+        p.tokens = 0.0;
+        assert_eq!(p.take(t0, 100), 0);
+        assert!(p.next_in() <= Duration::from_millis(1));
+        assert_eq!(p.take(t0 + Duration::from_millis(1), 100), 1);
+        // After a long pause only a short burst is allowed.
+        assert_eq!(p.take(t0 + Duration::from_secs(10), 1000), 2);
+        let mut fast = Pacer::new(10_000_000.0);
+        assert_eq!(
+            fast.take(Instant::now() + Duration::from_secs(1), 1000),
+            BATCH
+        );
+        // Over a simulated second, the bucket lets through about `rate`.
+        let mut p = Pacer::new(5000.0);
+        let start = p.last;
+        let total: usize = (1..=1000)
+            .map(|ms| p.take(start + Duration::from_millis(ms), usize::MAX))
+            .sum();
+        assert!((4990..=5010).contains(&total), "{total}");
     }
 }

@@ -24,7 +24,7 @@ fn driver_mode_on_a_jumbo_frame_veth() {
     assert!(stderr.contains("xdp_mode=driver"), "{stderr}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "198.18.0.2       5201/tcp open\n"
+        "198.18.0.2       5201/tcp open          syn-ack\n"
     );
     assert_eq!(
         lab.scanner.xdp_prog(SCANNER_IF),

@@ -25,7 +25,7 @@ fn invalid_address_is_named() {
     let e = scan_fails(&["198.18.0.300"]);
     assert_eq!(
         e,
-        "error: invalid target \"198.18.0.300\": expected an IPv4 address or CIDR range such as 198.18.0.0/24\n"
+        "error: invalid target \"198.18.0.300\": expected an IP address, a CIDR range such as 198.18.0.0/24, or a hostname\n"
     );
 }
 
@@ -44,6 +44,33 @@ fn never_targets_are_refused() {
     assert!(
         e.contains("cannot be scanned: it includes multicast addresses"),
         "{e}"
+    );
+}
+
+#[test]
+fn oversized_ipv6_range_is_refused() {
+    let e = scan_fails(&["2001:db8::/64"]);
+    assert_eq!(
+        e,
+        "error: IPv6 target 2001:db8::/64 is larger than the maximum of a /112; split it or raise the limit\n"
+    );
+}
+
+#[test]
+fn bad_shard_is_named() {
+    let e = scan_fails(&["--shard", "4/3", "198.18.0.2"]);
+    assert!(
+        e.contains("invalid shard \"4/3\": expected i/N with 1 <= i <= N"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostname_without_dns_is_named() {
+    let e = scan_fails(&["--disable-dns-resolution", "localhost"]);
+    assert_eq!(
+        e,
+        "error: target \"localhost\" is not an IP address or CIDR range, and DNS resolution is disabled\n"
     );
 }
 

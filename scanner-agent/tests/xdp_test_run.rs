@@ -10,9 +10,10 @@ use aya::{
 use etherparse::PacketBuilder;
 use scanner_agent::capture::PROGRAMS;
 use scanner_common::{
-    ReplyEvent, ReplyKind,
+    Addr, ReplyEvent, ReplyKind,
+    cookie::{echo_id_seq, probe_hash, seq_of},
     maps::{Settings, SlotKey},
-    tcp_cookie,
+    reply::local_port,
 };
 
 const XDP_DROP: u32 = 1;
@@ -45,11 +46,25 @@ fn loaded() -> Ebpf {
     ebpf
 }
 
-/// A reply from TARGET:22 to our port 61500 (slot 1) with the given ack.
+/// The hash of our probe to TARGET:22 over `protocol`.
+fn hash(protocol: u8) -> u64 {
+    probe_hash(&KEY, &Addr::v4(TARGET), &Addr::v4(US), 22, protocol)
+}
+
+/// The local port our probe to TARGET:22 used (slot 1).
+fn our_port(protocol: u8) -> u16 {
+    local_port(&SETTINGS, 1, hash(protocol))
+}
+
+fn cookie() -> u32 {
+    seq_of(hash(6))
+}
+
+/// A reply from TARGET:22 to our probe's port with the given ack.
 fn reply(ack: u32, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2([2; 6], [4; 6])
         .ipv4(TARGET, US, 63)
-        .tcp(22, 61500, 4242, 65535);
+        .tcp(22, our_port(6), 4242, 65535);
     let b = if syn {
         b.syn().ack(ack)
     } else {
@@ -58,16 +73,6 @@ fn reply(ack: u32, syn: bool) -> Vec<u8> {
     let mut out = Vec::new();
     b.write(&mut out, &[]).unwrap();
     out
-}
-
-fn cookie() -> u32 {
-    tcp_cookie(
-        &KEY,
-        u32::from_be_bytes(TARGET),
-        u32::from_be_bytes(US),
-        22,
-        61500,
-    )
 }
 
 /// Runs the program on `frame`; returns the verdict and the frame it left.
@@ -114,7 +119,7 @@ fn valid_syn_ack_yields_exactly_one_event_per_run_and_is_consumed() {
     assert_eq!((&e.remote[..4], &e.local[..4]), (&TARGET[..], &US[..]));
     assert_eq!(
         (e.remote_port, e.local_port, e.slot, e.ttl),
-        (22, 61500, 1, 63)
+        (22, our_port(6), 1, 63)
     );
     assert_eq!(e.kind(), Some(ReplyKind::SynAck));
 }
@@ -145,18 +150,18 @@ fn foreign_traffic_passes_untouched() {
         "wrong cookie (off by one)",
     );
     assert_passed_untouched(&mut ebpf, &reply(0xdead_beef, true), "wrong cookie");
-    // Right cookie, but a slot with no scan in flight.
+    // Right cookie, but to a port of slot 0, which has no scan in flight.
     let mut other_slot = reply(cookie().wrapping_add(1), true);
-    other_slot[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&61000u16.to_be_bytes());
+    other_slot[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&(our_port(6) - 500).to_be_bytes());
     assert_passed_untouched(&mut ebpf, &other_slot, "inactive slot");
 
     let mut udp = Vec::new();
     PacketBuilder::ethernet2([2; 6], [4; 6])
         .ipv4(TARGET, US, 64)
-        .udp(53, 61500)
+        .udp(22, our_port(17) ^ 1)
         .write(&mut udp, &[0; 12])
         .unwrap();
-    assert_passed_untouched(&mut ebpf, &udp, "udp");
+    assert_passed_untouched(&mut ebpf, &udp, "udp to a port no probe used");
     let mut arp = reply(cookie().wrapping_add(1), true);
     arp[12..14].copy_from_slice(&[0x08, 0x06]);
     assert_passed_untouched(&mut ebpf, &arp, "arp ethertype");
@@ -175,4 +180,124 @@ fn truncated_frames_pass_untouched() {
     }
     let (verdict, _) = run(&ebpf, &frame).unwrap();
     assert_eq!(verdict, XDP_DROP, "the untruncated frame is a valid reply");
+}
+
+/// Runs `frame` through both program forms; it must be consumed and yield
+/// one identical event per form, which is returned.
+fn ours(ebpf: &mut Ebpf, frame: &[u8]) -> ReplyEvent {
+    assert_eq!(run(ebpf, frame).unwrap().0, XDP_DROP);
+    let evs = events(ebpf);
+    assert_eq!(evs.len(), 2, "one event per program form");
+    assert_eq!(evs[0], evs[1]);
+    evs[0]
+}
+
+#[test]
+fn udp_answers_icmp_errors_and_echo_replies_are_ours() {
+    let mut ebpf = loaded();
+    let eth = || PacketBuilder::ethernet2([2; 6], [4; 6]);
+
+    let mut udp = Vec::new();
+    eth()
+        .ipv4(TARGET, US, 64)
+        .udp(22, our_port(17))
+        .write(&mut udp, &[1, 2, 3])
+        .unwrap();
+    let ev = ours(&mut ebpf, &udp);
+    assert_eq!(
+        (ev.kind(), ev.protocol, ev.remote_port),
+        (Some(ReplyKind::Udp), 17, 22)
+    );
+
+    // A router's "admin prohibited" about our SYN, quoting it.
+    let mut probe = Vec::new();
+    PacketBuilder::ipv4(US, TARGET, 64)
+        .tcp(our_port(6), 22, cookie(), 1024)
+        .syn()
+        .write(&mut probe, &[])
+        .unwrap();
+    let icmp = |quoted: &[u8]| {
+        let unreach = etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::from_values(13, 0).unwrap(),
+        );
+        let mut out = Vec::new();
+        eth()
+            .ipv4([198, 18, 0, 254], US, 64)
+            .icmpv4(unreach)
+            .write(&mut out, quoted)
+            .unwrap();
+        out
+    };
+    let ev = ours(&mut ebpf, &icmp(&probe[..28]));
+    assert_eq!(
+        (ev.kind(), ev.icmp_code, ev.remote_port),
+        (Some(ReplyKind::Unreachable), 13, 22)
+    );
+    assert_eq!(
+        &ev.remote[..4],
+        &TARGET[..],
+        "an ICMP error is keyed by the probed host"
+    );
+    // The same error quoting a different sequence number is not ours.
+    probe[24..28].copy_from_slice(&(cookie() ^ 1).to_be_bytes());
+    assert_passed_untouched(
+        &mut ebpf,
+        &icmp(&probe[..28]),
+        "icmp error quoting a foreign segment",
+    );
+
+    let (id, seq) = echo_id_seq(probe_hash(&KEY, &Addr::v4(TARGET), &Addr::v4(US), 0, 1), 1);
+    let echo = |id, seq| {
+        let mut out = Vec::new();
+        let reply = etherparse::Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id, seq });
+        eth()
+            .ipv4(TARGET, US, 64)
+            .icmpv4(reply)
+            .write(&mut out, &[])
+            .unwrap();
+        out
+    };
+    assert_eq!(
+        ours(&mut ebpf, &echo(id, seq)).kind(),
+        Some(ReplyKind::EchoReply)
+    );
+    assert_passed_untouched(
+        &mut ebpf,
+        &echo(id, seq ^ 1),
+        "echo reply with a foreign sequence",
+    );
+}
+
+#[test]
+fn ipv6_syn_ack_is_ours() {
+    let mut ebpf = loaded();
+    let (t6, u6): ([u8; 16], [u8; 16]) = (
+        "2001:db8::2"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+        "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
+    let h = probe_hash(&KEY, &Addr::v6(t6), &Addr::v6(u6), 443, 6);
+    let port = local_port(&SETTINGS, 1, h);
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [4; 6])
+        .ipv6(t6, u6, 64)
+        .tcp(443, port, 1, 65535)
+        .syn()
+        .ack(seq_of(h).wrapping_add(1))
+        .write(&mut frame, &[])
+        .unwrap();
+    assert_eq!(run(&ebpf, &frame).unwrap().0, XDP_DROP);
+    let evs = events(&mut ebpf);
+    assert_eq!(evs.len(), 2);
+    assert_eq!(
+        (evs[0].family, evs[0].remote, evs[0].kind()),
+        (6, t6, Some(ReplyKind::SynAck))
+    );
+    frame[14 + 40 + 8..14 + 40 + 12].copy_from_slice(&seq_of(h).to_be_bytes());
+    assert_passed_untouched(&mut ebpf, &frame, "ipv6 syn-ack with a wrong ack");
 }

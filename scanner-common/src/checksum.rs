@@ -30,6 +30,14 @@ pub fn ipv4_transport(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) 
     fold(sum_words(sum, segment))
 }
 
+/// Checksum of a TCP, UDP or ICMPv6 segment over IPv6 (pseudo-header included).
+pub fn ipv6_transport(src: [u8; 16], dst: [u8; 16], protocol: u8, segment: &[u8]) -> u16 {
+    let mut sum = sum_words(0, &src);
+    sum = sum_words(sum, &dst);
+    sum += u32::from(protocol) + segment.len() as u32;
+    fold(sum_words(sum, segment))
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -59,5 +67,22 @@ mod tests {
         segment[16..18].copy_from_slice(&[0, 0]);
         let ours = ipv4_transport([198, 18, 0, 1], [198, 18, 0, 2], 6, &segment);
         assert_eq!(ours, tcp.checksum());
+    }
+
+    #[test]
+    fn matches_etherparse_for_udp_over_ipv6() {
+        let (src, dst) = (
+            [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+        );
+        let mut pkt = Vec::new();
+        PacketBuilder::ipv6(src, dst, 64)
+            .udp(61000, 53)
+            .write(&mut pkt, &[1, 2, 3, 4, 5])
+            .unwrap();
+        let expect = u16::from_be_bytes([pkt[46], pkt[47]]);
+        let mut segment = pkt[40..].to_vec();
+        segment[6..8].copy_from_slice(&[0, 0]);
+        assert_eq!(ipv6_transport(src, dst, 17, &segment), expect);
     }
 }

@@ -1,9 +1,11 @@
 //! Keyed probe cookies (SipHash-2-4, as masscan does).
 //!
-//! A probe's TCP sequence number is a keyed hash of its 4-tuple, so a reply is
-//! ours exactly when `ack - 1` equals the hash. No per-probe state is kept.
-//! The hash is written out for fixed-size input because the eBPF side needs a
-//! loop-free, bounded function; tests check it against the `siphasher` crate.
+//! One keyed hash of (remote address, local address, remote port, protocol)
+//! gives both a probe's local port (within its scan's slot) and its TCP
+//! sequence number, so a reply is ours exactly when both match. No
+//! per-probe state is kept. The hash is written out for fixed-size input
+//! because the eBPF side needs a loop-free, bounded function; tests check it
+//! against the `siphasher` crate.
 
 /// A scan's secret key. Random per scan, never logged.
 pub type ProbeKey = [u64; 2];
@@ -58,19 +60,99 @@ pub fn siphash24<const N: usize>(key: &ProbeKey, words: &[u64; N]) -> u64 {
     v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
-/// The sequence number of a TCP probe from `local:local_port` to
-/// `remote:remote_port` (IPv4 addresses as host-order integers).
+/// An IP address in a family-tagged 16-byte form (IPv4 in the first 4 bytes),
+/// the layout the XDP program and the agent share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Addr {
+    pub family: u8,
+    pub bytes: [u8; 16],
+}
+
+impl Addr {
+    pub const fn v4(octets: [u8; 4]) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[0] = octets[0];
+        bytes[1] = octets[1];
+        bytes[2] = octets[2];
+        bytes[3] = octets[3];
+        Self { family: 4, bytes }
+    }
+
+    pub const fn v6(bytes: [u8; 16]) -> Self {
+        Self { family: 6, bytes }
+    }
+
+    pub fn to_ip(&self) -> core::net::IpAddr {
+        if self.family == 4 {
+            let b = &self.bytes;
+            core::net::IpAddr::V4(core::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+        } else {
+            core::net::IpAddr::V6(core::net::Ipv6Addr::from(self.bytes))
+        }
+    }
+
+    #[inline(always)]
+    fn words(&self) -> (u64, u64) {
+        let b = &self.bytes;
+        let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        let lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+        (hi, lo)
+    }
+}
+
+impl From<core::net::IpAddr> for Addr {
+    fn from(ip: core::net::IpAddr) -> Self {
+        match ip {
+            core::net::IpAddr::V4(a) => Self::v4(a.octets()),
+            core::net::IpAddr::V6(a) => Self::v6(a.octets()),
+        }
+    }
+}
+
+/// The keyed hash of one probe's flow.
 #[inline(always)]
-pub fn tcp_cookie(
+pub fn probe_hash(
     key: &ProbeKey,
-    remote: u32,
-    local: u32,
+    remote: &Addr,
+    local: &Addr,
     remote_port: u16,
-    local_port: u16,
-) -> u32 {
-    let addrs = (u64::from(remote) << 32) | u64::from(local);
-    let ports = (u64::from(remote_port) << 16) | u64::from(local_port) | (6 << 32);
-    siphash24(key, &[addrs, ports]) as u32
+    protocol: u8,
+) -> u64 {
+    let tail = (u64::from(remote_port) << 8) | u64::from(protocol);
+    if remote.family == 4 {
+        let (r, _) = remote.words();
+        let (l, _) = local.words();
+        siphash24(key, &[(r & 0xffff_ffff_0000_0000) | (l >> 32), tail])
+    } else {
+        let (rh, rl) = remote.words();
+        let (lh, ll) = local.words();
+        siphash24(key, &[rh, rl, lh, ll, tail | (6 << 32)])
+    }
+}
+
+/// The TCP sequence number a probe with hash `hash` carries.
+#[inline(always)]
+pub const fn seq_of(hash: u64) -> u32 {
+    hash as u32
+}
+
+/// The local port (offset within the slot) a probe with hash `hash` uses.
+#[inline(always)]
+pub fn port_offset_of(hash: u64, ports_per_slot: u16) -> u16 {
+    if ports_per_slot == 0 {
+        return 0;
+    }
+    ((hash >> 32) % u64::from(ports_per_slot)) as u16
+}
+
+/// ICMP echo identifier and sequence: the slot in the top 3 identifier
+/// bits (echo replies carry no port), the hash in the rest.
+#[inline(always)]
+pub const fn echo_id_seq(hash: u64, slot: u32) -> (u16, u16) {
+    (
+        ((slot as u16 & 0x7) << 13) | (hash as u16 & 0x1fff),
+        (hash >> 16) as u16,
+    )
 }
 
 #[cfg(test)]
@@ -99,17 +181,36 @@ mod tests {
     }
 
     #[test]
-    fn cookie_depends_on_every_field_and_the_key() {
+    fn hash_depends_on_every_field_and_the_key() {
         let key = [11, 22];
-        let base = tcp_cookie(&key, 0xc612_0002, 0xc612_0001, 22, 61000);
-        assert_ne!(base, tcp_cookie(&key, 0xc612_0003, 0xc612_0001, 22, 61000));
-        assert_ne!(base, tcp_cookie(&key, 0xc612_0002, 0xc612_0009, 22, 61000));
-        assert_ne!(base, tcp_cookie(&key, 0xc612_0002, 0xc612_0001, 23, 61000));
-        assert_ne!(base, tcp_cookie(&key, 0xc612_0002, 0xc612_0001, 22, 61001));
+        let r = Addr::v4([198, 18, 0, 2]);
+        let l = Addr::v4([198, 18, 0, 1]);
+        let base = probe_hash(&key, &r, &l, 22, 6);
         assert_ne!(
             base,
-            tcp_cookie(&[11, 23], 0xc612_0002, 0xc612_0001, 22, 61000)
+            probe_hash(&key, &Addr::v4([198, 18, 0, 3]), &l, 22, 6)
         );
-        assert_eq!(base, tcp_cookie(&key, 0xc612_0002, 0xc612_0001, 22, 61000));
+        assert_ne!(
+            base,
+            probe_hash(&key, &r, &Addr::v4([198, 18, 0, 9]), 22, 6)
+        );
+        assert_ne!(base, probe_hash(&key, &r, &l, 23, 6));
+        assert_ne!(base, probe_hash(&key, &r, &l, 22, 17));
+        assert_ne!(base, probe_hash(&[11, 23], &r, &l, 22, 6));
+        assert_eq!(base, probe_hash(&key, &r, &l, 22, 6));
+        let mut r6 = [0u8; 16];
+        r6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        let l6 = Addr::v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let h6 = probe_hash(&key, &Addr::v6(r6), &l6, 22, 6);
+        r6[15] = 1;
+        assert_ne!(h6, probe_hash(&key, &Addr::v6(r6), &l6, 22, 6));
+    }
+
+    #[test]
+    fn echo_ids_carry_the_slot() {
+        let (id, _) = echo_id_seq(u64::MAX, 5);
+        assert_eq!(id >> 13, 5);
+        assert_eq!(port_offset_of(u64::MAX, 0), 0);
+        assert!(port_offset_of(u64::MAX, 567) < 567);
     }
 }

@@ -1,14 +1,22 @@
 //! The record the XDP program pushes through the ring buffer for every reply
 //! that answers one of our probes.
 
+use crate::cookie::Addr;
+
 /// What kind of answer a probe got.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplyKind {
-    /// TCP SYN-ACK: the port is open.
+    /// TCP SYN-ACK.
     SynAck = 1,
-    /// TCP RST: the port is closed.
+    /// TCP RST.
     Rst = 2,
+    /// Any UDP datagram back from the probed port.
+    Udp = 3,
+    /// ICMP / ICMPv6 destination unreachable quoting the probe.
+    Unreachable = 4,
+    /// ICMP / ICMPv6 echo reply (host discovery).
+    EchoReply = 5,
 }
 
 impl ReplyKind {
@@ -16,25 +24,28 @@ impl ReplyKind {
         match v {
             1 => Some(Self::SynAck),
             2 => Some(Self::Rst),
+            3 => Some(Self::Udp),
+            4 => Some(Self::Unreachable),
+            5 => Some(Self::EchoReply),
             _ => None,
         }
     }
 }
 
-/// One validated reply. Addresses are kept in network byte order in 16-byte
-/// fields so IPv4 and IPv6 share one layout (IPv4 uses the first 4 bytes).
+/// One validated reply, always keyed by the probe it answers: `remote` is
+/// the probed address even when a router sent the ICMP error.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyEvent {
-    /// The address that answered (the probe's destination).
+    /// The probed address (IPv4 in the first 4 bytes).
     pub remote: [u8; 16],
-    /// Our address the answer was sent to (the probe's source).
+    /// Our address the probe came from.
     pub local: [u8; 16],
     pub remote_port: u16,
     pub local_port: u16,
     /// 4 or 6.
     pub family: u8,
-    /// IP protocol number of the probe (6 = TCP).
+    /// IP protocol of the probe (TCP, UDP, ICMP or ICMPv6).
     pub protocol: u8,
     /// A [`ReplyKind`] value.
     pub kind: u8,
@@ -42,7 +53,10 @@ pub struct ReplyEvent {
     pub slot: u8,
     /// The TTL / hop limit the reply arrived with.
     pub ttl: u8,
-    pub _pad: [u8; 7],
+    /// ICMP type and code for [`ReplyKind::Unreachable`].
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 5],
 }
 
 impl ReplyEvent {
@@ -62,6 +76,20 @@ impl ReplyEvent {
     pub fn kind(&self) -> Option<ReplyKind> {
         ReplyKind::from_u8(self.kind)
     }
+
+    pub fn remote_addr(&self) -> Addr {
+        Addr {
+            family: self.family,
+            bytes: self.remote,
+        }
+    }
+
+    pub fn local_addr(&self) -> Addr {
+        Addr {
+            family: self.family,
+            bytes: self.local,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -74,27 +102,30 @@ mod tests {
         assert_eq!(ReplyEvent::SIZE, 48);
         assert_eq!(core::mem::offset_of!(ReplyEvent, remote_port), 32);
         assert_eq!(core::mem::offset_of!(ReplyEvent, kind), 38);
-        assert_eq!(core::mem::offset_of!(ReplyEvent, slot), 39);
+        assert_eq!(core::mem::offset_of!(ReplyEvent, icmp_code), 42);
     }
 
     #[test]
     fn round_trips_through_bytes() {
         let ev = ReplyEvent {
-            remote: [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            local: [198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            remote: Addr::v4([198, 18, 0, 2]).bytes,
+            local: Addr::v4([198, 18, 0, 1]).bytes,
             remote_port: 22,
             local_port: 61001,
             family: 4,
             protocol: 6,
-            kind: ReplyKind::SynAck as u8,
+            kind: ReplyKind::Unreachable as u8,
             slot: 3,
             ttl: 64,
-            _pad: [0; 7],
+            icmp_type: 3,
+            icmp_code: 13,
+            _pad: [0; 5],
         };
         // SAFETY: ReplyEvent is plain data; viewing it as bytes is sound.
         let bytes: [u8; ReplyEvent::SIZE] = unsafe { core::mem::transmute(ev) };
         assert_eq!(ReplyEvent::from_bytes(&bytes), Some(ev));
         assert_eq!(ReplyEvent::from_bytes(&bytes[..47]), None);
-        assert_eq!(ev.kind(), Some(ReplyKind::SynAck));
+        assert_eq!(ev.kind(), Some(ReplyKind::Unreachable));
+        assert_eq!(ev.remote_addr(), Addr::v4([198, 18, 0, 2]));
     }
 }

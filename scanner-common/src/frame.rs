@@ -1,13 +1,21 @@
 //! Header parsing over any bounds-checked view of a frame.
 //!
 //! The XDP program implements [`Frame`] over its packet pointers, the host
-//! tests over byte slices, so the same parser runs in both places.
+//! tests over byte slices, so the same parser runs in both places. Whole
+//! headers are copied out with one bounds check each: the eBPF verifier only
+//! trusts reads through the very pointer it saw checked.
 
-pub const ETH_HLEN: usize = 14;
+use crate::cookie::Addr;
+
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -18,19 +26,6 @@ pub const TCP_ACK: u8 = 0x10;
 pub trait Frame {
     /// `N` bytes at `offset`, or `None` if the frame is shorter.
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
-
-    #[inline(always)]
-    fn u8_at(&self, offset: usize) -> Option<u8> {
-        self.bytes::<1>(offset).map(|b| b[0])
-    }
-    #[inline(always)]
-    fn be16_at(&self, offset: usize) -> Option<u16> {
-        self.bytes::<2>(offset).map(u16::from_be_bytes)
-    }
-    #[inline(always)]
-    fn be32_at(&self, offset: usize) -> Option<u32> {
-        self.bytes::<4>(offset).map(u32::from_be_bytes)
-    }
 }
 
 impl Frame for [u8] {
@@ -40,28 +35,64 @@ impl Frame for [u8] {
     }
 }
 
-/// The fields of a TCP segment that may answer a probe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpReply {
-    /// Source address (the probed host), host order.
-    pub remote: u32,
-    /// Destination address (us), host order.
-    pub local: u32,
-    pub remote_port: u16,
-    pub local_port: u16,
-    pub ack: u32,
-    pub flags: u8,
-    pub ttl: u8,
+#[inline(always)]
+fn be16(b: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([b[i], b[i + 1]])
 }
 
-impl TcpReply {
-    /// SYN-ACK or RST with ACK: the two answers a SYN probe can get.
-    #[inline(always)]
-    pub fn is_probe_answer(&self) -> bool {
-        let syn_ack = self.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK;
-        let rst = self.flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_RST | TCP_ACK;
-        syn_ack || rst
-    }
+#[inline(always)]
+fn be32(b: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+/// The transport header fields a probe reply can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
+    /// Destination unreachable (ICMP type 3 / ICMPv6 type 1) quoting the
+    /// start of the packet that caused it.
+    Unreachable {
+        icmp_type: u8,
+        code: u8,
+        quoted: Quoted,
+    },
+    /// Echo reply (ICMP type 0 / ICMPv6 type 129).
+    EchoReply {
+        id: u16,
+        seq: u16,
+    },
+}
+
+/// The quoted header of the packet an ICMP error is about: one of our probes,
+/// if it is ours, so `src` is us and `dst` the probed host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quoted {
+    pub protocol: u8,
+    pub src: Addr,
+    pub dst: Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// TCP sequence number (zero for UDP).
+    pub seq: u32,
+}
+
+/// An IP packet as far as replies to probes are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub src: Addr,
+    pub dst: Addr,
+    pub ttl: u8,
+    pub transport: Transport,
 }
 
 /// Offset of the layer-3 header and its ethertype, skipping up to two VLAN
@@ -69,172 +100,365 @@ impl TcpReply {
 #[inline(always)]
 fn l3<F: Frame + ?Sized>(f: &F) -> Option<(usize, u16)> {
     let mut off = 12;
-    let mut ethertype = f.be16_at(off)?;
+    let mut ethertype = u16::from_be_bytes(f.bytes(off)?);
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         off += 4;
-        ethertype = f.be16_at(off)?;
+        ethertype = u16::from_be_bytes(f.bytes(off)?);
         if ethertype == ETH_P_8021Q {
             off += 4;
-            ethertype = f.be16_at(off)?;
+            ethertype = u16::from_be_bytes(f.bytes(off)?);
         }
     }
     Some((off + 2, ethertype))
 }
 
-/// Parses an Ethernet frame carrying IPv4/TCP (first fragment only).
-/// Anything else, including every truncated frame, yields `None`.
+/// An IP header: addresses, protocol, hop limit and where the payload starts.
+struct Ip {
+    src: Addr,
+    dst: Addr,
+    protocol: u8,
+    ttl: u8,
+    payload: usize,
+}
+
 #[inline(always)]
-pub fn parse_tcp_reply<F: Frame + ?Sized>(f: &F) -> Option<TcpReply> {
-    let (ip, ethertype) = l3(f)?;
-    if ethertype != ETH_P_IP {
+fn ipv4<F: Frame + ?Sized>(f: &F, off: usize) -> Option<Ip> {
+    let h: [u8; 20] = f.bytes(off)?;
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    // A non-first fragment has no transport header at its start.
+    if h[0] >> 4 != 4 || ihl < 20 || be16(&h, 6) & 0x1fff != 0 {
         return None;
     }
-    // Whole headers are copied out with one bounds check each: the eBPF
-    // verifier only trusts reads through the very pointer it saw checked.
-    let iph: [u8; 20] = f.bytes(ip)?;
-    let ihl = usize::from(iph[0] & 0x0f) * 4;
-    if iph[0] >> 4 != 4 || ihl < 20 {
-        return None;
-    }
-    // A non-first fragment has no TCP header at its start.
-    if u16::from_be_bytes([iph[6], iph[7]]) & 0x1fff != 0 || iph[9] != IPPROTO_TCP {
-        return None;
-    }
-    let tcp: [u8; 20] = f.bytes(ip + ihl)?;
-    let be16 = |i: usize| u16::from_be_bytes([tcp[i], tcp[i + 1]]);
-    Some(TcpReply {
-        remote: u32::from_be_bytes([iph[12], iph[13], iph[14], iph[15]]),
-        local: u32::from_be_bytes([iph[16], iph[17], iph[18], iph[19]]),
-        remote_port: be16(0),
-        local_port: be16(2),
-        ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-        flags: tcp[13],
-        ttl: iph[8],
+    Some(Ip {
+        src: Addr::v4([h[12], h[13], h[14], h[15]]),
+        dst: Addr::v4([h[16], h[17], h[18], h[19]]),
+        protocol: h[9],
+        ttl: h[8],
+        payload: off + ihl,
     })
+}
+
+/// IPv6 with the transport header right after the fixed header (replies to
+/// probes carry no extension headers).
+#[inline(always)]
+fn ipv6<F: Frame + ?Sized>(f: &F, off: usize) -> Option<Ip> {
+    let h: [u8; 40] = f.bytes(off)?;
+    if h[0] >> 4 != 6 {
+        return None;
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&h[8..24]);
+    dst.copy_from_slice(&h[24..40]);
+    Some(Ip {
+        src: Addr::v6(src),
+        dst: Addr::v6(dst),
+        protocol: h[6],
+        ttl: h[7],
+        payload: off + 40,
+    })
+}
+
+/// The quoted probe inside an ICMP error, starting at `off`.
+#[inline(always)]
+fn quoted<F: Frame + ?Sized>(f: &F, off: usize, v6: bool) -> Option<Quoted> {
+    let ip = if v6 { ipv6(f, off)? } else { ipv4(f, off)? };
+    // ICMP errors quote at least the first 8 bytes of the transport header.
+    let t: [u8; 8] = f.bytes(ip.payload)?;
+    let seq = if ip.protocol == IPPROTO_TCP {
+        be32(&t, 4)
+    } else {
+        0
+    };
+    Some(Quoted {
+        protocol: ip.protocol,
+        src: ip.src,
+        dst: ip.dst,
+        src_port: be16(&t, 0),
+        dst_port: be16(&t, 2),
+        seq,
+    })
+}
+
+/// Parses an Ethernet frame carrying IPv4 or IPv6 with TCP, UDP or the ICMP
+/// messages that answer probes. Anything else, including every truncated
+/// frame, yields `None`.
+#[inline(always)]
+pub fn parse<F: Frame + ?Sized>(f: &F) -> Option<Packet> {
+    let (off, ethertype) = l3(f)?;
+    let v6 = match ethertype {
+        ETH_P_IP => false,
+        ETH_P_IPV6 => true,
+        _ => return None,
+    };
+    let ip = if v6 { ipv6(f, off)? } else { ipv4(f, off)? };
+    let transport = match (ip.protocol, v6) {
+        (IPPROTO_TCP, _) => {
+            let t: [u8; 20] = f.bytes(ip.payload)?;
+            Transport::Tcp {
+                src_port: be16(&t, 0),
+                dst_port: be16(&t, 2),
+                seq: be32(&t, 4),
+                ack: be32(&t, 8),
+                flags: t[13],
+            }
+        }
+        (IPPROTO_UDP, _) => {
+            let t: [u8; 8] = f.bytes(ip.payload)?;
+            Transport::Udp {
+                src_port: be16(&t, 0),
+                dst_port: be16(&t, 2),
+            }
+        }
+        (IPPROTO_ICMP, false) | (IPPROTO_ICMPV6, true) => {
+            let t: [u8; 8] = f.bytes(ip.payload)?;
+            let (unreachable, echo_reply) = if v6 { (1, 129) } else { (3, 0) };
+            if t[0] == unreachable {
+                Transport::Unreachable {
+                    icmp_type: t[0],
+                    code: t[1],
+                    quoted: quoted(f, ip.payload + 8, v6)?,
+                }
+            } else if t[0] == echo_reply {
+                Transport::EchoReply {
+                    id: be16(&t, 4),
+                    seq: be16(&t, 6),
+                }
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    };
+    Some(Packet {
+        src: ip.src,
+        dst: ip.dst,
+        ttl: ip.ttl,
+        transport,
+    })
+}
+
+/// [`parse`] for the XDP program: a separate BPF function (its stack frame
+/// is gone before validation runs, keeping within the 512-byte limit) that
+/// writes into `out` (the verifier forbids returning a stack pointer, which
+/// a returned struct would be).
+#[cfg_attr(target_arch = "bpf", inline(never))]
+pub fn parse_into<F: Frame + ?Sized>(f: &F, out: &mut Packet) -> bool {
+    match parse(f) {
+        Some(p) => {
+            *out = p;
+            true
+        }
+        None => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
-    use etherparse::PacketBuilder;
+    use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4, icmpv6};
     use std::vec::Vec;
 
-    fn syn_ack(ack: u32) -> Vec<u8> {
-        let b = PacketBuilder::ethernet2([2; 6], [3; 6])
-            .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 61)
+    const T4: [u8; 4] = [198, 18, 0, 2];
+    const U4: [u8; 4] = [198, 18, 0, 1];
+    const T6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    const U6: [u8; 16] = [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+    fn eth() -> etherparse::PacketBuilderStep<etherparse::Ethernet2Header> {
+        PacketBuilder::ethernet2([2; 6], [3; 6])
+    }
+
+    fn syn_ack() -> Vec<u8> {
+        let mut out = Vec::new();
+        eth()
+            .ipv4(T4, U4, 61)
             .tcp(22, 61000, 777, 1024)
             .syn()
-            .ack(ack);
+            .ack(1234)
+            .write(&mut out, &[])
+            .unwrap();
+        out
+    }
+
+    /// Our SYN probe as an IP packet, the way an ICMP error quotes it.
+    fn probe_v4() -> Vec<u8> {
         let mut out = Vec::new();
-        b.write(&mut out, &[]).unwrap();
+        PacketBuilder::ipv4(U4, T4, 64)
+            .tcp(61000, 22, 0xabcd_0123, 1024)
+            .syn()
+            .write(&mut out, &[])
+            .unwrap();
         out
     }
 
     #[test]
     fn parses_a_syn_ack() {
-        let r = parse_tcp_reply(syn_ack(1234).as_slice()).unwrap();
-        assert_eq!(r.remote, 0xc612_0002);
-        assert_eq!(r.local, 0xc612_0001);
-        assert_eq!((r.remote_port, r.local_port), (22, 61000));
-        assert_eq!(r.ack, 1234);
-        assert_eq!(r.ttl, 61);
-        assert!(r.is_probe_answer());
+        let p = parse(syn_ack().as_slice()).unwrap();
+        assert_eq!((p.src, p.dst, p.ttl), (Addr::v4(T4), Addr::v4(U4), 61));
+        assert_eq!(
+            p.transport,
+            Transport::Tcp {
+                src_port: 22,
+                dst_port: 61000,
+                seq: 777,
+                ack: 1234,
+                flags: TCP_SYN | TCP_ACK
+            }
+        );
     }
 
     #[test]
     fn every_truncation_is_rejected() {
-        let frame = syn_ack(1);
-        assert_eq!(frame.len(), ETH_HLEN + 20 + 20);
-        for len in 0..frame.len() {
-            assert_eq!(parse_tcp_reply(&frame[..len]), None, "length {len}");
+        let frames = [syn_ack(), unreachable_v4(13), unreachable_v6(), udp_v6()];
+        for frame in frames {
+            assert!(parse(frame.as_slice()).is_some());
+            for len in 0..frame.len() {
+                // A truncated ICMP error may still quote enough; everything
+                // shorter than the headers we read must be refused.
+                if let Some(p) = parse(&frame[..len]) {
+                    panic!("length {len} of {} parsed as {p:?}", frame.len());
+                }
+            }
         }
     }
 
     #[test]
     fn vlan_tags_are_skipped() {
-        let frame = syn_ack(5);
-        let mut tagged = frame[..12].to_vec();
-        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x0a]);
-        tagged.extend_from_slice(&frame[12..]);
-        assert_eq!(
-            parse_tcp_reply(tagged.as_slice()),
-            parse_tcp_reply(frame.as_slice())
-        );
+        let frame = syn_ack();
+        for tags in [
+            &[0x81, 0x00, 0x00, 0x0a][..],
+            &[0x88, 0xa8, 0, 1, 0x81, 0, 0, 2],
+        ] {
+            let mut tagged = frame[..12].to_vec();
+            tagged.extend_from_slice(tags);
+            tagged.extend_from_slice(&frame[12..]);
+            assert_eq!(parse(tagged.as_slice()), parse(frame.as_slice()));
+        }
     }
 
     #[test]
     fn ip_options_move_the_tcp_header() {
-        let b = PacketBuilder::ethernet2([2; 6], [3; 6])
-            .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
-            .tcp(80, 61001, 1, 1024)
-            .rst()
-            .ack(99);
-        let mut plain = Vec::new();
-        b.write(&mut plain, &[]).unwrap();
-        // Insert 4 bytes of NOP options and fix IHL and total length.
+        let plain = syn_ack();
         let mut f = plain[..34].to_vec();
         f.extend_from_slice(&[1, 1, 1, 0]);
         f.extend_from_slice(&plain[34..]);
         f[14] = 0x46;
         f[17] += 4;
-        let r = parse_tcp_reply(f.as_slice()).unwrap();
-        assert_eq!((r.remote_port, r.local_port, r.ack), (80, 61001, 99));
-        assert!(r.is_probe_answer());
+        assert_eq!(
+            parse(f.as_slice()).unwrap().transport,
+            parse(plain.as_slice()).unwrap().transport
+        );
+    }
+
+    fn unreachable_v4(code: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        let icmp = Icmpv4Type::DestinationUnreachable(
+            icmpv4::DestUnreachableHeader::from_values(code, 0).unwrap(),
+        );
+        eth()
+            .ipv4([198, 18, 0, 254], U4, 64)
+            .icmpv4(icmp)
+            .write(&mut out, &probe_v4()[..28])
+            .unwrap();
+        out
     }
 
     #[test]
-    fn non_answers_are_recognised() {
-        let r = TcpReply {
-            remote: 0,
-            local: 0,
-            remote_port: 1,
-            local_port: 2,
-            ack: 0,
-            flags: TCP_SYN,
-            ttl: 1,
+    fn icmp_errors_expose_the_quoted_probe() {
+        let p = parse(unreachable_v4(13).as_slice()).unwrap();
+        assert_eq!(p.src, Addr::v4([198, 18, 0, 254]));
+        let Transport::Unreachable {
+            icmp_type: 3,
+            code: 13,
+            quoted,
+        } = p.transport
+        else {
+            panic!("{p:?}")
         };
-        assert!(!r.is_probe_answer());
-        assert!(
-            !TcpReply {
-                flags: TCP_ACK,
-                ..r
-            }
-            .is_probe_answer()
+        assert_eq!(quoted.protocol, IPPROTO_TCP);
+        assert_eq!((quoted.src, quoted.dst), (Addr::v4(U4), Addr::v4(T4)));
+        assert_eq!(
+            (quoted.src_port, quoted.dst_port, quoted.seq),
+            (61000, 22, 0xabcd_0123)
         );
-        assert!(
-            !TcpReply {
-                flags: TCP_RST,
-                ..r
+    }
+
+    fn unreachable_v6() -> Vec<u8> {
+        let mut probe = Vec::new();
+        PacketBuilder::ipv6(U6, T6, 64)
+            .udp(61001, 53)
+            .write(&mut probe, &[])
+            .unwrap();
+        let mut out = Vec::new();
+        let icmp = Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port);
+        eth()
+            .ipv6(T6, U6, 64)
+            .icmpv6(icmp)
+            .write(&mut out, &probe)
+            .unwrap();
+        out
+    }
+
+    fn udp_v6() -> Vec<u8> {
+        let mut out = Vec::new();
+        eth()
+            .ipv6(T6, U6, 63)
+            .udp(53, 61001)
+            .write(&mut out, &[])
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn ipv6_udp_and_icmpv6() {
+        let p = parse(udp_v6().as_slice()).unwrap();
+        assert_eq!((p.src, p.dst, p.ttl), (Addr::v6(T6), Addr::v6(U6), 63));
+        assert_eq!(
+            p.transport,
+            Transport::Udp {
+                src_port: 53,
+                dst_port: 61001
             }
-            .is_probe_answer()
         );
-        assert!(
-            TcpReply {
-                flags: TCP_RST | TCP_ACK,
-                ..r
-            }
-            .is_probe_answer()
-        );
-        assert!(
-            !TcpReply {
-                flags: TCP_SYN | TCP_ACK | TCP_RST,
-                ..r
-            }
-            .is_probe_answer()
+        let p = parse(unreachable_v6().as_slice()).unwrap();
+        let Transport::Unreachable {
+            icmp_type: 1,
+            code: 4,
+            quoted,
+        } = p.transport
+        else {
+            panic!("{p:?}")
+        };
+        assert_eq!(
+            (quoted.protocol, quoted.dst, quoted.dst_port),
+            (IPPROTO_UDP, Addr::v6(T6), 53)
         );
     }
 
     #[test]
-    fn other_protocols_are_ignored() {
-        let b = PacketBuilder::ethernet2([2; 6], [3; 6])
-            .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
-            .udp(53, 61000);
-        let mut f = Vec::new();
-        b.write(&mut f, &[1, 2, 3]).unwrap();
-        assert_eq!(parse_tcp_reply(f.as_slice()), None);
-        let mut arp = syn_ack(1);
+    fn echo_replies_and_other_icmp() {
+        let mut out = Vec::new();
+        let echo = Icmpv4Type::EchoReply(IcmpEchoHeader { id: 0xa001, seq: 7 });
+        eth()
+            .ipv4(T4, U4, 64)
+            .icmpv4(echo)
+            .write(&mut out, &[])
+            .unwrap();
+        assert_eq!(
+            parse(out.as_slice()).unwrap().transport,
+            Transport::EchoReply { id: 0xa001, seq: 7 }
+        );
+        let mut req = Vec::new();
+        let echo = Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 1, seq: 7 });
+        eth()
+            .ipv4(T4, U4, 64)
+            .icmpv4(echo)
+            .write(&mut req, &[])
+            .unwrap();
+        assert_eq!(parse(req.as_slice()), None);
+        let mut arp = syn_ack();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(parse_tcp_reply(arp.as_slice()), None);
+        assert_eq!(parse(arp.as_slice()), None);
     }
 }

@@ -9,7 +9,8 @@ pub mod cookie;
 pub mod event;
 pub mod frame;
 pub mod maps;
+pub mod reply;
 
-pub use cookie::{ProbeKey, tcp_cookie};
+pub use cookie::{Addr, ProbeKey};
 pub use event::{ReplyEvent, ReplyKind};
-pub use frame::{Frame, TcpReply, parse_tcp_reply};
+pub use frame::{Frame, Packet, Transport};

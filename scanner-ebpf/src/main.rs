@@ -1,6 +1,7 @@
-//! XDP program: recognises replies to the agent's probes by their cookie,
-//! pushes them to the agent through a ring buffer and consumes them; every
-//! other frame passes untouched. The parsing and the cookie live in
+//! XDP program: recognises replies to the agent's probes (TCP answers, UDP
+//! answers, ICMP errors quoting a probe, echo replies) by their keyed
+//! cookie, pushes them to the agent through a ring buffer and consumes them;
+//! every other frame passes untouched. Parsing and validation live in
 //! `scanner-common`, where they are unit-tested on the host.
 #![no_std]
 #![no_main]
@@ -13,10 +14,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use scanner_common::{
-    Frame, ReplyEvent, ReplyKind,
-    frame::{IPPROTO_TCP, TCP_SYN},
+    Frame, ReplyEvent, frame,
     maps::{EVENTS_BYTES, MAX_SCANS, Settings, SlotKey, counter},
-    parse_tcp_reply, tcp_cookie,
+    reply,
 };
 
 #[map]
@@ -28,13 +28,28 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
-struct Packet<'a>(&'a XdpContext);
+/// Per-CPU scratch space: the parsed packet and the event would overflow the
+/// 512-byte BPF stack.
+struct Scratch {
+    packet: frame::Packet,
+    event: ReplyEvent,
+}
 
-impl Frame for Packet<'_> {
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The frame's bounds, read from the context once. Held as `usize` so the
+/// parser, a separate BPF function, gets them as full 64-bit packet pointers.
+struct Packet {
+    start: usize,
+    end: usize,
+}
+
+impl Frame for Packet {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let ptr = self.0.data() + offset;
-        if ptr + N > self.0.data_end() {
+        let ptr = self.start + offset;
+        if ptr + N > self.end {
             return None;
         }
         // SAFETY: the verifier-visible check above keeps the read inside the packet.
@@ -54,76 +69,50 @@ fn bump(index: u32) {
 /// headers always sit in the first fragment, which is all it reads.
 #[xdp(frags)]
 pub fn scanner_xdp(ctx: XdpContext) -> u32 {
-    bump(counter::FRAMES);
     classify(&ctx)
 }
 
 /// The same program for kernels before 5.18, which know no `frags`.
 #[xdp]
 pub fn scanner_xdp_single(ctx: XdpContext) -> u32 {
-    bump(counter::FRAMES);
     classify(&ctx)
 }
 
 #[inline(always)]
 fn classify(ctx: &XdpContext) -> u32 {
-    let Some(reply) = parse_tcp_reply(&Packet(ctx)) else {
+    bump(counter::FRAMES);
+    let (Some(scratch), Some(settings)) = (SCRATCH.get_ptr_mut(0), SETTINGS.get(0)) else {
         return xdp_action::XDP_PASS;
     };
-    if !reply.is_probe_answer() {
+    // SAFETY: per-CPU scratch, used by this CPU only while the program runs.
+    let Scratch { packet, event } = unsafe { &mut *scratch };
+    if !frame::parse_into(
+        &Packet {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        },
+        packet,
+    ) {
         return xdp_action::XDP_PASS;
     }
-    let Some(slot) = SETTINGS.get(0).and_then(|s| s.slot_of(reply.local_port)) else {
-        return xdp_action::XDP_PASS;
-    };
-    let Some(key) = KEYS.get(slot).filter(|k| k.active != 0) else {
-        return xdp_action::XDP_PASS;
-    };
-    let cookie = tcp_cookie(
-        &key.key,
-        reply.remote,
-        reply.local,
-        reply.remote_port,
-        reply.local_port,
-    );
-    if reply.ack.wrapping_sub(1) != cookie {
+    let keys = |slot| KEYS.get(slot).filter(|k| k.active != 0).map(|k| k.key);
+    if !reply::validate_into(packet, settings, keys, event) {
         return xdp_action::XDP_PASS;
     }
     bump(counter::MATCHED);
-
     let Some(mut entry) = EVENTS.reserve::<ReplyEvent>(0) else {
         bump(counter::RINGBUF_FULL);
         debug!(
             ctx,
-            "ring buffer full: reply from port {} lost", reply.remote_port
+            "ring buffer full: reply from port {} lost", event.remote_port
         );
-        // Let the kernel answer it with a RST so the target is not left half-open.
+        // Let the kernel answer it (a RST for a SYN-ACK) so the target is not left half-open.
         return xdp_action::XDP_PASS;
     };
-    let mut remote = [0u8; 16];
-    let mut local = [0u8; 16];
-    remote[..4].copy_from_slice(&reply.remote.to_be_bytes());
-    local[..4].copy_from_slice(&reply.local.to_be_bytes());
-    let kind = if reply.flags & TCP_SYN != 0 {
-        ReplyKind::SynAck
-    } else {
-        ReplyKind::Rst
-    };
-    entry.write(ReplyEvent {
-        remote,
-        local,
-        remote_port: reply.remote_port,
-        local_port: reply.local_port,
-        family: 4,
-        protocol: IPPROTO_TCP,
-        kind: kind as u8,
-        slot: slot as u8,
-        ttl: reply.ttl,
-        _pad: [0; 7],
-    });
+    entry.write(*event);
     entry.submit(0);
-    // The agent sends the RST itself: the host's firewall may drop an
-    // unsolicited SYN-ACK before the kernel could answer it.
+    // The agent sends the RST for a SYN-ACK itself: the host's firewall may
+    // drop an unsolicited SYN-ACK before the kernel could answer it.
     xdp_action::XDP_DROP
 }
 

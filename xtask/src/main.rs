@@ -1,6 +1,7 @@
 //! `cargo xtask build | run | test`: every developer task sets up what it
 //! needs first (see `toolchain`), so a fresh machine needs no manual steps.
 
+mod bench;
 mod toolchain;
 
 use std::{net::TcpListener, path::PathBuf, process::Command};
@@ -35,6 +36,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Compare the agent with masscan and nmap on a namespace testbed (needs root).
+    Bench {
+        /// Only the one-host workload, one rate per tool: a smoke check.
+        #[arg(long)]
+        quick: bool,
+        /// Benchmark this scanner-agent binary instead of building one.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,6 +52,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release).map(drop),
         Task::Run { args } => run_agent(args),
         Task::Test { args } => test(args),
+        Task::Bench { quick, agent } => bench::run(quick, agent),
     }
 }
 

@@ -180,7 +180,11 @@ pub fn ensure() -> Result<Toolchain> {
 }
 
 /// Debian packages the tests and benchmarks drive.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "procps"];
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "procps", "nftables"];
+
+/// Debian packages `cargo xtask bench` drives: the scanners compared with,
+/// and the target's firewall.
+pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2"];
 
 pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let out = Command::new("dpkg-query")

@@ -1,12 +1,13 @@
 //! Test hosts in network namespaces: a scanner and a target joined by a
-//! veth pair, addressed from 198.18.0.0/15, with no default route, torn down
-//! on drop (also when the test fails).
+//! veth pair, addressed from 198.18.0.0/15 and 2001:db8::/32, with no default
+//! route, torn down on drop (also when the test fails).
 #![allow(dead_code, unreachable_pub)]
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
-    process::{Command, Output},
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
@@ -15,6 +16,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 pub const SCANNER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const SCANNER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 pub const SCANNER_IF: &str = "veth-scan";
 pub const TARGET_IF: &str = "veth-target";
 
@@ -76,17 +78,56 @@ impl Netns {
     }
 
     /// Opens TCP listeners on the given (address, port) pairs in the namespace.
-    pub fn listen(&self, endpoints: &[(Ipv4Addr, u16)]) -> Vec<TcpListener> {
-        let endpoints = endpoints.to_vec();
+    pub fn listen<A: Into<IpAddr> + Copy>(&self, endpoints: &[(A, u16)]) -> Vec<TcpListener> {
+        let endpoints: Vec<SocketAddr> = endpoints
+            .iter()
+            .map(|&(a, p)| SocketAddr::new(a.into(), p))
+            .collect();
         self.run(move || {
             endpoints
                 .iter()
-                .map(|&(a, p)| {
-                    TcpListener::bind(SocketAddrV4::new(a, p))
-                        .unwrap_or_else(|e| panic!("bind {a}:{p}: {e}"))
-                })
+                .map(|a| TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}")))
                 .collect()
         })
+    }
+
+    /// A UDP service on `addr` that answers every datagram (a stand-in for
+    /// DNS, NTP, ...); it ends with the test process.
+    pub fn udp_echo(&self, addr: SocketAddr) {
+        let socket = self
+            .run(move || UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}")));
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        });
+    }
+
+    /// Installs `rules` in an input-hook chain of a table of the namespace.
+    pub fn firewall(&self, rules: &[&str]) {
+        let ruleset = format!(
+            "table inet test {{\n chain input {{\n  type filter hook input priority 0;\n  {}\n }}\n}}\n",
+            rules.join("\n  ")
+        );
+        self.nft(&ruleset);
+    }
+
+    /// Loads an nftables ruleset into the namespace.
+    pub fn nft(&self, ruleset: &str) {
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(ruleset.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft rejected:\n{ruleset}");
     }
 
     /// The XDP program id attached to `dev`, if any.
@@ -115,8 +156,10 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Lab {
     /// A scanner and a target namespace; the target answers on `targets`
-    /// (all in 198.18.0.0/24, on its veth) and the link has the given MTU.
-    pub fn new(targets: &[Ipv4Addr], mtu: u32) -> Self {
+    /// (in 198.18.0.0/24 or 2001:db8::/64, on its veth) and the link has the
+    /// given MTU. ICMP error rate limits are off in the target, so ICMP-based
+    /// port states are exact.
+    pub fn new<A: Into<IpAddr> + Copy>(targets: &[A], mtu: u32) -> Self {
         let tag = format!(
             "{}-{}",
             std::process::id(),
@@ -124,6 +167,7 @@ impl Lab {
         );
         let scanner = Netns::create(format!("sa-scan-{tag}"));
         let target = Netns::create(format!("sa-target-{tag}"));
+        let mtu = mtu.to_string();
         sh(
             "ip",
             &[
@@ -133,7 +177,7 @@ impl Lab {
                 "netns",
                 &scanner.name,
                 "mtu",
-                &mtu.to_string(),
+                &mtu,
                 "type",
                 "veth",
                 "peer",
@@ -142,7 +186,7 @@ impl Lab {
                 "netns",
                 &target.name,
                 "mtu",
-                &mtu.to_string(),
+                &mtu,
             ],
         );
         scanner.ip(&[
@@ -152,20 +196,52 @@ impl Lab {
             "dev",
             SCANNER_IF,
         ]);
+        scanner.ip(&[
+            "addr",
+            "add",
+            &format!("{SCANNER_ADDR6}/64"),
+            "dev",
+            SCANNER_IF,
+            "nodad",
+        ]);
         for addr in targets {
-            target.ip(&["addr", "add", &format!("{addr}/24"), "dev", TARGET_IF]);
+            match (*addr).into() {
+                IpAddr::V4(a) => target.ip(&["addr", "add", &format!("{a}/24"), "dev", TARGET_IF]),
+                IpAddr::V6(a) => {
+                    target.ip(&["addr", "add", &format!("{a}/64"), "dev", TARGET_IF, "nodad"])
+                }
+            };
         }
+        let sysctl = [
+            "net.ipv4.icmp_ratelimit=0",
+            "net.ipv4.icmp_msgs_per_sec=1000000",
+            "net.ipv6.icmp.ratelimit=0",
+        ];
+        let out = target
+            .command("sysctl")
+            .arg("-qw")
+            .args(sysctl)
+            .output()
+            .expect("sysctl");
+        assert!(
+            out.status.success(),
+            "sysctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         scanner.ip(&["link", "set", SCANNER_IF, "up"]);
         target.ip(&["link", "set", TARGET_IF, "up"]);
         let lab = Self { scanner, target };
         for ns in [&lab.scanner, &lab.target] {
-            let routes =
-                String::from_utf8_lossy(&ns.ip(&["route", "show", "default"]).stdout).into_owned();
-            assert!(
-                routes.trim().is_empty(),
-                "test namespace {} has a default route",
-                ns.name
-            );
+            for family in ["-4", "-6"] {
+                let routes =
+                    String::from_utf8_lossy(&ns.ip(&[family, "route", "show", "default"]).stdout)
+                        .into_owned();
+                assert!(
+                    routes.trim().is_empty(),
+                    "test namespace {} has a default route",
+                    ns.name
+                );
+            }
         }
         lab
     }

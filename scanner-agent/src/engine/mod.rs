@@ -1,0 +1,483 @@
+//! The scan loop: sends probes from a [`ProbePlan`] at the controlled rate,
+//! retries what goes unanswered, turns replies into port states, and closes
+//! half-open connections. One thread does it all: the ring buffer is read
+//! through shared memory, so only sending costs system calls.
+
+pub mod rate;
+pub mod tuning;
+mod window;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use scanner_common::{
+    Addr, ProbeKey, ReplyEvent, ReplyKind,
+    cookie::{echo_id_seq, probe_hash, seq_of},
+    frame::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    maps::Settings,
+    reply,
+};
+
+use self::{
+    rate::{RateController, RttEstimator},
+    tuning::Tuning,
+    window::{Fate, Window},
+};
+use crate::{
+    capture::ReplyStream,
+    probes::{Probe, ProbePlan, Protocol, packets},
+    results::{PortState, Reason, ResultSet, classify},
+    transmit::{BATCH, Pacer, Packet, RawSender, TransmitError},
+};
+
+/// Probes awaiting an answer at once, unless `min_parallelism` asks for more.
+pub const DEFAULT_WINDOW: usize = 1 << 19;
+/// How often the adaptive rate is reconsidered.
+const RATE_PERIOD: Duration = Duration::from_millis(100);
+/// Hosts beyond this many are not tracked (host_timeout, up/down report).
+const MAX_TRACKED_HOSTS: u64 = 1 << 24;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Transmit(#[from] TransmitError),
+    #[error("reading replies failed: {0}")]
+    Receive(std::io::Error),
+    #[error("no IPv{0} source address on the scan interface for an IPv{0} target")]
+    NoSource(u8),
+}
+
+/// What the scan is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Host discovery: any answer means the host is up.
+    Discovery,
+    /// Port states by nmap's rules.
+    Ports,
+}
+
+/// Our addresses, per family.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sources {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Sources {
+    fn for_target(&self, target: IpAddr) -> Result<IpAddr, EngineError> {
+        match target {
+            IpAddr::V4(_) => self.v4.map(IpAddr::V4).ok_or(EngineError::NoSource(4)),
+            IpAddr::V6(_) => self.v6.map(IpAddr::V6).ok_or(EngineError::NoSource(6)),
+        }
+    }
+}
+
+/// The scan's identity towards the XDP program.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    pub key: ProbeKey,
+    pub slot: u32,
+    pub settings: Settings,
+    pub sources: Sources,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    /// Packets sent, retries included.
+    pub sent: u64,
+    pub retries: u64,
+    pub send_time: Duration,
+    pub hosts_timed_out: u64,
+    /// The rate the controller ended at.
+    pub final_rate: f64,
+    pub window_bytes: usize,
+}
+
+impl EngineStats {
+    pub fn achieved_rate(&self) -> f64 {
+        self.sent as f64 / self.send_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Per-host bookkeeping for `host_timeout` and discovery, one word a host.
+struct Hosts {
+    /// 0: not probed yet; `ANSWERED`; `TIMED_OUT`; else first probe time + 1 (ms).
+    state: Vec<u32>,
+}
+
+const ANSWERED: u32 = u32::MAX;
+const TIMED_OUT: u32 = u32::MAX - 1;
+
+pub struct Engine<'a> {
+    plan: &'a ProbePlan,
+    phase: Phase,
+    tuning: &'a Tuning,
+    id: Identity,
+    window: Window,
+    rtt: RttEstimator,
+    rate: RateController,
+    pacer: Pacer,
+    hosts: Hosts,
+    start: Instant,
+    /// Retransmissions due, sent before new probes.
+    due: Vec<u64>,
+    rsts: Vec<Packet>,
+    stats: EngineStats,
+    results: &'a mut ResultSet,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(
+        plan: &'a ProbePlan,
+        phase: Phase,
+        tuning: &'a Tuning,
+        id: Identity,
+        results: &'a mut ResultSet,
+    ) -> Self {
+        let hosts = plan.targets().len();
+        let capacity = tuning
+            .min_parallelism
+            .max(DEFAULT_WINDOW.min(plan.len() as usize));
+        let rate = RateController::new(tuning, hosts);
+        // Hosts are tracked (for discovery, host_timeout and the up/down
+        // report) unless there are too many to keep a word for each.
+        let tracked = if hosts <= MAX_TRACKED_HOSTS {
+            vec![0; hosts as usize]
+        } else {
+            Vec::new()
+        };
+        let window = Window::new(capacity);
+        let stats = EngineStats {
+            window_bytes: window.memory() + tracked.len() * 4,
+            ..EngineStats::default()
+        };
+        Self {
+            plan,
+            phase,
+            tuning,
+            id,
+            window,
+            rtt: RttEstimator::new(tuning),
+            pacer: Pacer::new(rate.rate()),
+            rate,
+            hosts: Hosts { state: tracked },
+            start: Instant::now(),
+            due: Vec::new(),
+            rsts: Vec::new(),
+            stats,
+            results,
+        }
+    }
+
+    fn ms(&self, t: Instant) -> u32 {
+        t.saturating_duration_since(self.start)
+            .as_millis()
+            .min(u128::from(TIMED_OUT - 2)) as u32
+    }
+
+    /// Whether host `h` answered anything (discovery's verdict).
+    pub fn host_answered(&self, h: u64) -> bool {
+        self.hosts.state.get(h as usize) == Some(&ANSWERED)
+    }
+
+    /// Runs the scan to the end and returns its statistics.
+    pub fn run(
+        &mut self,
+        stream: &mut ReplyStream,
+        sender: &mut RawSender,
+    ) -> Result<EngineStats, EngineError> {
+        self.start = Instant::now();
+        let mut batch: Vec<Packet> = vec![Packet::default(); BATCH];
+        let mut period_start = self.start;
+        let mut period_limited = false;
+        let mut last_send = self.start;
+        let mut replies = Vec::new();
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            self.window.advance();
+
+            let wanted = self.due.len()
+                + usize::from(self.window.head < self.plan.len() && self.window.has_room()) * BATCH;
+            let allowed = self.pacer.take(now, wanted.min(BATCH));
+            period_limited |= wanted > 0 && allowed < wanted.min(BATCH);
+            let n = self.fill(&mut batch[..allowed], now)?;
+            if n > 0 {
+                sender.send_all(&batch[..n])?;
+                self.stats.sent += n as u64;
+                last_send = Instant::now();
+                self.stats.send_time = last_send - self.start;
+            }
+            if now - period_start >= RATE_PERIOD {
+                let rate = self.rate.end_period(period_limited);
+                self.pacer.set_rate(rate);
+                period_start = now;
+                period_limited = false;
+            }
+
+            let finished =
+                self.window.head >= self.plan.len() && self.window.settled() && self.due.is_empty();
+            if finished && now >= last_send + self.tuning.wait {
+                break;
+            }
+            let timeout = self.next_wake(now, finished, last_send);
+            stream
+                .poll(timeout, |ev| replies.push(ev))
+                .map_err(EngineError::Receive)?;
+            let now = Instant::now();
+            for ev in replies.drain(..) {
+                self.on_reply(&ev, now);
+            }
+            if !self.rsts.is_empty() {
+                sender.send_all(&self.rsts)?;
+                self.rsts.clear();
+            }
+        }
+        self.stats.final_rate = self.rate.rate();
+        Ok(self.stats.clone())
+    }
+
+    /// How long the loop may sleep waiting for replies.
+    fn next_wake(&self, now: Instant, finished: bool, last_send: Instant) -> Duration {
+        let mut wake = Duration::from_millis(50);
+        if finished {
+            wake = wake.min((last_send + self.tuning.wait).saturating_duration_since(now));
+        } else if !self.due.is_empty()
+            || (self.window.head < self.plan.len() && self.window.has_room())
+        {
+            wake = wake.min(self.pacer.next_in());
+        }
+        if let Some(deadline) = self.window.next_deadline() {
+            let at = self.start + Duration::from_millis(u64::from(deadline));
+            wake = wake.min(at.saturating_duration_since(now));
+        }
+        wake
+    }
+
+    /// Moves overdue probes to the retry list, or decides them silent.
+    fn expire(&mut self, now: Instant) {
+        let now_ms = self.ms(now);
+        while let Some((i, slot)) = self.window.next_overdue(now_ms) {
+            if slot.tries <= self.tuning.max_retries {
+                self.due.push(i);
+            } else {
+                self.settle_silent(i);
+            }
+        }
+    }
+
+    fn settle_silent(&mut self, i: u64) {
+        if let Some(slot) = self.window.get(i) {
+            slot.fate = Fate::Silent;
+        }
+        if self.phase == Phase::Ports {
+            let probe = self.plan.get(i);
+            let state = silence_of(probe.protocol);
+            self.results.record(
+                probe.addr,
+                probe.protocol,
+                probe.port,
+                state,
+                Reason::NoResponse,
+            );
+        }
+    }
+
+    /// Fills `batch` with retries first, then new probes; returns how many.
+    fn fill(&mut self, batch: &mut [Packet], now: Instant) -> Result<usize, EngineError> {
+        let now_ms = self.ms(now);
+        let deadline = now_ms.saturating_add(self.rtt.timeout().as_millis() as u32);
+        let mut n = 0;
+        while n < batch.len() {
+            if let Some(i) = self.due.pop() {
+                self.window.resend(i, now_ms, deadline);
+                self.stats.retries += 1;
+                self.write_probe(&mut batch[n], self.plan.get(i))?;
+                n += 1;
+                continue;
+            }
+            if self.window.head >= self.plan.len() || !self.window.has_room() {
+                break;
+            }
+            let (probe, host) = self.plan.get_with_host(self.window.head);
+            let i = self.window.push(now_ms, deadline);
+            if !self.host_may_be_probed(host, now_ms) {
+                self.settle_timed_out(i);
+                continue;
+            }
+            self.write_probe(&mut batch[n], probe)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Applies `host_timeout`: a host silent that long after its first
+    /// probe gets no more.
+    fn host_may_be_probed(&mut self, host: u64, now_ms: u32) -> bool {
+        let Some(state) = self.hosts.state.get_mut(host as usize) else {
+            return true;
+        };
+        match *state {
+            ANSWERED => true,
+            TIMED_OUT => false,
+            0 => {
+                *state = now_ms + 1;
+                true
+            }
+            first => match self.tuning.host_timeout {
+                Some(limit)
+                    if self.phase == Phase::Ports
+                        && u64::from(now_ms + 1 - first) > limit.as_millis() as u64 =>
+                {
+                    *state = TIMED_OUT;
+                    self.stats.hosts_timed_out += 1;
+                    false
+                }
+                _ => true,
+            },
+        }
+    }
+
+    fn settle_timed_out(&mut self, i: u64) {
+        if let Some(slot) = self.window.get(i) {
+            slot.fate = Fate::Silent;
+        }
+    }
+
+    fn write_probe(&self, out: &mut Packet, probe: Probe) -> Result<(), EngineError> {
+        let Identity {
+            key,
+            slot,
+            settings,
+            sources,
+        } = self.id;
+        let src = sources.for_target(probe.addr)?;
+        let (remote, local) = (Addr::from(probe.addr), Addr::from(src));
+        out.dest = probe.addr;
+        out.len = match probe.protocol {
+            Protocol::Tcp => {
+                let h = probe_hash(&key, &remote, &local, probe.port, IPPROTO_TCP);
+                let ports = (reply::local_port(&settings, slot, h), probe.port);
+                packets::syn(&mut out.bytes, src, probe.addr, ports, seq_of(h))
+            }
+            Protocol::Udp => {
+                let h = probe_hash(&key, &remote, &local, probe.port, IPPROTO_UDP);
+                let ports = (reply::local_port(&settings, slot, h), probe.port);
+                packets::udp(&mut out.bytes, src, probe.addr, ports)
+            }
+            Protocol::Icmp => {
+                let proto = if probe.addr.is_ipv4() {
+                    IPPROTO_ICMP
+                } else {
+                    IPPROTO_ICMPV6
+                };
+                let (id, seq) = echo_id_seq(probe_hash(&key, &remote, &local, 0, proto), slot);
+                packets::echo(&mut out.bytes, src, probe.addr, id, seq)
+            }
+        };
+        Ok(())
+    }
+
+    fn on_reply(&mut self, ev: &ReplyEvent, now: Instant) {
+        if u32::from(ev.slot) != self.id.slot {
+            return;
+        }
+        let Some(kind) = ev.kind() else { return };
+        if kind == ReplyKind::SynAck {
+            self.queue_rst(ev);
+        }
+        let protocol = match ev.protocol {
+            IPPROTO_TCP => Protocol::Tcp,
+            IPPROTO_UDP => Protocol::Udp,
+            _ => Protocol::Icmp,
+        };
+        let port = if protocol == Protocol::Icmp {
+            0
+        } else {
+            ev.remote_port
+        };
+        let probe = Probe {
+            addr: ev.remote_addr().to_ip(),
+            protocol,
+            port,
+        };
+        let Some(i) = self.plan.index_of(&probe) else {
+            return;
+        };
+        let verdict = match self.phase {
+            Phase::Ports => classify(ev, protocol),
+            // Any direct answer proves the host is up; an ICMP error may come from a router.
+            Phase::Discovery => {
+                (kind != ReplyKind::Unreachable).then_some((PortState::Open, Reason::SynAck))
+            }
+        };
+        let Some((state, reason)) = verdict else {
+            return;
+        };
+        if let Some(host) = self.plan.targets().index_of(probe.addr)
+            && let Some(h) = self.hosts.state.get_mut(host as usize)
+        {
+            *h = ANSWERED;
+        }
+        let now_ms = self.ms(now);
+        let base = self.window.base;
+        match self.window.get(i) {
+            Some(slot) if slot.fate == Fate::Pending => {
+                slot.fate = Fate::Answered;
+                let (tries, sent_ms) = (slot.tries, slot.sent_ms);
+                // Karn: only answers to a single attempt time the round trip.
+                if tries == 1 {
+                    self.rtt.sample(Duration::from_millis(u64::from(
+                        now_ms.saturating_sub(sent_ms),
+                    )));
+                }
+                self.rate.answered(tries > 1);
+                if self.phase == Phase::Ports {
+                    self.results
+                        .record(probe.addr, protocol, port, state, reason);
+                }
+            }
+            Some(_) => {} // a duplicate answer
+            None if i < base && self.phase == Phase::Ports => {
+                // A late answer after the retries ran out: it still counts.
+                self.results.record_after_silence(
+                    probe.addr,
+                    protocol,
+                    port,
+                    silence_of(protocol),
+                    state,
+                    reason,
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn queue_rst(&mut self, ev: &ReplyEvent) {
+        let (remote, local) = (ev.remote_addr(), ev.local_addr());
+        let h = probe_hash(&self.id.key, &remote, &local, ev.remote_port, IPPROTO_TCP);
+        let mut pkt = Packet {
+            dest: remote.to_ip(),
+            ..Packet::default()
+        };
+        let ports = (ev.local_port, ev.remote_port);
+        pkt.len = packets::rst(
+            &mut pkt.bytes,
+            local.to_ip(),
+            remote.to_ip(),
+            ports,
+            seq_of(h).wrapping_add(1),
+        );
+        self.rsts.push(pkt);
+    }
+}
+
+/// The state of a port whose probes all went unanswered.
+fn silence_of(protocol: Protocol) -> PortState {
+    match protocol {
+        Protocol::Udp => PortState::OpenFiltered,
+        Protocol::Tcp | Protocol::Icmp => PortState::Filtered,
+    }
+}

@@ -1,0 +1,79 @@
+//! The tuning options of the replaced exporter (nmap's), with the meaning
+//! each has in this engine. Units and defaults are the seed's; 0 means
+//! "engine default" where nmap's did.
+
+use std::time::Duration;
+
+/// How fast probes go out.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rate {
+    /// Exactly this many packets per second (`scan --rate`).
+    Fixed(u64),
+    /// nmap's semantics: start at `min`, speed up while no loss is seen,
+    /// back off when retries answer what first attempts did not; never below
+    /// `min`, never above `max` (`None`: no fixed ceiling).
+    Adaptive { min: u64, max: Option<u64> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuning {
+    pub rate: Rate,
+    /// Probes allowed to await an answer at once, at least (the window is
+    /// never smaller than this).
+    pub min_parallelism: usize,
+    /// Retransmissions of an unanswered probe before it counts as silent.
+    pub max_retries: u8,
+    /// Give up on a host that has answered nothing this long after its first
+    /// probe; its remaining probes are not sent.
+    pub host_timeout: Option<Duration>,
+    /// Minimum gap between probes to one host: caps the rate at
+    /// hosts / scan_delay.
+    pub scan_delay: Duration,
+    /// When backing off, the per-host gap never grows past this: the rate
+    /// never falls below hosts / max_scan_delay.
+    pub max_scan_delay: Option<Duration>,
+    pub initial_rtt_timeout: Duration,
+    pub min_rtt_timeout: Duration,
+    pub max_rtt_timeout: Duration,
+    /// After the last probe, how long late replies are still awaited.
+    pub wait: Duration,
+}
+
+pub const DEFAULT_INITIAL_RTT: Duration = Duration::from_millis(1000);
+pub const DEFAULT_MIN_RTT: Duration = Duration::from_millis(100);
+pub const DEFAULT_MAX_RTT: Duration = Duration::from_millis(10_000);
+
+impl Default for Tuning {
+    /// The seed's defaults, with the command line's fixed rate.
+    fn default() -> Self {
+        Self {
+            rate: Rate::Fixed(10_000),
+            min_parallelism: 1000,
+            max_retries: 6,
+            host_timeout: Some(Duration::from_secs(300)),
+            scan_delay: Duration::ZERO,
+            max_scan_delay: None,
+            initial_rtt_timeout: DEFAULT_INITIAL_RTT,
+            min_rtt_timeout: DEFAULT_MIN_RTT,
+            max_rtt_timeout: DEFAULT_MAX_RTT,
+            wait: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Tuning {
+    /// Rate bounds from the per-host delays, for `hosts` targets.
+    pub fn host_rate_bounds(&self, hosts: u64) -> (f64, f64) {
+        let hosts = hosts.max(1) as f64;
+        let ceiling = if self.scan_delay.is_zero() {
+            f64::INFINITY
+        } else {
+            hosts / self.scan_delay.as_secs_f64()
+        };
+        let floor = self
+            .max_scan_delay
+            .filter(|d| !d.is_zero())
+            .map_or(0.0, |d| hosts / d.as_secs_f64());
+        (floor, ceiling)
+    }
+}

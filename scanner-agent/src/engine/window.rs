@@ -1,0 +1,147 @@
+//! The bounded window of probes awaiting an answer: what retries and the
+//! silent states need, kept for at most `capacity` probes at a time however
+//! large the scan, so memory stays fixed.
+
+use std::collections::VecDeque;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fate {
+    #[default]
+    Pending,
+    Answered,
+    /// Every attempt went unanswered (or its host timed out).
+    Silent,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    pub fate: Fate,
+    /// Attempts sent so far.
+    pub tries: u8,
+    /// When the last attempt went out, in ms since the scan started.
+    pub sent_ms: u32,
+}
+
+/// Probes `base..head` of the scan order, indexed modulo the capacity, and
+/// their retry deadlines in send order.
+pub struct Window {
+    slots: Vec<Slot>,
+    pub base: u64,
+    pub head: u64,
+    deadlines: VecDeque<(u64, u32)>,
+}
+
+impl Window {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: vec![Slot::default(); capacity.max(1)],
+            base: 0,
+            head: 0,
+            deadlines: VecDeque::new(),
+        }
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.head - self.base < self.slots.len() as u64
+    }
+
+    /// Bytes the window holds at most (for the documentation and the log).
+    pub fn memory(&self) -> usize {
+        self.slots.len() * (size_of::<Slot>() + size_of::<(u64, u32)>())
+    }
+
+    /// The slot of probe `i`, while it is in the window.
+    pub fn get(&mut self, i: u64) -> Option<&mut Slot> {
+        if i < self.base || i >= self.head {
+            return None;
+        }
+        let n = self.slots.len() as u64;
+        Some(&mut self.slots[(i % n) as usize])
+    }
+
+    /// Opens the next probe's slot; its first attempt goes out now.
+    pub fn push(&mut self, now_ms: u32, deadline_ms: u32) -> u64 {
+        let i = self.head;
+        self.head += 1;
+        *self.get(i).expect("room was checked") = Slot {
+            fate: Fate::Pending,
+            tries: 1,
+            sent_ms: now_ms,
+        };
+        self.deadlines.push_back((i, deadline_ms));
+        i
+    }
+
+    /// Records a retransmission of probe `i`.
+    pub fn resend(&mut self, i: u64, now_ms: u32, deadline_ms: u32) {
+        if let Some(slot) = self.get(i) {
+            slot.tries += 1;
+            slot.sent_ms = now_ms;
+            self.deadlines.push_back((i, deadline_ms));
+        }
+    }
+
+    /// The next pending probe whose answer is overdue, if any.
+    pub fn next_overdue(&mut self, now_ms: u32) -> Option<(u64, Slot)> {
+        while let Some(&(i, deadline)) = self.deadlines.front() {
+            if deadline > now_ms {
+                return None;
+            }
+            self.deadlines.pop_front();
+            if let Some(slot) = self.get(i).filter(|s| s.fate == Fate::Pending).copied() {
+                return Some((i, slot));
+            }
+        }
+        None
+    }
+
+    /// The earliest retry deadline, if any probe awaits one.
+    pub fn next_deadline(&self) -> Option<u32> {
+        self.deadlines.front().map(|&(_, d)| d)
+    }
+
+    /// Frees the slots of decided probes at the start of the window.
+    pub fn advance(&mut self) {
+        while self.base < self.head {
+            let n = self.slots.len() as u64;
+            if self.slots[(self.base % n) as usize].fate == Fate::Pending {
+                break;
+            }
+            self.base += 1;
+        }
+    }
+
+    /// Whether every opened probe is decided.
+    pub fn settled(&self) -> bool {
+        self.base == self.head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_bounds_and_retries() {
+        let mut w = Window::new(3);
+        for _ in 0..3 {
+            w.push(0, 100);
+        }
+        assert!(!w.has_room());
+        assert_eq!(w.next_overdue(99), None);
+        w.get(1).unwrap().fate = Fate::Answered;
+        assert_eq!(w.next_overdue(100).map(|(i, s)| (i, s.tries)), Some((0, 1)));
+        // Probe 1 was answered: skipped. Probe 2 is overdue too.
+        assert_eq!(w.next_overdue(100).map(|(i, _)| i), Some(2));
+        w.resend(0, 100, 200);
+        assert_eq!(w.get(0).unwrap().tries, 2);
+        w.advance();
+        assert_eq!(w.base, 0, "probe 0 still pending");
+        w.get(0).unwrap().fate = Fate::Silent;
+        w.get(2).unwrap().fate = Fate::Silent;
+        w.advance();
+        assert!(w.settled() && w.has_room());
+        assert_eq!(w.get(1).map(|s| s.fate), None, "out of the window");
+        assert_eq!(w.next_overdue(1000), None, "decided probes are not retried");
+    }
+}

@@ -1,0 +1,269 @@
+//! Wire formats of the probes (and of the RST that closes a half-open
+//! connection), IPv4 and IPv6, written into caller-owned buffers: nothing is
+//! allocated per packet.
+
+use std::net::IpAddr;
+
+use scanner_common::{
+    checksum,
+    frame::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_RST, TCP_SYN},
+};
+
+use super::payloads;
+
+/// Room for the largest probe: IPv6 + TCP with options, or IPv6 + UDP + payload.
+pub const MAX_PACKET: usize = 40 + 8 + payloads::MAX_LEN;
+
+const TTL: u8 = 64;
+const TCP_WINDOW: u16 = 1024;
+const TCP_MSS: u16 = 1460;
+
+/// Writes the IP header for `payload_len` bytes of `protocol`; returns its length.
+fn ip_header(out: &mut [u8], src: IpAddr, dst: IpAddr, protocol: u8, payload_len: usize) -> usize {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let h = &mut out[..20];
+            h.copy_from_slice(&[
+                0x45, 0, 0, 0, 0, 0, 0, 0, TTL, protocol, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ]);
+            h[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+            h[12..16].copy_from_slice(&s.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            // The kernel fills in the checksum of a raw IPv4 header; ours
+            // keeps the buffer a valid packet on its own.
+            let sum = checksum::fold(checksum::sum_words(0, h));
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            20
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let h = &mut out[..40];
+            h[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, protocol, TTL]);
+            h[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+            h[8..24].copy_from_slice(&s.octets());
+            h[24..40].copy_from_slice(&d.octets());
+            40
+        }
+        _ => unreachable!("source and destination of one family"),
+    }
+}
+
+fn transport_checksum(src: IpAddr, dst: IpAddr, protocol: u8, segment: &[u8]) -> u16 {
+    match (src, dst) {
+        // ICMPv4, unlike ICMPv6, has no pseudo-header.
+        (IpAddr::V4(_), IpAddr::V4(_)) if protocol == IPPROTO_ICMP => {
+            checksum::fold(checksum::sum_words(0, segment))
+        }
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            checksum::ipv4_transport(s.octets(), d.octets(), protocol, segment)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            checksum::ipv6_transport(s.octets(), d.octets(), protocol, segment)
+        }
+        _ => unreachable!("source and destination of one family"),
+    }
+}
+
+/// A TCP segment with `flags`; SYNs carry an MSS option like real stacks do.
+pub fn tcp(
+    out: &mut [u8],
+    src: IpAddr,
+    dst: IpAddr,
+    ports: (u16, u16),
+    seq: u32,
+    flags: u8,
+) -> usize {
+    let tcp_len = if flags & TCP_SYN != 0 { 24 } else { 20 };
+    let ip_len = ip_header(out, src, dst, IPPROTO_TCP, tcp_len);
+    let t = &mut out[ip_len..ip_len + tcp_len];
+    t.fill(0);
+    t[0..2].copy_from_slice(&ports.0.to_be_bytes());
+    t[2..4].copy_from_slice(&ports.1.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = ((tcp_len / 4) as u8) << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&TCP_WINDOW.to_be_bytes());
+    if tcp_len == 24 {
+        t[20..22].copy_from_slice(&[2, 4]);
+        t[22..24].copy_from_slice(&TCP_MSS.to_be_bytes());
+    }
+    let sum = transport_checksum(src, dst, IPPROTO_TCP, t);
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    ip_len + tcp_len
+}
+
+pub fn syn(out: &mut [u8], src: IpAddr, dst: IpAddr, ports: (u16, u16), seq: u32) -> usize {
+    tcp(out, src, dst, ports, seq, TCP_SYN)
+}
+
+/// The RST that closes the half-open connection a SYN-ACK announced.
+pub fn rst(out: &mut [u8], src: IpAddr, dst: IpAddr, ports: (u16, u16), seq: u32) -> usize {
+    tcp(out, src, dst, ports, seq, TCP_RST)
+}
+
+/// A UDP datagram with the payload the destination port's service answers.
+pub fn udp(out: &mut [u8], src: IpAddr, dst: IpAddr, ports: (u16, u16)) -> usize {
+    let payload = payloads::for_port(ports.1);
+    let udp_len = 8 + payload.len();
+    let ip_len = ip_header(out, src, dst, IPPROTO_UDP, udp_len);
+    let u = &mut out[ip_len..ip_len + udp_len];
+    u[0..2].copy_from_slice(&ports.0.to_be_bytes());
+    u[2..4].copy_from_slice(&ports.1.to_be_bytes());
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    u[6..8].fill(0);
+    u[8..].copy_from_slice(payload);
+    let sum = match transport_checksum(src, dst, IPPROTO_UDP, u) {
+        0 => 0xffff,
+        s => s,
+    };
+    u[6..8].copy_from_slice(&sum.to_be_bytes());
+    ip_len + udp_len
+}
+
+/// An ICMP (or ICMPv6) echo request, for host discovery.
+pub fn echo(out: &mut [u8], src: IpAddr, dst: IpAddr, id: u16, seq: u16) -> usize {
+    let (protocol, ty) = if src.is_ipv4() {
+        (IPPROTO_ICMP, 8)
+    } else {
+        (IPPROTO_ICMPV6, 128)
+    };
+    let ip_len = ip_header(out, src, dst, protocol, 8);
+    let m = &mut out[ip_len..ip_len + 8];
+    m.copy_from_slice(&[ty, 0, 0, 0, 0, 0, 0, 0]);
+    m[4..6].copy_from_slice(&id.to_be_bytes());
+    m[6..8].copy_from_slice(&seq.to_be_bytes());
+    let sum = transport_checksum(src, dst, protocol, m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    ip_len + 8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    const V4: (&str, &str) = ("198.18.0.1", "198.18.0.2");
+    const V6: (&str, &str) = ("2001:db8::1", "2001:db8::2");
+
+    fn addrs((s, d): (&str, &str)) -> (IpAddr, IpAddr) {
+        (s.parse().unwrap(), d.parse().unwrap())
+    }
+
+    /// Parses `pkt` with etherparse, which also verifies every checksum we compute.
+    fn check(pkt: &[u8], src: IpAddr, dst: IpAddr) -> TransportSlice<'_> {
+        let sliced = SlicedPacket::from_ip(pkt).unwrap();
+        match (&sliced.net, src) {
+            (Some(NetSlice::Ipv4(ip)), IpAddr::V4(s)) => {
+                assert_eq!(ip.header().source_addr(), s);
+                assert_eq!(usize::from(ip.header().total_len()), pkt.len());
+                let h = ip.header().to_header();
+                assert_eq!(h.header_checksum, h.calc_header_checksum());
+            }
+            (Some(NetSlice::Ipv6(ip)), IpAddr::V6(s)) => {
+                assert_eq!(ip.header().source_addr(), s);
+                assert_eq!(usize::from(ip.header().payload_length()) + 40, pkt.len());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let _ = dst;
+        sliced.transport.unwrap()
+    }
+
+    #[test]
+    fn syn_and_rst_in_both_families() {
+        for (src, dst) in [addrs(V4), addrs(V6)] {
+            let mut buf = [0u8; MAX_PACKET];
+            let n = syn(&mut buf, src, dst, (61234, 8080), 0xdead_beef);
+            let TransportSlice::Tcp(t) = check(&buf[..n], src, dst) else {
+                panic!("not tcp")
+            };
+            assert!(t.syn() && !t.ack());
+            assert_eq!(
+                (t.source_port(), t.destination_port(), t.sequence_number()),
+                (61234, 8080, 0xdead_beef)
+            );
+            let expect = match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    t.to_header()
+                        .calc_checksum_ipv4_raw(s.octets(), d.octets(), &[])
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    t.to_header()
+                        .calc_checksum_ipv6_raw(s.octets(), d.octets(), &[])
+                }
+                _ => unreachable!(),
+            };
+            assert_eq!(t.checksum(), expect.unwrap());
+            let n = rst(&mut buf, src, dst, (61234, 8080), 7);
+            let TransportSlice::Tcp(t) = check(&buf[..n], src, dst) else {
+                panic!("not tcp")
+            };
+            assert!(t.rst() && !t.syn());
+        }
+    }
+
+    #[test]
+    fn udp_carries_the_service_payload() {
+        for (src, dst) in [addrs(V4), addrs(V6)] {
+            let mut buf = [0u8; MAX_PACKET];
+            let n = udp(&mut buf, src, dst, (61000, 53));
+            let TransportSlice::Udp(u) = check(&buf[..n], src, dst) else {
+                panic!("not udp")
+            };
+            assert_eq!(u.payload(), payloads::for_port(53));
+            let expect = match (src, dst) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => {
+                    u.to_header()
+                        .calc_checksum_ipv4_raw(s.octets(), d.octets(), u.payload())
+                }
+                (IpAddr::V6(s), IpAddr::V6(d)) => {
+                    u.to_header()
+                        .calc_checksum_ipv6_raw(s.octets(), d.octets(), u.payload())
+                }
+                _ => unreachable!(),
+            };
+            assert_eq!(u.checksum(), expect.unwrap());
+        }
+    }
+
+    #[test]
+    fn echo_requests_are_valid() {
+        for (src, dst) in [addrs(V4), addrs(V6)] {
+            let mut buf = [0u8; MAX_PACKET];
+            let n = echo(&mut buf, src, dst, 0xa123, 9);
+            match check(&buf[..n], src, dst) {
+                TransportSlice::Icmpv4(m) => {
+                    assert_eq!(
+                        m.icmp_type(),
+                        etherparse::Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader {
+                            id: 0xa123,
+                            seq: 9
+                        })
+                    );
+                    assert_eq!(
+                        m.checksum(),
+                        m.header().icmp_type.calc_checksum(m.payload())
+                    );
+                }
+                TransportSlice::Icmpv6(m) => {
+                    assert_eq!(
+                        m.icmp_type(),
+                        etherparse::Icmpv6Type::EchoRequest(etherparse::IcmpEchoHeader {
+                            id: 0xa123,
+                            seq: 9
+                        })
+                    );
+                    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+                        unreachable!()
+                    };
+                    assert_eq!(
+                        m.checksum(),
+                        m.icmp_type()
+                            .calc_checksum(s.octets(), d.octets(), m.payload())
+                            .unwrap()
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}

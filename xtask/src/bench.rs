@@ -1,0 +1,215 @@
+//! `cargo xtask bench`: scanner-agent against masscan and nmap, all TCP
+//! ports of one host and of 254 hosts, on a namespace testbed whose open
+//! ports are known (see `testbed`). Prints a Markdown table to stdout and
+//! writes it to target/bench/results.md; progress goes to stderr, and each
+//! run's output stays in target/bench/runs/.
+
+mod measure;
+mod report;
+mod testbed;
+mod tools;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use self::{
+    report::{Metrics, Row},
+    testbed::{FIRST_HOST, Testbed},
+    tools::{NmapProfile, RunFiles, Scanner},
+};
+use crate::{toolchain, workspace_root};
+
+/// Every workload scans all ports of its hosts.
+const PORTS: u64 = 65_535;
+
+struct Workload {
+    name: &'static str,
+    /// File-name-safe label.
+    id: &'static str,
+    /// Last octets of the first and last target host (198.19.0.x).
+    hosts: (u8, u8),
+    /// Requested rates (probes per second); `--quick` takes the first of each.
+    agent_rates: &'static [u64],
+    masscan_rates: &'static [u64],
+    nmap: &'static [NmapProfile],
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        name: "W1: 1 host x 65535 ports",
+        id: "w1",
+        hosts: (FIRST_HOST, FIRST_HOST),
+        agent_rates: &[200_000, 1_000_000],
+        masscan_rates: &[100_000],
+        nmap: &[NmapProfile::MinRate100k, NmapProfile::Exporter],
+    },
+    Workload {
+        name: "W2: 254 hosts x 65535 ports",
+        id: "w2",
+        hosts: (FIRST_HOST, testbed::LAST_HOST),
+        agent_rates: &[300_000, 1_000_000],
+        masscan_rates: &[100_000, 300_000, 1_000_000],
+        // nmap would take hours here.
+        nmap: &[],
+    },
+];
+
+impl Workload {
+    fn probes(&self) -> u64 {
+        (u64::from(self.hosts.1) - u64::from(self.hosts.0) + 1) * PORTS
+    }
+
+    fn scanners(&self, quick: bool) -> Vec<Scanner> {
+        let take = if quick { 1 } else { usize::MAX };
+        let agent = self.agent_rates.iter().map(|&rate| Scanner::Agent { rate });
+        let masscan = self
+            .masscan_rates
+            .iter()
+            .map(|&rate| Scanner::Masscan { rate });
+        let nmap = self.nmap.iter().map(|&p| Scanner::Nmap(p));
+        agent
+            .take(take)
+            .chain(masscan.take(take))
+            .chain(nmap.take(take))
+            .collect()
+    }
+}
+
+/// Runs the bench; `agent` is a prebuilt binary to use instead of a fresh
+/// release build (e.g. to compare with an older version).
+pub fn run(quick: bool, agent: Option<PathBuf>) -> Result<()> {
+    if !toolchain::is_root() {
+        bail!("the bench creates network namespaces and runs raw-socket scanners: run it as root");
+    }
+    measure::catch_interrupts()?;
+    toolchain::ensure_packages(toolchain::BENCH_PACKAGES)?;
+    let agent = match agent {
+        Some(path) => fs::canonicalize(&path)
+            .with_context(|| format!("no scanner-agent at {}", path.display()))?,
+        None => crate::build(true)?,
+    };
+    let out_dir = workspace_root().join("target").join("bench");
+    fs::create_dir_all(out_dir.join("runs"))?;
+
+    let started = Instant::now();
+    let workloads = if quick {
+        &WORKLOADS[..1]
+    } else {
+        &WORKLOADS[..]
+    };
+    let rows = {
+        eprintln!("xtask: bench: setting up the namespace testbed");
+        let testbed = Testbed::up()?;
+        let mut rows = Vec::new();
+        for workload in workloads {
+            for scanner in workload.scanners(quick) {
+                measure::check_interrupted()?;
+                rows.push(bench_one(&testbed, &agent, workload, scanner, &out_dir)?);
+            }
+        }
+        rows
+        // The testbed is torn down here (and on every early return above).
+    };
+
+    let table = report::markdown(&rows);
+    print!("{table}");
+    fs::write(out_dir.join("results.md"), &table)?;
+    eprintln!(
+        "xtask: bench: done in {:.0} s; table written to {}",
+        started.elapsed().as_secs_f64(),
+        out_dir.join("results.md").display()
+    );
+    Ok(())
+}
+
+/// One scan, as a table row; a scanner that fails gives a "failed" row,
+/// only Ctrl-C ends the bench.
+fn bench_one(
+    testbed: &Testbed,
+    agent: &Path,
+    workload: &Workload,
+    scanner: Scanner,
+    out_dir: &Path,
+) -> Result<Row> {
+    let tag = format!("{}-{}", workload.id, scanner.slug());
+    eprintln!(
+        "xtask: bench: {} with {} at {}",
+        workload.name,
+        scanner.name(),
+        scanner.requested_rate()
+    );
+    let files = RunFiles {
+        results: out_dir.join("runs").join(format!("{tag}.out")),
+        log: out_dir.join("runs").join(format!("{tag}.log")),
+    };
+    let outcome = scan(testbed, agent, workload, scanner, &files);
+    measure::check_interrupted()?;
+    match &outcome {
+        Ok(m) => eprintln!(
+            "xtask: bench:   {:.1} s, {} of {} open ports found, {} wrong; {} half-open on the target",
+            m.wall.as_secs_f64(),
+            m.correct,
+            m.truth,
+            m.found - m.correct,
+            testbed.half_open()?
+        ),
+        Err(e) => eprintln!("xtask: bench:   failed: {e}"),
+    }
+    // Lets the target's queues drain so runs do not disturb each other.
+    thread::sleep(Duration::from_secs(1));
+    Ok(Row {
+        workload: workload.name,
+        tool: scanner.name(),
+        rate: scanner.requested_rate(),
+        outcome: outcome.map_err(|e| format!("{e:#}")),
+    })
+}
+
+fn scan(
+    testbed: &Testbed,
+    agent: &Path,
+    workload: &Workload,
+    scanner: Scanner,
+    files: &RunFiles,
+) -> Result<Metrics> {
+    let probes = workload.probes();
+    // Generous: a scanner far below its requested rate still finishes and
+    // shows up as slow; only a hung one is cut off.
+    let timeout = Duration::from_secs(probes / scanner.nominal_rate().min(100_000) + 120);
+    let mut c = scanner.command(testbed, agent, workload.hosts, files)?;
+    let run = measure::run(&mut c, timeout)?;
+    if !run.status.success() {
+        bail!("{}: {}", run.status, last_error(&files.log));
+    }
+    let found = scanner.parse(&fs::read_to_string(&files.results)?)?;
+    let truth = testbed::truth(workload.hosts.0, workload.hosts.1);
+    Ok(Metrics::new(run.wall, run.cpu, probes, &found, &truth))
+}
+
+/// The line of a failed tool's log that most likely says why: the last
+/// one mentioning an error, else the last one (masscan's progress lines
+/// end in `\r`, so those count as line ends too).
+fn last_error(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mentions_error = |l: &&&str| {
+        let l = l.to_lowercase();
+        l.contains("error") || l.contains("fail")
+    };
+    lines
+        .iter()
+        .rev()
+        .find(mentions_error)
+        .or(lines.last())
+        .map_or_else(|| "no output".to_owned(), |l| (*l).to_owned())
+}

@@ -1,0 +1,113 @@
+//! One table row per run, and the Markdown table of them all.
+
+use std::{fmt::Write as _, time::Duration};
+
+use super::tools::Found;
+
+/// What a finished run measured.
+pub struct Metrics {
+    pub wall: Duration,
+    pub cpu: Duration,
+    /// Ports x hosts: every tool is asked for one probe per pair
+    /// (retransmissions are not counted).
+    pub probes: u64,
+    pub found: usize,
+    /// Found pairs that are really open.
+    pub correct: usize,
+    pub truth: usize,
+}
+
+impl Metrics {
+    pub fn new(wall: Duration, cpu: Duration, probes: u64, found: &Found, truth: &Found) -> Self {
+        Self {
+            wall,
+            cpu,
+            probes,
+            found: found.len(),
+            correct: found.intersection(truth).count(),
+            truth: truth.len(),
+        }
+    }
+}
+
+pub struct Row {
+    pub workload: &'static str,
+    pub tool: &'static str,
+    pub rate: String,
+    /// The metrics, or why the run failed.
+    pub outcome: Result<Metrics, String>,
+}
+
+const HEADER: [&str; 9] = [
+    "workload",
+    "tool",
+    "requested rate (pps)",
+    "wall s",
+    "achieved kpps",
+    "CPU s",
+    "CPU s / Mprobe",
+    "recall",
+    "precision",
+];
+
+pub fn markdown(rows: &[Row]) -> String {
+    let mut out = String::new();
+    line(&mut out, HEADER.map(String::from));
+    line(&mut out, HEADER.map(|_| "---".to_owned()));
+    for row in rows {
+        line(&mut out, cells(row));
+    }
+    out
+}
+
+fn line(out: &mut String, cells: [String; 9]) {
+    let _ = writeln!(out, "| {} |", cells.join(" | "));
+}
+
+fn cells(row: &Row) -> [String; 9] {
+    let (workload, tool, rate) = (
+        row.workload.to_owned(),
+        row.tool.to_owned(),
+        row.rate.clone(),
+    );
+    let m = match &row.outcome {
+        Ok(m) => m,
+        Err(reason) => {
+            // Keep the table intact whatever the tool printed.
+            let reason: String = reason.replace(['|', '\n'], " ").chars().take(100).collect();
+            let dash = || "-".to_owned();
+            return [
+                workload,
+                tool,
+                rate,
+                format!("failed: {reason}"),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+            ];
+        }
+    };
+    let wall = m.wall.as_secs_f64();
+    let cpu = m.cpu.as_secs_f64();
+    [
+        workload,
+        tool,
+        rate,
+        format!("{wall:.1}"),
+        format!("{:.0}", m.probes as f64 / wall / 1e3),
+        format!("{cpu:.2}"),
+        format!("{:.2}", cpu / (m.probes as f64 / 1e6)),
+        ratio(m.correct, m.truth),
+        ratio(m.correct, m.found),
+    ]
+}
+
+/// `0.9996 (2389/2390)`; `-` when nothing was there to count.
+fn ratio(part: usize, whole: usize) -> String {
+    if whole == 0 {
+        return "-".to_owned();
+    }
+    format!("{:.4} ({part}/{whole})", part as f64 / whole as f64)
+}

@@ -1,0 +1,351 @@
+//! The benchmark's test hosts: a scanner and a target network namespace
+//! joined by a veth pair. Every address is in 198.18.0.0/15 (RFC 2544's
+//! benchmarking range) and on-link, so neither namespace has any route
+//! beyond that /15: no probe can leave the two namespaces. Removed again on
+//! drop, also on error or Ctrl-C.
+
+use std::{
+    collections::HashSet,
+    fs::File,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    process::{Command, Stdio},
+    thread,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use nix::{
+    sched::{CloneFlags, setns},
+    sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
+        sockopt,
+    },
+};
+
+pub const SCANNER_IF: &str = "veth-scan";
+const TARGET_IF: &str = "veth-target";
+pub const SCANNER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The scanner (198.18.0.1) and the targets (198.19.0.x) share one on-link
+/// /15, so no route has to be added anywhere.
+const PREFIX_LEN: u8 = 15;
+/// Target hosts are 198.19.0.FIRST_HOST ..= 198.19.0.LAST_HOST.
+pub const FIRST_HOST: u8 = 1;
+pub const LAST_HOST: u8 = 254;
+
+/// Every target address listens on these ports (bound to 0.0.0.0).
+const LISTEN_PORTS: [u16; 10] = [22, 80, 443, 2049, 5201, 8080, 9100, 10000, 50000, 65535];
+
+/// What the target's firewall does to SYNs for some (address, port) pairs,
+/// so that "open" is not simply "listening".
+#[derive(Clone, Copy)]
+enum Verdict {
+    /// Silently dropped: filtered, no answer at all.
+    Drop,
+    /// Answered with ICMP "administratively prohibited": filtered.
+    Reject,
+}
+
+/// Firewalled `port` on hosts `first..=last` (last octets).
+struct Blocked {
+    port: u16,
+    first: u8,
+    last: u8,
+    verdict: Verdict,
+}
+
+/// Both blocks include 198.19.0.1, so the one-host workload sees them too.
+const BLOCKED: [Blocked; 2] = [
+    Blocked {
+        port: 8080,
+        first: 1,
+        last: 50,
+        verdict: Verdict::Drop,
+    },
+    Blocked {
+        port: 9100,
+        first: 1,
+        last: 100,
+        verdict: Verdict::Reject,
+    },
+];
+
+pub fn target_addr(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 19, 0, host)
+}
+
+/// The (address, port) pairs a correct scan of hosts `first..=last` finds
+/// open: every listener port on every host, minus the firewalled pairs.
+pub fn truth(first: u8, last: u8) -> HashSet<(Ipv4Addr, u16)> {
+    let mut open = HashSet::new();
+    for host in first..=last {
+        for port in LISTEN_PORTS {
+            let blocked = BLOCKED
+                .iter()
+                .any(|b| b.port == port && (b.first..=b.last).contains(&host));
+            if !blocked {
+                open.insert((target_addr(host), port));
+            }
+        }
+    }
+    open
+}
+
+/// Runs a command to completion with `stdin` as its input; its stdout, or
+/// an error carrying its stderr.
+fn sh(c: &mut Command, stdin: &str) -> Result<String> {
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {c:?}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin is piped")?
+        .write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{c:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub struct Netns {
+    name: &'static str,
+}
+
+impl Netns {
+    /// A fresh namespace; one left over by a killed earlier run is removed.
+    fn create(name: &'static str) -> Result<Self> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        sh(Command::new("ip").args(["netns", "add", name]), "")?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip` inside the namespace.
+    fn ip(&self, args: &[&str]) -> Result<String> {
+        sh(Command::new("ip").args(["-n", self.name]).args(args), "")
+    }
+
+    /// Many `ip` commands, one per line, in a single `ip -batch`.
+    fn ip_batch(&self, commands: &str) -> Result<()> {
+        sh(
+            Command::new("ip").args(["-n", self.name, "-batch", "-"]),
+            commands,
+        )
+        .map(drop)
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", self.name, program]);
+        c
+    }
+
+    fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        sh(
+            self.command("sysctl")
+                .arg("-qw")
+                .arg(format!("{key}={value}")),
+            "",
+        )
+        .map(drop)
+    }
+
+    /// Runs `f` on a thread that has entered the namespace; sockets it
+    /// creates stay in the namespace.
+    fn run_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+            setns(ns, CloneFlags::CLONE_NEWNET).context("setns")?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread inside {} panicked", self.name))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace also deletes the veth end inside it.
+        let _ = Command::new("ip")
+            .args(["netns", "del", self.name])
+            .status();
+    }
+}
+
+pub struct Testbed {
+    // Fields drop in order: the listeners close before the namespaces go.
+    _listeners: Vec<TcpListener>,
+    pub scanner: Netns,
+    target: Netns,
+    /// MAC address of the target's veth: the "router" for masscan.
+    pub target_mac: String,
+}
+
+impl Testbed {
+    pub fn up() -> Result<Self> {
+        let scanner = Netns::create("sa-bench-scan")?;
+        let target = Netns::create("sa-bench-target")?;
+        sh(
+            Command::new("ip").args([
+                "link",
+                "add",
+                SCANNER_IF,
+                "netns",
+                scanner.name,
+                "mtu",
+                "1500",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                TARGET_IF,
+                "netns",
+                target.name,
+                "mtu",
+                "1500",
+            ]),
+            "",
+        )?;
+        scanner.ip(&[
+            "addr",
+            "add",
+            &format!("{SCANNER_ADDR}/{PREFIX_LEN}"),
+            "dev",
+            SCANNER_IF,
+        ])?;
+        let target_addrs: String = (FIRST_HOST..=LAST_HOST)
+            .map(|h| format!("addr add {}/{PREFIX_LEN} dev {TARGET_IF}\n", target_addr(h)))
+            .collect();
+        target.ip_batch(&target_addrs)?;
+        scanner.ip(&["link", "set", SCANNER_IF, "up"])?;
+        target.ip(&["link", "set", TARGET_IF, "up"])?;
+        for ns in [&scanner, &target] {
+            let routes = ns.ip(&["route", "show", "default"])?;
+            ensure!(
+                routes.trim().is_empty(),
+                "bench namespace {} has a default route: refusing to scan",
+                ns.name
+            );
+        }
+        let target_mac = link_mac(&target, TARGET_IF)?;
+        pin_neighbours(&scanner, &target_mac)?;
+        tune_target(&target)?;
+        let listeners =
+            target.run_inside(|| LISTEN_PORTS.iter().map(|&p| listener(p)).collect())?;
+        Ok(Self {
+            _listeners: listeners,
+            scanner,
+            target,
+            target_mac,
+        })
+    }
+
+    /// SYN-ACKs the target sent but that were never answered: half-open
+    /// connections a scanner left behind.
+    pub fn half_open(&self) -> Result<usize> {
+        let out = sh(
+            self.target
+                .command("ss")
+                .args(["-Htn", "state", "syn-recv"]),
+            "",
+        )?;
+        Ok(out.lines().count())
+    }
+}
+
+fn link_mac(ns: &Netns, dev: &str) -> Result<String> {
+    let json = ns.ip(&["-j", "link", "show", dev])?;
+    let links: serde_json::Value = serde_json::from_str(&json).context("ip -j link output")?;
+    links[0]["address"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{dev} has no MAC address"))
+}
+
+/// Permanent neighbour entries for every target: every tool then sends
+/// straight to the target's MAC (masscan does so anyway, via --router-mac),
+/// as it would to a gateway in a real network, instead of the first probes
+/// to each of the 254 hosts queueing behind ARP and being dropped.
+fn pin_neighbours(scanner: &Netns, mac: &str) -> Result<()> {
+    let neighbours: String = (FIRST_HOST..=LAST_HOST)
+        .map(|h| {
+            format!(
+                "neigh replace {} lladdr {mac} dev {SCANNER_IF} nud permanent\n",
+                target_addr(h)
+            )
+        })
+        .collect();
+    scanner.ip_batch(&neighbours)
+}
+
+/// Makes the target answer every probe: no ICMP rate limit (so every
+/// reject is sent), deep SYN queues and SYN cookies (so open ports are not
+/// lost at high rates), and the firewall of `BLOCKED`.
+fn tune_target(target: &Netns) -> Result<()> {
+    for (key, value) in [
+        ("net.ipv4.icmp_ratelimit", "0"),
+        ("net.ipv4.icmp_msgs_per_sec", "1000000"),
+        ("net.ipv4.icmp_msgs_burst", "1000000"),
+        ("net.ipv4.tcp_max_syn_backlog", "65536"),
+        ("net.core.somaxconn", "65535"),
+        ("net.ipv4.tcp_syncookies", "1"),
+    ] {
+        target.sysctl(key, value)?;
+    }
+    sh(target.command("nft").args(["-f", "-"]), &nft_ruleset())?;
+    Ok(())
+}
+
+/// No rule uses conntrack, so the target keeps no state per probe.
+fn nft_ruleset() -> String {
+    let rules: String = BLOCKED
+        .iter()
+        .map(|b| {
+            let action = match b.verdict {
+                Verdict::Drop => "drop",
+                Verdict::Reject => "reject with icmp type admin-prohibited",
+            };
+            format!(
+                "    ip daddr {}-{} tcp dport {} {action}\n",
+                target_addr(b.first),
+                target_addr(b.last),
+                b.port
+            )
+        })
+        .collect();
+    format!(
+        "table ip sa_bench {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
+    )
+}
+
+/// A listener on 0.0.0.0:`port` with the largest backlog the namespace's
+/// somaxconn allows (std's TcpListener would fix it at 128).
+fn listener(port: u16) -> Result<TcpListener> {
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    let addr = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).with_context(|| format!("bind :{port}"))?;
+    listen(&fd, Backlog::MAXALLOWABLE)?;
+    Ok(TcpListener::from(fd))
+}
