@@ -6,12 +6,15 @@ use std::{collections::BTreeMap, hash::Hasher as _, time::Instant};
 use siphasher::sip::SipHasher13;
 
 use crate::{
-    capture::{AttachMode, Capture, CaptureError, ReplyStream, XdpCounters},
+    capture::{
+        AttachMode, CaptureError, XdpCounters,
+        hub::{Hub, HubError, Replies},
+    },
     engine::{Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
     privileges::{self, MissingCapability},
     probes::{self, ProbePlan, Protocol, Shard},
     results::{PortState, ResultSet},
-    route::{self, RouteError},
+    route::{self, Route, RouteError},
     targets::{PortList, TargetError, TargetSet, TargetSpec},
     transmit::{RawSender, TransmitError},
 };
@@ -26,6 +29,8 @@ pub enum ScanError {
     Route(#[from] RouteError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
     #[error(transparent)]
     Transmit(#[from] TransmitError),
     #[error(transparent)]
@@ -80,9 +85,6 @@ pub struct ScanReport {
     pub total_time: std::time::Duration,
 }
 
-/// The key slot a one-shot scan uses (the daemon hands out the others).
-const SLOT: u32 = 0;
-
 /// The probe order's seed: random, unless the scan is sharded, where every
 /// agent must derive the same order from the same command line.
 fn order_seed(opts: &ScanOptions) -> [u64; 2] {
@@ -104,29 +106,40 @@ fn order_seed(opts: &ScanOptions) -> [u64; 2] {
     [s, s.rotate_left(32)]
 }
 
+/// Runs one scan on its own: attaches the XDP program to the interface
+/// that reaches the targets and detaches it at the end.
 pub fn run(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     let targets = TargetSet::build(&opts.targets)?;
     privileges::check_scan()?;
     let route = route::lookup(targets.range_starts(), opts.interface.as_deref())?;
-    let settings = route::probe_ports()?;
     tracing::info!(interface = %route.interface, sources = ?route.sources, "route chosen");
-    let started = Instant::now();
+    let hub = Hub::start(&route.interface, route::probe_ports()?)?;
+    run_with(&hub, &route, targets, opts)
+}
 
-    let (mut capture, mut stream) = Capture::attach(&route.interface, settings)?;
+/// Runs one scan through a shared [`Hub`], alongside any other scans in
+/// flight on it.
+pub fn run_with(
+    hub: &Hub,
+    route: &Route,
+    targets: TargetSet,
+    opts: &ScanOptions,
+) -> Result<ScanReport, ScanError> {
+    let started = Instant::now();
     let key = probes::new_key();
-    capture.activate(SLOT, key)?;
+    let mut lease = hub.lease(key)?;
     let mut sender = RawSender::open(&route.interface)?;
     let id = Identity {
         key,
-        slot: SLOT,
-        settings,
+        slot: lease.slot(),
+        settings: hub.settings(),
         sources: route.sources(),
     };
     let seed = order_seed(opts);
 
     let mut hosts = HostReport::new();
     let (up, discovery) = if opts.host_discovery {
-        let (up, stats) = discover(&targets, &opts.tuning, id, seed, &mut stream, &mut sender)?;
+        let (up, stats) = discover(&targets, &opts.tuning, id, seed, &mut lease, &mut sender)?;
         (up, Some(stats))
     } else {
         (Some(targets.clone()), None)
@@ -136,7 +149,7 @@ pub fn run(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         Some(up) => {
             let plan = ProbePlan::ports(up.clone(), &opts.ports, &opts.protocols, seed, opts.shard);
             let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results);
-            let stats = engine.run(&mut stream, &mut sender)?;
+            let stats = engine.run(&mut lease, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
             count_hosts(&targets, &mut hosts, |a| {
                 // Without discovery, a host is up if it answered anything.
@@ -153,16 +166,15 @@ pub fn run(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
             EngineStats::default()
         }
     };
-    let xdp = capture.counters()?;
-    capture.deactivate(SLOT)?;
+    drop(lease);
     Ok(ScanReport {
         results,
         hosts,
-        interface: route.interface,
-        mode: capture.mode(),
+        interface: route.interface.clone(),
+        mode: hub.mode(),
         discovery,
         ports,
-        xdp,
+        xdp: hub.counters()?,
         total_time: started.elapsed(),
     })
 }
@@ -175,7 +187,7 @@ fn discover(
     tuning: &Tuning,
     id: Identity,
     seed: [u64; 2],
-    stream: &mut ReplyStream,
+    replies: &mut impl Replies,
     sender: &mut RawSender,
 ) -> Result<(Option<TargetSet>, EngineStats), ScanError> {
     let units = vec![
@@ -191,7 +203,7 @@ fn discover(
     };
     let mut unused = ResultSet::new(&[]);
     let mut engine = Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused);
-    let stats = engine.run(stream, sender)?;
+    let stats = engine.run(replies, sender)?;
     let up = targets.retain(|a| targets.index_of(a).is_some_and(|h| engine.host_answered(h)));
     Ok((up, stats))
 }

@@ -26,7 +26,7 @@ use self::{
     window::{Fate, Window},
 };
 use crate::{
-    capture::ReplyStream,
+    capture::hub::Replies,
     probes::{Probe, ProbePlan, Protocol, packets},
     results::{PortState, Reason, ResultSet, classify},
     transmit::{BATCH, Pacer, Packet, RawSender, TransmitError},
@@ -185,7 +185,7 @@ impl<'a> Engine<'a> {
     /// Runs the scan to the end and returns its statistics.
     pub fn run(
         &mut self,
-        stream: &mut ReplyStream,
+        stream: &mut impl Replies,
         sender: &mut RawSender,
     ) -> Result<EngineStats, EngineError> {
         self.start = Instant::now();
@@ -479,5 +479,50 @@ fn silence_of(protocol: Protocol) -> PortState {
     match protocol {
         Protocol::Udp => PortState::OpenFiltered,
         Protocol::Tcp | Protocol::Icmp => PortState::Filtered,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        probes::Shard,
+        targets::{PortList, TargetSet},
+    };
+
+    fn window_bytes(targets: &str, ports: &str) -> usize {
+        let plan = ProbePlan::ports(
+            TargetSet::parse(&[targets]).unwrap(),
+            &PortList::parse(ports).unwrap(),
+            &[Protocol::Tcp],
+            [1, 2],
+            Shard::WHOLE,
+        );
+        let id = Identity {
+            key: [0, 0],
+            slot: 0,
+            settings: Settings::default(),
+            sources: Sources::default(),
+        };
+        let mut results = ResultSet::new(&[PortState::Open]);
+        let tuning = Tuning::default();
+        Engine::new(&plan, Phase::Ports, &tuning, id, &mut results)
+            .stats
+            .window_bytes
+    }
+
+    #[test]
+    fn memory_is_fixed_whatever_the_scan_size() {
+        // A /16 x 65535 ports: 4.3 billion probes in 12 MiB of window plus
+        // one word per host.
+        let window = DEFAULT_WINDOW * 24;
+        assert_eq!(window, 12 << 20);
+        assert_eq!(window_bytes("198.18.0.0/16", "1-65535"), window + 65536 * 4);
+        assert_eq!(
+            window_bytes("198.18.0.0/15", "1-65535"),
+            window + 2 * 65536 * 4
+        );
+        // Small scans take only what they need.
+        assert_eq!(window_bytes("198.18.0.1", "1-1000"), 1000 * 24 + 4);
     }
 }

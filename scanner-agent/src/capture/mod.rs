@@ -1,5 +1,8 @@
 //! The XDP side of a scan: loading and attaching the program, handing it the
 //! scan keys, and reading the validated replies and counters it produces.
+//! [`hub::Hub`] shares one attached program between several scans in flight.
+
+pub mod hub;
 
 use std::{fmt, io, os::fd::AsFd as _, time::Duration};
 
@@ -270,13 +273,17 @@ impl ReplyStream {
         mut on_reply: impl FnMut(ReplyEvent),
     ) -> io::Result<usize> {
         {
-            let mut fds = vec![PollFd::new(self.events.as_fd(), PollFlags::POLLIN)];
-            if let Some(logger) = &self.logger {
-                fds.push(PollFd::new(logger.as_fd(), PollFlags::POLLIN));
-            }
+            let events = || PollFd::new(self.events.as_fd(), PollFlags::POLLIN);
+            let (mut fds, n) = match &self.logger {
+                Some(logger) => (
+                    [events(), PollFd::new(logger.as_fd(), PollFlags::POLLIN)],
+                    2,
+                ),
+                None => ([events(), events()], 1),
+            };
             let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
                 .unwrap_or(PollTimeout::MAX);
-            match poll(&mut fds, ms) {
+            match poll(&mut fds[..n], ms) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
