@@ -7,7 +7,7 @@ use siphasher::sip::SipHasher13;
 
 use crate::{
     capture::{
-        AttachMode, CaptureError, XdpCounters,
+        AttachMode, Capture, CaptureError, XdpCounters,
         hub::{Hub, HubError, Replies},
     },
     engine::{Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
@@ -107,14 +107,26 @@ fn order_seed(opts: &ScanOptions) -> [u64; 2] {
 }
 
 /// Runs one scan on its own: attaches the XDP program to the interface
-/// that reaches the targets and detaches it at the end.
+/// that reaches the targets, reads its ring buffer on the scan's own thread
+/// (no hand-over), and detaches it at the end.
 pub fn run(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     let targets = TargetSet::build(&opts.targets)?;
     privileges::check_scan()?;
     let route = route::lookup(targets.range_starts(), opts.interface.as_deref())?;
     tracing::info!(interface = %route.interface, sources = ?route.sources, "route chosen");
-    let hub = Hub::start(&route.interface, route::probe_ports()?)?;
-    run_with(&hub, &route, targets, opts)
+    let (mut capture, mut stream) = Capture::attach(&route.interface, route::probe_ports()?)?;
+    let key = probes::new_key();
+    const SLOT: u32 = 0;
+    capture.activate(SLOT, key)?;
+    let id = Identity {
+        key,
+        slot: SLOT,
+        settings: capture.settings(),
+        sources: route.sources(),
+    };
+    let mut report = execute(&mut stream, id, &route, &targets, opts)?;
+    (report.mode, report.xdp) = (capture.mode(), capture.counters()?);
+    Ok(report)
 }
 
 /// Runs one scan through a shared [`Hub`], alongside any other scans in
@@ -125,21 +137,34 @@ pub fn run_with(
     targets: TargetSet,
     opts: &ScanOptions,
 ) -> Result<ScanReport, ScanError> {
-    let started = Instant::now();
     let key = probes::new_key();
     let mut lease = hub.lease(key)?;
-    let mut sender = RawSender::open(&route.interface)?;
     let id = Identity {
         key,
         slot: lease.slot(),
         settings: hub.settings(),
         sources: route.sources(),
     };
-    let seed = order_seed(opts);
+    let mut report = execute(&mut lease, id, route, &targets, opts)?;
+    drop(lease);
+    (report.mode, report.xdp) = (hub.mode(), hub.counters()?);
+    Ok(report)
+}
 
+/// Discovery (if asked for), then the port scan, with replies from `replies`.
+fn execute(
+    replies: &mut impl Replies,
+    id: Identity,
+    route: &Route,
+    targets: &TargetSet,
+    opts: &ScanOptions,
+) -> Result<ScanReport, ScanError> {
+    let started = Instant::now();
+    let mut sender = RawSender::open(&route.interface)?;
+    let seed = order_seed(opts);
     let mut hosts = HostReport::new();
     let (up, discovery) = if opts.host_discovery {
-        let (up, stats) = discover(&targets, &opts.tuning, id, seed, &mut lease, &mut sender)?;
+        let (up, stats) = discover(targets, &opts.tuning, id, seed, replies, &mut sender)?;
         (up, Some(stats))
     } else {
         (Some(targets.clone()), None)
@@ -149,9 +174,9 @@ pub fn run_with(
         Some(up) => {
             let plan = ProbePlan::ports(up.clone(), &opts.ports, &opts.protocols, seed, opts.shard);
             let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results);
-            let stats = engine.run(&mut lease, &mut sender)?;
+            let stats = engine.run(replies, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
-            count_hosts(&targets, &mut hosts, |a| {
+            count_hosts(targets, &mut hosts, |a| {
                 // Without discovery, a host is up if it answered anything.
                 opts.host_discovery && up.contains(a)
                     || plan
@@ -162,19 +187,18 @@ pub fn run_with(
             stats
         }
         None => {
-            count_hosts(&targets, &mut hosts, |_| false);
+            count_hosts(targets, &mut hosts, |_| false);
             EngineStats::default()
         }
     };
-    drop(lease);
     Ok(ScanReport {
         results,
         hosts,
         interface: route.interface.clone(),
-        mode: hub.mode(),
+        mode: AttachMode::Skb,
         discovery,
         ports,
-        xdp: hub.counters()?,
+        xdp: XdpCounters::default(),
         total_time: started.elapsed(),
     })
 }

@@ -43,7 +43,6 @@ struct Shared {
 /// The attached program, its reader thread and the slot leases.
 pub struct Hub {
     shared: Arc<Shared>,
-    settings: Settings,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -71,12 +70,15 @@ impl Hub {
                 .spawn(move || {
                     while !shared.stop.load(Ordering::Relaxed) {
                         let routes = &shared.routes;
-                        let result = stream.poll(Duration::from_millis(50), |ev| {
-                            let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut batch = Vec::new();
+                        let result = stream.poll(Duration::from_millis(50), |ev| batch.push(ev));
+                        let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
+                        for ev in batch {
                             if let Some(Some(tx)) = routes.get(usize::from(ev.slot)) {
                                 let _ = tx.send(ev);
                             }
-                        });
+                        }
+                        drop(routes);
                         if let Err(e) = result {
                             tracing::error!("reading the XDP ring buffer failed: {e}");
                             return;
@@ -87,13 +89,12 @@ impl Hub {
         };
         Ok(Self {
             shared,
-            settings,
             reader: Some(reader),
         })
     }
 
     pub fn settings(&self) -> Settings {
-        self.settings
+        self.capture().settings()
     }
 
     fn capture(&self) -> std::sync::MutexGuard<'_, Capture> {

@@ -76,6 +76,7 @@ pub struct Capture {
     _ebpf: Ebpf,
     interface: String,
     mode: AttachMode,
+    settings: Settings,
     keys: Array<MapData, SlotKey>,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -164,6 +165,7 @@ impl Capture {
             _ebpf: ebpf,
             interface: interface.to_owned(),
             mode,
+            settings,
             keys,
             counters,
         };
@@ -176,6 +178,11 @@ impl Capture {
 
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// The probe port layout the program was loaded with.
+    pub fn settings(&self) -> Settings {
+        self.settings
     }
 
     /// Makes the program accept replies to probes made with `key` in `slot`.
