@@ -16,7 +16,7 @@ use crate::{
     results::{PortState, ResultSet},
     route::{self, Route, RouteError},
     targets::{PortList, TargetError, TargetSet, TargetSpec},
-    transmit::{RawSender, TransmitError},
+    transmit::{TransmitError, TxPool},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +151,12 @@ pub fn run_with(
     Ok(report)
 }
 
+/// Sending threads per scan: one per core (most of a probe's cost is in the
+/// kernel), at most 4.
+fn tx_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// Discovery (if asked for), then the port scan, with replies from `replies`.
 fn execute(
     replies: &mut impl Replies,
@@ -160,7 +166,7 @@ fn execute(
     opts: &ScanOptions,
 ) -> Result<ScanReport, ScanError> {
     let started = Instant::now();
-    let mut sender = RawSender::open(&route.interface)?;
+    let mut sender = TxPool::start(&route.interface, tx_workers())?;
     let seed = order_seed(opts);
     let mut hosts = HostReport::new();
     let (up, discovery) = if opts.host_discovery {
@@ -191,6 +197,7 @@ fn execute(
             EngineStats::default()
         }
     };
+    sender.finish()?;
     Ok(ScanReport {
         results,
         hosts,
@@ -212,7 +219,7 @@ fn discover(
     id: Identity,
     seed: [u64; 2],
     replies: &mut impl Replies,
-    sender: &mut RawSender,
+    sender: &mut TxPool,
 ) -> Result<(Option<TargetSet>, EngineStats), ScanError> {
     let units = vec![
         (Protocol::Icmp, 0),

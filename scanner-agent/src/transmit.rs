@@ -6,7 +6,11 @@ use std::{
     mem::MaybeUninit,
     net::IpAddr,
     os::fd::AsRawFd as _,
-    thread,
+    sync::{
+        Arc, Mutex, PoisonError,
+        mpsc::{self, Receiver, SyncSender},
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -162,6 +166,110 @@ fn sendmmsg(socket: &Socket, packets: &[Packet]) -> io::Result<usize> {
     }
 }
 
+/// Batches handed to the workers but not yet sent, at most, per worker.
+const QUEUE_PER_WORKER: usize = 4;
+
+/// Sending threads, each with its own raw sockets. Most of a probe's cost is
+/// in the kernel (routing, and on a veth the receiver's stack too), so
+/// several threads use several cores.
+pub struct TxPool {
+    queue: Option<SyncSender<Vec<Packet>>>,
+    spare: Receiver<Vec<Packet>>,
+    workers: Vec<JoinHandle<Result<u64, TransmitError>>>,
+}
+
+impl TxPool {
+    /// Starts `workers` senders on `interface`; fails at once if a socket
+    /// cannot be opened.
+    pub fn start(interface: &str, workers: usize) -> Result<Self, TransmitError> {
+        let workers = workers.max(1);
+        let (queue, jobs) = mpsc::sync_channel::<Vec<Packet>>(workers * QUEUE_PER_WORKER);
+        let (recycle, spare) = mpsc::sync_channel(workers * (QUEUE_PER_WORKER + 2));
+        let jobs = Arc::new(Mutex::new(jobs));
+        let mut handles = Vec::with_capacity(workers);
+        for n in 0..workers {
+            let mut sender = RawSender::open(interface)?;
+            let (jobs, recycle) = (Arc::clone(&jobs), recycle.clone());
+            let handle = thread::Builder::new()
+                .name(format!("tx-{n}"))
+                .spawn(move || {
+                    loop {
+                        let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(mut batch) = next else {
+                            return Ok(sender.queue_full);
+                        };
+                        sender.send_all(&batch)?;
+                        batch.clear();
+                        let _ = recycle.try_send(batch);
+                    }
+                })
+                .map_err(|e| TransmitError::Send(io::Error::other(e)))?;
+            handles.push(handle);
+        }
+        Ok(Self {
+            queue: Some(queue),
+            spare,
+            workers: handles,
+        })
+    }
+
+    /// An empty batch buffer (recycled when possible).
+    pub fn buffer(&self) -> Vec<Packet> {
+        self.spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BATCH))
+    }
+
+    /// Queues `batch` for sending; blocks while every worker is busy, which
+    /// is the back-pressure that keeps the rate honest.
+    pub fn submit(&mut self, batch: Vec<Packet>) -> Result<(), TransmitError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let queue = self.queue.as_ref().expect("pool is running");
+        if queue.send(batch).is_err() {
+            // A worker only hangs up after a send error: report it.
+            return Err(self
+                .stop()
+                .err()
+                .unwrap_or_else(|| TransmitError::Send(io::Error::other("sender stopped"))));
+        }
+        Ok(())
+    }
+
+    /// Waits until everything queued is sent; returns how often the kernel's
+    /// queue was full.
+    pub fn finish(mut self) -> Result<u64, TransmitError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<u64, TransmitError> {
+        self.queue = None;
+        let mut queue_full = 0;
+        let mut first_error = None;
+        for worker in self.workers.drain(..) {
+            match worker.join() {
+                Ok(Ok(n)) => queue_full += n,
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(TransmitError::Send(io::Error::other(
+                        "sender thread panicked",
+                    )));
+                }
+            }
+        }
+        first_error.map_or(Ok(queue_full), Err)
+    }
+}
+
+impl Drop for TxPool {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
 /// A token bucket: `rate` tokens per second, holding at most a couple of
 /// milliseconds' worth, so bursts stay short and the average holds.
 #[derive(Debug)]
@@ -216,6 +324,38 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_sends_everything_through_loopback() {
+        use std::net::{Ipv4Addr, UdpSocket};
+        // Needs CAP_NET_RAW, like every privileged test here.
+        let sink = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let port = sink.local_addr().unwrap().port();
+        let mut pool = TxPool::start("lo", 2).unwrap();
+        for _ in 0..10 {
+            let mut batch = pool.buffer();
+            for _ in 0..BATCH {
+                let mut p = Packet {
+                    dest: Ipv4Addr::LOCALHOST.into(),
+                    ..Packet::default()
+                };
+                p.len = crate::probes::packets::udp(&mut p.bytes, p.dest, p.dest, (40000, port));
+                batch.push(p);
+            }
+            pool.submit(batch).unwrap();
+        }
+        pool.finish().unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        while sink.recv(&mut buf).is_ok() {
+            got += 1;
+            if got == 10 * BATCH {
+                break;
+            }
+        }
+        assert_eq!(got, 10 * BATCH);
+    }
 
     #[test]
     fn pacer_holds_the_rate_and_caps_bursts() {

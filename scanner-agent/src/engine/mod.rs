@@ -29,7 +29,7 @@ use crate::{
     capture::hub::Replies,
     probes::{Probe, ProbePlan, Protocol, packets},
     results::{PortState, Reason, ResultSet, classify},
-    transmit::{BATCH, Pacer, Packet, RawSender, TransmitError},
+    transmit::{BATCH, Pacer, Packet, TransmitError, TxPool},
 };
 
 /// Probes awaiting an answer at once, unless `min_parallelism` asks for more.
@@ -186,10 +186,9 @@ impl<'a> Engine<'a> {
     pub fn run(
         &mut self,
         stream: &mut impl Replies,
-        sender: &mut RawSender,
+        tx: &mut TxPool,
     ) -> Result<EngineStats, EngineError> {
         self.start = Instant::now();
-        let mut batch: Vec<Packet> = vec![Packet::default(); BATCH];
         let mut period_start = self.start;
         let mut period_limited = false;
         let mut last_send = self.start;
@@ -203,9 +202,12 @@ impl<'a> Engine<'a> {
                 + usize::from(self.window.head < self.plan.len() && self.window.has_room()) * BATCH;
             let allowed = self.pacer.take(now, wanted.min(BATCH));
             period_limited |= wanted > 0 && allowed < wanted.min(BATCH);
-            let n = self.fill(&mut batch[..allowed], now)?;
+            let mut batch = tx.buffer();
+            batch.resize(allowed, Packet::default());
+            let n = self.fill(&mut batch, now)?;
+            batch.truncate(n);
+            tx.submit(batch)?;
             if n > 0 {
-                sender.send_all(&batch[..n])?;
                 self.stats.sent += n as u64;
                 last_send = Instant::now();
                 self.stats.send_time = last_send - self.start;
@@ -231,8 +233,7 @@ impl<'a> Engine<'a> {
                 self.on_reply(&ev, now);
             }
             if !self.rsts.is_empty() {
-                sender.send_all(&self.rsts)?;
-                self.rsts.clear();
+                tx.submit(std::mem::take(&mut self.rsts))?;
             }
         }
         self.stats.final_rate = self.rate.rate();
