@@ -333,7 +333,8 @@ mod tests {
         sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let port = sink.local_addr().unwrap().port();
         let mut pool = TxPool::start("lo", 2).unwrap();
-        for _ in 0..10 {
+        // Few enough datagrams for the sink's default receive buffer.
+        for _ in 0..3 {
             let mut batch = pool.buffer();
             for _ in 0..BATCH {
                 let mut p = Packet {
@@ -350,11 +351,11 @@ mod tests {
         let mut buf = [0u8; 64];
         while sink.recv(&mut buf).is_ok() {
             got += 1;
-            if got == 10 * BATCH {
+            if got == 3 * BATCH {
                 break;
             }
         }
-        assert_eq!(got, 10 * BATCH);
+        assert_eq!(got, 3 * BATCH);
     }
 
     #[test]
