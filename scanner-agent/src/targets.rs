@@ -8,7 +8,7 @@ use ipnet::IpNet;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
     #[error(
-        "invalid target {0:?}: expected an IP address, a CIDR range such as 198.18.0.0/24, or a hostname"
+        "invalid target {0:?}: expected an IP address, a CIDR range such as 198.18.0.0/24, a range such as 198.18.0.1-198.18.0.9, or a hostname"
     )]
     Invalid(String),
     #[error("target {0:?} is not an IP address or CIDR range, and DNS resolution is disabled")]
@@ -134,6 +134,17 @@ impl TargetSet {
             let nets = resolve(name, spec.resolve_dns)?;
             for net in &nets {
                 check_allowed(name, *net, spec.max_v6_prefix)?;
+            }
+            let v6_addresses: u128 = nets
+                .iter()
+                .filter(|n| matches!(n, IpNet::V6(_)))
+                .map(|n| Run::of(*n).len())
+                .sum();
+            if v6_addresses > 1 << (128 - u32::from(spec.max_v6_prefix.min(128))) {
+                return Err(TargetError::TooLarge {
+                    target: name.to_owned(),
+                    max: spec.max_v6_prefix,
+                });
             }
             named.push((name.to_owned(), nets));
         }
@@ -264,9 +275,36 @@ fn looks_like_hostname(s: &str) -> bool {
         && !s.chars().all(|c| c.is_ascii_digit() || c == '.')
 }
 
+/// `first-last` address ranges (as masscan writes them), as CIDR blocks.
+fn parse_range(spec: &str) -> Option<Vec<IpNet>> {
+    let (a, b) = spec.split_once('-')?;
+    let nets: Vec<IpNet> = match (
+        a.trim().parse::<IpAddr>().ok()?,
+        b.trim().parse::<IpAddr>().ok()?,
+    ) {
+        (IpAddr::V4(a), IpAddr::V4(b)) if a <= b => {
+            ipnet::Ipv4Subnets::new(a, b, 0).map(IpNet::V4).collect()
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) if a <= b => {
+            ipnet::Ipv6Subnets::new(a, b, 0).map(IpNet::V6).collect()
+        }
+        _ => return None,
+    };
+    Some(nets)
+}
+
 fn resolve(name: &str, dns: bool) -> Result<Vec<IpNet>, TargetError> {
     if let Some(net) = parse_net(name) {
         return Ok(vec![net]);
+    }
+    if let Some(nets) = parse_range(name) {
+        return Ok(nets);
+    }
+    // Two addresses around a dash but no range: backwards, or mixed families.
+    if name.split_once('-').is_some_and(|(a, b)| {
+        a.trim().parse::<IpAddr>().is_ok() && b.trim().parse::<IpAddr>().is_ok()
+    }) {
+        return Err(TargetError::Invalid(name.to_owned()));
     }
     if !looks_like_hostname(name) {
         return Err(TargetError::Invalid(name.to_owned()));
@@ -438,6 +476,41 @@ mod tests {
     }
 
     #[test]
+    fn address_ranges_as_masscan_writes_them() {
+        let t =
+            TargetSet::parse(&["198.18.0.254-198.18.1.2", "2001:db8::ffff-2001:db8::1:1"]).unwrap();
+        assert_eq!(
+            ips(&t),
+            [
+                "198.18.0.254",
+                "198.18.0.255",
+                "198.18.1.0",
+                "198.18.1.1",
+                "198.18.1.2",
+                "2001:db8::ffff",
+                "2001:db8::1:0",
+                "2001:db8::1:1"
+            ]
+        );
+        assert_eq!(
+            t.name_of("198.18.1.0".parse().unwrap()),
+            Some("198.18.0.254-198.18.1.2")
+        );
+        assert!(matches!(
+            TargetSet::parse(&["198.18.0.9-198.18.0.1"]),
+            Err(TargetError::Invalid(_)) | Err(TargetError::Resolve { .. })
+        ));
+        assert!(matches!(
+            TargetSet::parse(&["2001:db8::-2001:db8::2:0"]),
+            Err(TargetError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            TargetSet::parse(&["223.255.255.255-224.0.0.1"]),
+            Err(TargetError::Forbidden { .. })
+        ));
+    }
+
+    #[test]
     fn excludes_always_win() {
         let mut spec = TargetSpec::new(vec!["198.18.0.0/28".into(), "2001:db8::/126".into()]);
         spec.exclude = vec![
@@ -495,7 +568,7 @@ mod tests {
         for never in [
             "0.0.0.0/0",
             "255.255.255.255",
-            "0.1.2.3",
+            "0.0.0.0/8",
             "::",
             "ff02::1",
             "::/0",

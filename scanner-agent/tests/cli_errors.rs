@@ -25,7 +25,7 @@ fn invalid_address_is_named() {
     let e = scan_fails(&["198.18.0.300"]);
     assert_eq!(
         e,
-        "error: invalid target \"198.18.0.300\": expected an IP address, a CIDR range such as 198.18.0.0/24, or a hostname\n"
+        "error: invalid target \"198.18.0.300\": expected an IP address, a CIDR range such as 198.18.0.0/24, a range such as 198.18.0.1-198.18.0.9, or a hostname\n"
     );
 }
 

@@ -179,9 +179,10 @@ fn scan(
     files: &RunFiles,
 ) -> Result<Metrics> {
     let probes = workload.probes();
-    // Generous: a scanner far below its requested rate still finishes and
-    // shows up as slow; only a hung one is cut off.
-    let timeout = Duration::from_secs(probes / scanner.nominal_rate().min(100_000) + 120);
+    // Generous: a scanner at a third of its requested rate (or of 100 kpps)
+    // still finishes and shows up as slow; only a hung one is cut off.
+    // (masscan asked for 100 kpps keeps about 50 kpps on two cores.)
+    let timeout = Duration::from_secs(3 * probes / scanner.nominal_rate().min(100_000) + 120);
     let mut c = scanner.command(testbed, agent, workload.hosts, files)?;
     let run = measure::run(&mut c, timeout)?;
     if !run.status.success() {

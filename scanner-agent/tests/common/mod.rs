@@ -47,6 +47,22 @@ impl Netns {
         sh("ip", &["netns", "add", &name]);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);
+        // No duplicate address detection: a fresh link's link-local address
+        // would stay tentative for a second, stalling neighbour discovery.
+        let out = ns
+            .command("sysctl")
+            .args([
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ])
+            .output()
+            .expect("sysctl");
+        assert!(
+            out.status.success(),
+            "sysctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ns
     }
 

@@ -8,9 +8,14 @@ use std::{
     collections::HashSet,
     fs::File,
     io::Write as _,
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
     process::{Command, Stdio},
-    thread,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -189,7 +194,9 @@ impl Drop for Netns {
 }
 
 pub struct Testbed {
-    // Fields drop in order: the listeners close before the namespaces go.
+    // Fields drop in order: the heartbeat stops and the listeners close
+    // before the namespaces go.
+    _heartbeat: Heartbeat,
     _listeners: Vec<TcpListener>,
     pub scanner: Netns,
     target: Netns,
@@ -201,40 +208,7 @@ impl Testbed {
     pub fn up() -> Result<Self> {
         let scanner = Netns::create("sa-bench-scan")?;
         let target = Netns::create("sa-bench-target")?;
-        sh(
-            Command::new("ip").args([
-                "link",
-                "add",
-                SCANNER_IF,
-                "netns",
-                scanner.name,
-                "mtu",
-                "1500",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                TARGET_IF,
-                "netns",
-                target.name,
-                "mtu",
-                "1500",
-            ]),
-            "",
-        )?;
-        scanner.ip(&[
-            "addr",
-            "add",
-            &format!("{SCANNER_ADDR}/{PREFIX_LEN}"),
-            "dev",
-            SCANNER_IF,
-        ])?;
-        let target_addrs: String = (FIRST_HOST..=LAST_HOST)
-            .map(|h| format!("addr add {}/{PREFIX_LEN} dev {TARGET_IF}\n", target_addr(h)))
-            .collect();
-        target.ip_batch(&target_addrs)?;
-        scanner.ip(&["link", "set", SCANNER_IF, "up"])?;
-        target.ip(&["link", "set", TARGET_IF, "up"])?;
+        connect(&scanner, &target)?;
         for ns in [&scanner, &target] {
             let routes = ns.ip(&["route", "show", "default"])?;
             ensure!(
@@ -248,7 +222,9 @@ impl Testbed {
         tune_target(&target)?;
         let listeners =
             target.run_inside(|| LISTEN_PORTS.iter().map(|&p| listener(p)).collect())?;
+        let heartbeat = Heartbeat::start(&target)?;
         Ok(Self {
+            _heartbeat: heartbeat,
             _listeners: listeners,
             scanner,
             target,
@@ -267,6 +243,23 @@ impl Testbed {
         )?;
         Ok(out.lines().count())
     }
+}
+
+/// The veth pair, created directly inside the namespaces, and the
+/// addresses: the scanner's and all target hosts', in one on-link /15.
+fn connect(scanner: &Netns, target: &Netns) -> Result<()> {
+    let veth = format!(
+        "link add {SCANNER_IF} netns {} mtu 1500 type veth peer name {TARGET_IF} netns {} mtu 1500",
+        scanner.name, target.name
+    );
+    sh(Command::new("ip").args(veth.split_whitespace()), "")?;
+    scanner.ip_batch(&format!(
+        "addr add {SCANNER_ADDR}/{PREFIX_LEN} dev {SCANNER_IF}\nlink set {SCANNER_IF} up\n"
+    ))?;
+    let targets: String = (FIRST_HOST..=LAST_HOST)
+        .map(|h| format!("addr add {}/{PREFIX_LEN} dev {TARGET_IF}\n", target_addr(h)))
+        .collect();
+    target.ip_batch(&format!("{targets}link set {TARGET_IF} up\n"))
 }
 
 fn link_mac(ns: &Netns, dev: &str) -> Result<String> {
@@ -348,4 +341,46 @@ fn listener(port: u16) -> Result<TcpListener> {
     bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).with_context(|| format!("bind :{port}"))?;
     listen(&fd, Backlog::MAXALLOWABLE)?;
     Ok(TcpListener::from(fd))
+}
+
+/// A tiny UDP datagram from the target to the scanner every 100 ms.
+/// masscan's receive thread notices that its `--wait` is over only when a
+/// frame arrives (masscan issue #144); a real network always has some
+/// traffic, this veth may have none, and masscan then never exits. The
+/// scanner answers with an ICMP error; neither disturbs the scans.
+struct Heartbeat {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    const EVERY: Duration = Duration::from_millis(100);
+    /// The discard port: nothing listens there.
+    const PORT: u16 = 9;
+
+    fn start(target: &Netns) -> Result<Self> {
+        // The socket stays in the target namespace; any thread may use it.
+        let socket = target.run_inside(|| Ok(UdpSocket::bind("0.0.0.0:0")?))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let _ = socket.send_to(&[], SocketAddrV4::new(SCANNER_ADDR, Self::PORT));
+                thread::sleep(Self::EVERY);
+            }
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -114,8 +114,15 @@ impl Scanner {
         let mut c = match self {
             Self::Agent { rate } => {
                 let mut c = testbed.scanner.command(&agent.to_string_lossy());
+                // Like masscan and `nmap -Pn`: no host discovery round.
                 c.args(["scan", "-p", "1-65535", "--rate", &rate.to_string()])
-                    .args(["--format", "ndjson", "--interface", SCANNER_IF])
+                    .args([
+                        "--format",
+                        "ndjson",
+                        "--interface",
+                        SCANNER_IF,
+                        "--disable-host-discovery",
+                    ])
                     .args(cidr_cover(target_addr(first), target_addr(last)))
                     .stdout(File::create(&files.results)?);
                 c
