@@ -7,6 +7,7 @@
 //! from start to end).
 
 pub mod capture;
+pub mod config;
 pub mod engine;
 pub mod privileges;
 pub mod probes;

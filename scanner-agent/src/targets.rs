@@ -275,6 +275,20 @@ fn looks_like_hostname(s: &str) -> bool {
         && !s.chars().all(|c| c.is_ascii_digit() || c == '.')
 }
 
+/// Checks a target's syntax without resolving it, and refuses addresses
+/// that can never be targets.
+pub fn check_syntax(spec: &str) -> Result<(), TargetError> {
+    let spec = spec.trim();
+    let nets = match (parse_net(spec), parse_range(spec)) {
+        (Some(net), _) => vec![net],
+        (None, Some(nets)) => nets,
+        (None, None) if looks_like_hostname(spec) => return Ok(()),
+        (None, None) => return Err(TargetError::Invalid(spec.to_owned())),
+    };
+    nets.into_iter()
+        .try_for_each(|net| check_allowed(spec, net, 0))
+}
+
 /// `first-last` address ranges (as masscan writes them), as CIDR blocks.
 fn parse_range(spec: &str) -> Option<Vec<IpNet>> {
     let (a, b) = spec.split_once('-')?;

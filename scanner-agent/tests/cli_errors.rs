@@ -114,3 +114,40 @@ fn missing_capability_is_named() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn check_config_accepts_the_seed_example_and_names_bad_keys() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/openport-exporter-example.yaml"
+    );
+    let out = std::process::Command::new(agent())
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("openport-exporter-example.yaml: OK\n"));
+
+    let dir = std::env::temp_dir().join(format!("scanner-agent-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "scanning:\n  interval: 600\n  max_cidr_size: 40\n").unwrap();
+    let out = std::process::Command::new(agent())
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "scanning.max_cidr_size: 40 is out of range (expected a prefix length 0-32) at line 3"
+        ),
+        "{stderr}"
+    );
+}

@@ -399,3 +399,37 @@ fn retries_recover_deliberately_dropped_probes() {
         "half the first attempts were dropped, so about 500 retries: {stderr}"
     );
 }
+
+#[test]
+fn scan_settings_come_from_a_config_file() {
+    let lab = Lab::new(&[t(2)], 1500);
+    let _l = lab.target.listen(&[(t(2), 22), (t(2), 80)]);
+    lab.target.udp_echo(SocketAddr::new(t(2).into(), 53));
+    let dir =
+        std::env::temp_dir().join(format!("scanner-agent-scan-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "scanning:\n  port_range: \"20-60\"\n  udp_scan: true\n  min_rate: 5000\n  exclude: [198.18.0.3]\n\
+         targets:\n  - 198.18.0.2\n  - 198.18.0.3\n",
+    )
+    .unwrap();
+    let (found, stderr) = scan(&lab, &["--config", config.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let want: Found = [
+        entry(t(2), "tcp", 22, "open", "syn-ack"),
+        entry(t(2), "udp", 53, "open", "udp-response"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        found, want,
+        "80 is outside port_range, .3 is excluded: {stderr}"
+    );
+    // The config's min_rate with no max_rate: nmap's adaptive rate, no host discovery.
+    assert!(
+        stderr.contains("probes=82 "),
+        "41 TCP + 41 UDP probes to one host: {stderr}"
+    );
+}

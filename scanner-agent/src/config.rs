@@ -1,0 +1,580 @@
+//! `config.yaml`: every key of the OpenPort Exporter's file, same names,
+//! units and defaults, read strictly. Unknown keys, wrong types and
+//! out-of-range values are errors naming the key and the line.
+//!
+//! Three deliberate differences from the original: no default target (no
+//! `targets` scans nothing), no default password, and values the original
+//! silently rewrote (an `interval` under 600 became 10800) are used as given,
+//! with a warning.
+
+use std::{fmt, path::Path, time::Duration};
+
+use serde::{Deserialize, Deserializer, de};
+
+use crate::{
+    engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
+    targets::{self, PortList, TargetSpec},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub scanning: Scanning,
+    #[serde(default)]
+    pub auth: Auth,
+    /// Addresses, ranges or hostnames to scan. None by default.
+    #[serde(default)]
+    pub targets: Vec<Target>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            port: defaults::port(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scanning {
+    /// Seconds between scans of a target.
+    #[serde(default = "defaults::interval")]
+    pub interval: Positive,
+    #[serde(default = "defaults::port_range")]
+    pub port_range: Ports,
+    /// Largest IPv4 subnet one task scans, as a prefix length.
+    #[serde(default = "defaults::max_cidr_size")]
+    pub max_cidr_size: Prefix<32>,
+    /// Largest IPv6 subnet one task scans (new key).
+    #[serde(default = "defaults::max_cidr_size_v6")]
+    pub max_cidr_size_v6: Prefix<128>,
+    /// Seconds after which a task is cancelled.
+    #[serde(default = "defaults::timeout")]
+    pub timeout: Positive,
+    #[serde(default)]
+    pub duration_metrics: bool,
+    #[serde(default = "defaults::yes")]
+    pub disable_dns_resolution: bool,
+    #[serde(default)]
+    pub udp_scan: bool,
+    #[serde(default = "defaults::min_rate")]
+    pub min_rate: Positive,
+    /// 0: no fixed ceiling.
+    #[serde(default)]
+    pub max_rate: u64,
+    #[serde(default = "defaults::min_parallelism")]
+    pub min_parallelism: u32,
+    #[serde(default = "defaults::max_retries")]
+    pub max_retries: u8,
+    /// Seconds; 0: never.
+    #[serde(default = "defaults::host_timeout")]
+    pub host_timeout: u64,
+    /// Milliseconds.
+    #[serde(default)]
+    pub scan_delay: u64,
+    #[serde(default)]
+    pub max_scan_delay: u64,
+    #[serde(default)]
+    pub initial_rtt_timeout: u64,
+    #[serde(default)]
+    pub max_rtt_timeout: u64,
+    #[serde(default)]
+    pub min_rtt_timeout: u64,
+    #[serde(default = "defaults::yes")]
+    pub disable_host_discovery: bool,
+    /// `/query` requests per minute.
+    #[serde(default = "defaults::rate_limit")]
+    pub rate_limit: Positive,
+    #[serde(default = "defaults::task_queue_size")]
+    pub task_queue_size: Positive,
+    #[serde(default = "defaults::worker_count")]
+    pub worker_count: Positive,
+    /// Never probed, whatever the targets say (new key).
+    #[serde(default)]
+    pub exclude: Vec<Target>,
+    /// Largest IPv6 range accepted as a target, as a prefix length (new key).
+    #[serde(default = "defaults::max_ipv6_prefix")]
+    pub max_ipv6_prefix: Prefix<128>,
+}
+
+impl Default for Scanning {
+    fn default() -> Self {
+        serde_yaml::from_str("{}").expect("every key has a default")
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub basic: Option<BasicAuth>,
+}
+
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    /// A bcrypt hash, or (as old configs have) the plain password.
+    pub password: String,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+mod defaults {
+    use super::{Ports, Positive, Prefix};
+
+    pub(super) fn port() -> u16 {
+        9919
+    }
+    pub(super) fn interval() -> Positive {
+        Positive(86400)
+    }
+    pub(super) fn port_range() -> Ports {
+        Ports::parse("1-65535").expect("constant")
+    }
+    pub(super) fn max_cidr_size() -> Prefix<32> {
+        Prefix(24)
+    }
+    pub(super) fn max_cidr_size_v6() -> Prefix<128> {
+        Prefix(120)
+    }
+    pub(super) fn max_ipv6_prefix() -> Prefix<128> {
+        Prefix(crate::targets::DEFAULT_MAX_V6_PREFIX)
+    }
+    pub(super) fn timeout() -> Positive {
+        Positive(3600)
+    }
+    pub(super) fn yes() -> bool {
+        true
+    }
+    pub(super) fn min_rate() -> Positive {
+        Positive(1000)
+    }
+    pub(super) fn min_parallelism() -> u32 {
+        1000
+    }
+    pub(super) fn max_retries() -> u8 {
+        6
+    }
+    pub(super) fn host_timeout() -> u64 {
+        300
+    }
+    pub(super) fn rate_limit() -> Positive {
+        Positive(30)
+    }
+    pub(super) fn task_queue_size() -> Positive {
+        Positive(1000)
+    }
+    pub(super) fn worker_count() -> Positive {
+        Positive(10)
+    }
+}
+
+/// Reads a whole number and checks it inside the deserializer, so a bad
+/// value is reported with its key and line.
+fn checked_int<'de, D: Deserializer<'de>, T>(
+    d: D,
+    expected: &'static str,
+    check: impl FnOnce(u64) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<F>(&'static str, F);
+    impl<'de, T, F: FnOnce(u64) -> Result<T, String>> de::Visitor<'de> for V<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+            (self.1)(v).map_err(|e| E::custom(format!("{e} (expected {})", self.0)))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+            let v = u64::try_from(v)
+                .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self.0))?;
+            self.visit_u64(v)
+        }
+    }
+    d.deserialize_u64(V(expected, check))
+}
+
+/// Reads a string and checks it inside the deserializer (see [`checked_int`]).
+fn checked_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    expected: &'static str,
+    check: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    struct V<F>(&'static str, F);
+    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> de::Visitor<'de> for V<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.1)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V(expected, check))
+}
+
+/// A whole number of at least 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Positive(pub u64);
+
+impl<'de> Deserialize<'de> for Positive {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_int(d, "a whole number of at least 1", |v| {
+            if v == 0 {
+                Err("0 is out of range".into())
+            } else {
+                Ok(Self(v))
+            }
+        })
+    }
+}
+
+/// A prefix length of at most `MAX`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix<const MAX: u8>(pub u8);
+
+impl<'de, const MAX: u8> Deserialize<'de> for Prefix<MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let expected = if MAX == 32 {
+            "a prefix length 0-32"
+        } else {
+            "a prefix length 0-128"
+        };
+        checked_int(d, expected, |v| {
+            u8::try_from(v)
+                .ok()
+                .filter(|&p| p <= MAX)
+                .map(Self)
+                .ok_or_else(|| format!("{v} is out of range"))
+        })
+    }
+}
+
+/// A port specification such as `22,80,8000-8100`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub spec: String,
+    pub list: PortList,
+}
+
+impl Ports {
+    fn parse(spec: &str) -> Result<Self, String> {
+        let list = PortList::parse(spec).map_err(|e| e.to_string())?;
+        Ok(Self {
+            spec: spec.to_owned(),
+            list,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(
+            d,
+            "ports such as \"1-65535\" or \"22,80,8000-8100\"",
+            Self::parse,
+        )
+    }
+}
+
+/// One target or exclusion, checked for syntax when read (hostnames are
+/// resolved when a scan starts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target(pub String);
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(
+            d,
+            "an IP address, a CIDR range, a first-last range or a hostname",
+            |v| {
+                targets::check_syntax(v)
+                    .map(|()| Self(v.to_owned()))
+                    .map_err(|e| e.to_string())
+            },
+        )
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates a configuration; the error names the key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        // An empty file is an empty mapping: every default.
+        let config: Self = if text.trim().is_empty() {
+            Self::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let message = e.to_string();
+                // serde_yaml leaves the position out of some top-level errors.
+                match e.location() {
+                    Some(at) if !message.contains(" at line ") => {
+                        format!("{message} at line {} column {}", at.line(), at.column())
+                    }
+                    _ => message,
+                }
+            })?
+        };
+        Ok(config)
+    }
+
+    /// Things that are allowed but probably not meant.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.targets.is_empty() {
+            w.push("no targets configured: nothing will be scanned".into());
+        }
+        if self.scanning.interval.0 < 600 {
+            w.push(format!(
+                "scanning.interval is {} s: every target is rescanned that often (the original silently used 10800 s for values under 600)",
+                self.scanning.interval.0
+            ));
+        }
+        if self
+            .auth
+            .basic
+            .as_ref()
+            .is_some_and(|b| !b.password.starts_with("$2"))
+        {
+            w.push("auth.basic.password is a plain password; prefer a bcrypt hash".into());
+        }
+        w
+    }
+}
+
+impl Scanning {
+    /// The scan engine's tuning from these keys (0 means "default" where nmap's did).
+    pub fn tuning(&self) -> Tuning {
+        let ms = |v: u64, default| {
+            if v == 0 {
+                default
+            } else {
+                Duration::from_millis(v)
+            }
+        };
+        Tuning {
+            rate: Rate::Adaptive {
+                min: self.min_rate.0,
+                max: (self.max_rate > 0).then_some(self.max_rate),
+            },
+            min_parallelism: self.min_parallelism as usize,
+            max_retries: self.max_retries,
+            host_timeout: (self.host_timeout > 0).then(|| Duration::from_secs(self.host_timeout)),
+            scan_delay: Duration::from_millis(self.scan_delay),
+            max_scan_delay: (self.max_scan_delay > 0)
+                .then(|| Duration::from_millis(self.max_scan_delay)),
+            initial_rtt_timeout: ms(self.initial_rtt_timeout, DEFAULT_INITIAL_RTT),
+            min_rtt_timeout: ms(self.min_rtt_timeout, DEFAULT_MIN_RTT),
+            max_rtt_timeout: ms(self.max_rtt_timeout, DEFAULT_MAX_RTT),
+            wait: Duration::from_secs(1),
+        }
+    }
+
+    /// The target specification for `include`, with this section's
+    /// exclusions, DNS and size settings.
+    pub fn target_spec(&self, include: Vec<String>) -> TargetSpec {
+        TargetSpec {
+            include,
+            exclude: self.exclude.iter().map(|t| t.0.clone()).collect(),
+            max_v6_prefix: self.max_ipv6_prefix.0,
+            resolve_dns: !self.disable_dns_resolution,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED_EXAMPLE: &str = include_str!("../../configs/openport-exporter-example.yaml");
+
+    #[test]
+    fn the_seed_example_loads_unchanged() {
+        let c = Config::parse(SEED_EXAMPLE).unwrap();
+        assert_eq!(c.server.port, 9919);
+        assert_eq!(c.scanning.min_rate, Positive(1500));
+        assert_eq!(c.scanning.max_rate, 2000);
+        assert_eq!(c.scanning.max_retries, 4);
+        assert_eq!(c.targets, [Target("192.168.10.1/32".into())]);
+        let t = c.scanning.tuning();
+        assert_eq!(
+            t.rate,
+            Rate::Adaptive {
+                min: 1500,
+                max: Some(2000)
+            }
+        );
+        assert_eq!(t.min_parallelism, 1200);
+        assert_eq!(t.host_timeout, Some(Duration::from_secs(180)));
+        assert_eq!(
+            (t.initial_rtt_timeout, t.min_rtt_timeout, t.max_rtt_timeout),
+            (
+                Duration::from_millis(100),
+                Duration::from_millis(50),
+                Duration::from_millis(1500)
+            )
+        );
+        assert_eq!(
+            c.warnings(),
+            ["auth.basic.password is a plain password; prefer a bcrypt hash"]
+        );
+    }
+
+    #[test]
+    fn defaults_are_the_seeds() {
+        let c = Config::parse("").unwrap();
+        let s = &c.scanning;
+        assert_eq!(c.server.port, 9919);
+        assert_eq!((s.interval, s.timeout), (Positive(86400), Positive(3600)));
+        assert_eq!(
+            (
+                s.port_range.spec.as_str(),
+                s.max_cidr_size,
+                s.max_cidr_size_v6
+            ),
+            ("1-65535", Prefix(24), Prefix(120))
+        );
+        assert!(
+            s.disable_dns_resolution
+                && s.disable_host_discovery
+                && !s.udp_scan
+                && !s.duration_metrics
+        );
+        assert_eq!(
+            (s.min_rate, s.max_rate, s.min_parallelism, s.max_retries),
+            (Positive(1000), 0, 1000, 6)
+        );
+        assert_eq!(
+            (s.host_timeout, s.scan_delay, s.max_scan_delay),
+            (300, 0, 0)
+        );
+        assert_eq!(
+            (s.initial_rtt_timeout, s.max_rtt_timeout, s.min_rtt_timeout),
+            (0, 0, 0)
+        );
+        assert_eq!(
+            (s.rate_limit, s.task_queue_size, s.worker_count),
+            (Positive(30), Positive(1000), Positive(10))
+        );
+        assert!(
+            c.targets.is_empty() && c.auth.basic.is_none(),
+            "no default target, no default password"
+        );
+        assert_eq!(
+            c.warnings(),
+            ["no targets configured: nothing will be scanned"]
+        );
+        assert_eq!(
+            s.tuning().rate,
+            Rate::Adaptive {
+                min: 1000,
+                max: None
+            }
+        );
+    }
+
+    #[test]
+    fn short_intervals_are_kept_with_a_warning() {
+        let c = Config::parse("scanning:\n  interval: 60\ntargets: [198.18.0.0/24]\n").unwrap();
+        assert_eq!(c.scanning.interval, Positive(60));
+        assert!(
+            c.warnings()[0].starts_with("scanning.interval is 60 s"),
+            "{:?}",
+            c.warnings()
+        );
+    }
+
+    /// Every rejection names the key and the line.
+    #[test]
+    fn rejections_name_key_and_line() {
+        let cases = [
+            (
+                "scanning:\n  intervall: 60\n",
+                "scanning: unknown field `intervall`",
+            ),
+            (
+                "server:\n  port: 70000\n",
+                "server.port: invalid value: integer `70000`, expected u16 at line 2 column 9",
+            ),
+            (
+                "scanning:\n  udp_scan: maybe\n",
+                "scanning.udp_scan: invalid type: string \"maybe\", expected a boolean at line 2 column 13",
+            ),
+            (
+                "scanning:\n  max_cidr_size: 33\n",
+                "scanning.max_cidr_size: 33 is out of range (expected a prefix length 0-32) at line 2 column 18",
+            ),
+            (
+                "scanning:\n  worker_count: 0\n",
+                "scanning.worker_count: 0 is out of range (expected a whole number of at least 1) at line 2 column 17",
+            ),
+            (
+                "scanning:\n  port_range: \"80-20\"\n",
+                "scanning.port_range: invalid port specification \"80-20\": range \"80-20\" ends before it starts",
+            ),
+            (
+                "targets:\n  - 198.18.0.300\n",
+                "targets[0]: invalid target \"198.18.0.300\"",
+            ),
+            (
+                "targets:\n  - 198.18.0.0/24\n  - 224.0.0.1\n",
+                "targets[1]: target 224.0.0.1 cannot be scanned: it includes multicast addresses",
+            ),
+            (
+                "scanning:\n  exclude: [\"a b\"]\n",
+                "scanning.exclude[0]: invalid target \"a b\"",
+            ),
+            (
+                "auth:\n  basic:\n    username: admin\n",
+                "auth.basic: missing field `password` at line 3 column 5",
+            ),
+            ("bogus: 1\n", "unknown field `bogus`"),
+        ];
+        for (yaml, want) in cases {
+            let err = Config::parse(yaml).unwrap_err();
+            assert!(
+                err.starts_with(want) || err.contains(want),
+                "for {yaml:?}\n got: {err}\nwant: {want}"
+            );
+            assert!(err.contains("line "), "no line in: {err}");
+        }
+    }
+}
