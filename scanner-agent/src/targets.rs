@@ -519,7 +519,7 @@ mod tests {
             Err(TargetError::TooLarge { .. })
         ));
         assert!(matches!(
-            TargetSet::parse(&["223.255.255.255-224.0.0.1"]),
+            TargetSet::parse(&["0.0.0.0-0.0.0.9"]),
             Err(TargetError::Forbidden { .. })
         ));
     }

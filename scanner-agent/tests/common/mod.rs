@@ -49,13 +49,19 @@ impl Netns {
         ns.ip(&["link", "set", "lo", "up"]);
         // No duplicate address detection: a fresh link's link-local address
         // would stay tentative for a second, stalling neighbour discovery.
-        let out = ns
+        ns.sysctl(&[
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ]);
+        ns
+    }
+
+    /// Sets kernel parameters of the namespace.
+    pub fn sysctl(&self, settings: &[&str]) {
+        let out = self
             .command("sysctl")
-            .args([
-                "-qw",
-                "net.ipv6.conf.all.accept_dad=0",
-                "net.ipv6.conf.default.accept_dad=0",
-            ])
+            .arg("-qw")
+            .args(settings)
             .output()
             .expect("sysctl");
         assert!(
@@ -63,7 +69,6 @@ impl Netns {
             "sysctl: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        ns
     }
 
     /// `ip` inside the namespace.
@@ -233,17 +238,7 @@ impl Lab {
             "net.ipv4.icmp_msgs_per_sec=1000000",
             "net.ipv6.icmp.ratelimit=0",
         ];
-        let out = target
-            .command("sysctl")
-            .arg("-qw")
-            .args(sysctl)
-            .output()
-            .expect("sysctl");
-        assert!(
-            out.status.success(),
-            "sysctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        target.sysctl(&sysctl);
         scanner.ip(&["link", "set", SCANNER_IF, "up"]);
         target.ip(&["link", "set", TARGET_IF, "up"]);
         let lab = Self { scanner, target };
