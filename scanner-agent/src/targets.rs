@@ -519,7 +519,7 @@ mod tests {
             Err(TargetError::TooLarge { .. })
         ));
         assert!(matches!(
-            TargetSet::parse(&["0.0.0.0-0.0.0.9"]),
+            TargetSet::parse(&["0.0.0.0-0.0.0.0"]),
             Err(TargetError::Forbidden { .. })
         ));
     }
