@@ -317,6 +317,7 @@ fn summarize(r: &ScanReport, opts: &ScanOptions) {
         retries = p.retries,
         seconds = format_args!("{:.2}", r.total_time.as_secs_f64()),
         rate = format_args!("{:.0}", p.achieved_rate()),
+        final_rate = format_args!("{:.0}", p.final_rate),
         open = count(PortState::Open),
         closed = count(PortState::Closed),
         filtered = count(PortState::Filtered),

@@ -124,8 +124,8 @@ pub fn run(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         settings: capture.settings(),
         sources: route.sources(),
     };
-    let mut report = execute(&mut stream, id, &route, &targets, opts)?;
-    (report.mode, report.xdp) = (capture.mode(), capture.counters()?);
+    let mut report = execute(&mut stream, id, &route, &targets, opts, capture.mode())?;
+    report.xdp = capture.counters()?;
     Ok(report)
 }
 
@@ -145,9 +145,9 @@ pub fn run_with(
         settings: hub.settings(),
         sources: route.sources(),
     };
-    let mut report = execute(&mut lease, id, route, &targets, opts)?;
+    let mut report = execute(&mut lease, id, route, &targets, opts, hub.mode())?;
     drop(lease);
-    (report.mode, report.xdp) = (hub.mode(), hub.counters()?);
+    report.xdp = hub.counters()?;
     Ok(report)
 }
 
@@ -164,6 +164,7 @@ fn execute(
     route: &Route,
     targets: &TargetSet,
     opts: &ScanOptions,
+    mode: AttachMode,
 ) -> Result<ScanReport, ScanError> {
     let started = Instant::now();
     let mut sender = TxPool::start(&route.interface, tx_workers())?;
@@ -197,14 +198,21 @@ fn execute(
             EngineStats::default()
         }
     };
-    sender.finish()?;
+    let queue_full = sender.finish()?;
+    if queue_full > 0 {
+        tracing::debug!(
+            queue_full,
+            "the kernel's send queue was full at times; batches waited"
+        );
+    }
     Ok(ScanReport {
         results,
         hosts,
         interface: route.interface.clone(),
-        mode: AttachMode::Skb,
+        mode,
         discovery,
         ports,
+        // Read by the caller, from the program this scan ran on.
         xdp: XdpCounters::default(),
         total_time: started.elapsed(),
     })
