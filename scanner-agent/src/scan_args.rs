@@ -1,0 +1,215 @@
+//! The `scan` command's flags, and how they combine with a config file.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Args;
+use scanner_agent::{
+    config::Config,
+    engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
+    probes::{Protocol, Shard},
+    results::{OutputFormat, PortState},
+    scan::ScanOptions,
+    targets::PortList,
+};
+
+/// Flags override the `scanning:` section of `--config`, which overrides
+/// the built-in defaults (those of the replaced exporter, except that the
+/// command line discovers hosts, resolves names and sends at a fixed rate
+/// unless told otherwise, like nmap and masscan).
+#[derive(Args)]
+pub(crate) struct ScanArgs {
+    /// IPv4/IPv6 addresses, CIDR ranges, first-last ranges or hostnames
+    /// (default: the config's targets).
+    #[arg(required_unless_present = "config")]
+    targets: Vec<String>,
+    /// Take targets and scan settings from this configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Ports: lists and ranges, e.g. 22,80,8000-8100 [default: 1-65535].
+    #[arg(short, long)]
+    ports: Option<String>,
+    /// Also scan UDP (with service payloads for common ports).
+    #[arg(long)]
+    udp: bool,
+    /// Addresses or ranges never to probe (wins over targets). Repeatable, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Port states to print.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "open")]
+    states: Vec<PortState>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub(crate) format: OutputFormat,
+    /// Interface to send on and capture from (default: by route lookup).
+    #[arg(short, long)]
+    interface: Option<String>,
+    /// This agent's share i/N of a scan split over N agents.
+    #[arg(long, default_value = "1/1")]
+    shard: Shard,
+    /// Seed of the probe order (shards of one scan must agree; derived from the command line when sharding).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Skip host discovery: treat every target as up (nmap -Pn).
+    #[arg(long = "disable-host-discovery")]
+    no_discovery: bool,
+    /// Do not resolve hostnames given as targets (nmap -n).
+    #[arg(long = "disable-dns-resolution", short = 'n')]
+    no_dns: bool,
+    /// Largest IPv6 range accepted, as a prefix length [default: 112].
+    #[arg(long)]
+    max_ipv6_prefix: Option<u8>,
+    /// Packets per second, fixed [default: 10000 unless a min/max rate is given].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with_all = ["min_rate", "max_rate"])]
+    rate: Option<u64>,
+    /// Adaptive rate: start here, never go below (nmap --min-rate).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    min_rate: Option<u64>,
+    /// Adaptive rate: never go above (0 = no fixed ceiling).
+    #[arg(long)]
+    max_rate: Option<u64>,
+    /// Probes that may await an answer at once, at least [default: 1000].
+    #[arg(long)]
+    min_parallelism: Option<usize>,
+    /// Retransmissions of an unanswered probe [default: 6].
+    #[arg(long)]
+    max_retries: Option<u8>,
+    /// Seconds after which a host that answered nothing gets no more probes (0 = never) [default: 300].
+    #[arg(long)]
+    host_timeout: Option<u64>,
+    /// Minimum milliseconds between probes to one host [default: 0].
+    #[arg(long)]
+    scan_delay: Option<u64>,
+    /// Largest per-host delay (ms) backing off may reach (0 = no limit) [default: 0].
+    #[arg(long)]
+    max_scan_delay: Option<u64>,
+    /// Retry timeout (ms) before any round trip was measured (0 = 1000).
+    #[arg(long)]
+    initial_rtt_timeout: Option<u64>,
+    /// Upper bound of the retry timeout (ms, 0 = 10000).
+    #[arg(long)]
+    max_rtt_timeout: Option<u64>,
+    /// Lower bound of the retry timeout (ms, 0 = 100).
+    #[arg(long)]
+    min_rtt_timeout: Option<u64>,
+    /// Seconds to keep listening for late replies after the last probe.
+    #[arg(long, default_value_t = 1.0)]
+    wait: f64,
+}
+
+impl ScanArgs {
+    pub(crate) fn options(self) -> Result<ScanOptions, String> {
+        let config = match &self.config {
+            Some(path) => {
+                let config = Config::load(path).map_err(|e| e.to_string())?;
+                config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
+                Some(config)
+            }
+            None => None,
+        };
+        let mut section = config
+            .as_ref()
+            .map(|c| c.scanning.clone())
+            .unwrap_or_default();
+        // Without a config file the command line behaves like nmap/masscan.
+        if config.is_none() {
+            section.disable_host_discovery = false;
+            section.disable_dns_resolution = false;
+        }
+        let mut tuning = if config.is_some() {
+            section.tuning()
+        } else {
+            Tuning::default()
+        };
+        tuning.rate = match (self.rate, self.min_rate, self.max_rate) {
+            (Some(r), ..) => Rate::Fixed(r),
+            (None, None, None) => tuning.rate,
+            (None, min, max) => {
+                let max = max.filter(|&m| m > 0);
+                let min = min.unwrap_or(section.min_rate.0);
+                if max.is_some_and(|m| m < min) {
+                    return Err(format!(
+                        "--max-rate {} is below --min-rate {min}",
+                        max.unwrap_or_default()
+                    ));
+                }
+                Rate::Adaptive { min, max }
+            }
+        };
+        let ms = |v: Option<u64>, default: Duration, current: Duration| match v {
+            Some(0) => default,
+            Some(v) => Duration::from_millis(v),
+            None => current,
+        };
+        tuning.min_parallelism = self.min_parallelism.unwrap_or(tuning.min_parallelism);
+        tuning.max_retries = self.max_retries.unwrap_or(tuning.max_retries);
+        if let Some(s) = self.host_timeout {
+            tuning.host_timeout = (s > 0).then(|| Duration::from_secs(s));
+        }
+        tuning.scan_delay = self
+            .scan_delay
+            .map_or(tuning.scan_delay, Duration::from_millis);
+        if let Some(ms) = self.max_scan_delay {
+            tuning.max_scan_delay = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        tuning.initial_rtt_timeout = ms(
+            self.initial_rtt_timeout,
+            DEFAULT_INITIAL_RTT,
+            tuning.initial_rtt_timeout,
+        );
+        tuning.min_rtt_timeout = ms(
+            self.min_rtt_timeout,
+            DEFAULT_MIN_RTT,
+            tuning.min_rtt_timeout,
+        );
+        tuning.max_rtt_timeout = ms(
+            self.max_rtt_timeout,
+            DEFAULT_MAX_RTT,
+            tuning.max_rtt_timeout,
+        );
+        tuning.wait = Duration::try_from_secs_f64(self.wait).map_err(|_| {
+            format!(
+                "invalid --wait {}: expected seconds, e.g. 1 or 0.5",
+                self.wait
+            )
+        })?;
+
+        let ports = match &self.ports {
+            Some(spec) => PortList::parse(spec).map_err(|e| e.to_string())?,
+            None => section.port_range.list.clone(),
+        };
+        let include = if self.targets.is_empty() {
+            let configured: Vec<String> = config
+                .iter()
+                .flat_map(|c| c.targets.iter().map(|t| t.0.clone()))
+                .collect();
+            if configured.is_empty() {
+                return Err(
+                    "no targets: give them on the command line or in the config's `targets`".into(),
+                );
+            }
+            configured
+        } else {
+            self.targets
+        };
+        let mut targets = section.target_spec(include);
+        targets.exclude.extend(self.exclude);
+        targets.max_v6_prefix = self.max_ipv6_prefix.unwrap_or(targets.max_v6_prefix);
+        targets.resolve_dns &= !self.no_dns;
+        let udp = self.udp || section.udp_scan;
+        Ok(ScanOptions {
+            targets,
+            ports,
+            protocols: if udp {
+                vec![Protocol::Tcp, Protocol::Udp]
+            } else {
+                vec![Protocol::Tcp]
+            },
+            tuning,
+            interface: self.interface,
+            host_discovery: !(self.no_discovery || section.disable_host_discovery),
+            shard: self.shard,
+            seed: self.seed,
+            states: self.states,
+        })
+    }
+}
