@@ -9,6 +9,7 @@
 pub mod capture;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod privileges;
 pub mod probes;
 pub mod results;

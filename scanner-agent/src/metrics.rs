@@ -1,0 +1,283 @@
+//! The OpenPort Exporter's metric families, with the same names, label names,
+//! types and help texts, so existing dashboards and alerts keep working.
+//! The daemon (`scanner-agent run`) fills them; this module only defines and
+//! encodes them (OpenMetrics text, which Prometheus scrapes natively).
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub ip: String,
+    pub port: String,
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IpLabels {
+    pub ip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub target: String,
+    pub port_range: String,
+    pub protocol: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub target: String,
+    pub port_range: String,
+    pub protocol: String,
+    /// `timeout`, `permission` or `other`.
+    pub error_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    pub target: String,
+    /// `closed_to_open` or `open_to_closed`.
+    pub change_type: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 s to about 9 hours: one port of one host up to a /16 x 65535 task.
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+}
+
+/// The exporter's families. Counters are registered without their `_total`
+/// suffix, which the encoder adds.
+pub struct ExporterMetrics {
+    pub open_port_status: Family<PortLabels, Gauge>,
+    pub open_ports_total: Family<IpLabels, Gauge>,
+    pub scan_duration_seconds: Family<TaskLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub scan_duration_histogram_seconds: Family<TaskLabels, Histogram, fn() -> Histogram>,
+    pub task_queue_size: Gauge,
+    pub nmap_scan_timeouts: Family<TaskLabels, Counter>,
+    pub nmap_host_up_count: Family<TargetLabels, Gauge>,
+    pub nmap_host_down_count: Family<TargetLabels, Gauge>,
+    pub scans_successful: Family<TaskLabels, Counter>,
+    pub scans_failed: Family<FailureLabels, Counter>,
+    pub last_scan_timestamp_seconds: Family<TaskLabels, Gauge>,
+    pub port_state_changes: Family<ChangeLabels, Counter>,
+}
+
+impl ExporterMetrics {
+    /// Registers every family; the two duration families only when
+    /// `duration_metrics` is on, as in the original.
+    pub fn register(registry: &mut Registry, duration_metrics: bool) -> Self {
+        let m = Self {
+            open_port_status: Family::default(),
+            open_ports_total: Family::default(),
+            scan_duration_seconds: Family::default(),
+            scan_duration_histogram_seconds: Family::new_with_constructor(duration_histogram),
+            task_queue_size: Gauge::default(),
+            nmap_scan_timeouts: Family::default(),
+            nmap_host_up_count: Family::default(),
+            nmap_host_down_count: Family::default(),
+            scans_successful: Family::default(),
+            scans_failed: Family::default(),
+            last_scan_timestamp_seconds: Family::default(),
+            port_state_changes: Family::default(),
+        };
+        let r = registry;
+        r.register(
+            "open_port_status",
+            "Indicates that a specific port is open for a given IP address and protocol",
+            m.open_port_status.clone(),
+        );
+        r.register(
+            "open_ports_total",
+            "Total number of open ports for a given IP address",
+            m.open_ports_total.clone(),
+        );
+        if duration_metrics {
+            r.register(
+                "scan_duration_seconds",
+                "Duration of the last scan in seconds for the specified target, port range, and protocol",
+                m.scan_duration_seconds.clone(),
+            );
+            r.register(
+                "scan_duration_histogram_seconds",
+                "Histogram of scan durations in seconds",
+                m.scan_duration_histogram_seconds.clone(),
+            );
+        }
+        r.register(
+            "task_queue_size",
+            "The current number of tasks waiting in the scan queue",
+            m.task_queue_size.clone(),
+        );
+        r.register(
+            "nmap_scan_timeouts",
+            "Total number of scans that resulted in a timeout for a specific target, port range, and protocol",
+            m.nmap_scan_timeouts.clone(),
+        );
+        r.register(
+            "nmap_host_up_count",
+            "Number of hosts found up during the last scan for a given target",
+            m.nmap_host_up_count.clone(),
+        );
+        r.register(
+            "nmap_host_down_count",
+            "Number of hosts found down (unreachable) during the last scan for a given target",
+            m.nmap_host_down_count.clone(),
+        );
+        r.register(
+            "scans_successful",
+            "Total number of scans completed without error for a given target, port range, and protocol",
+            m.scans_successful.clone(),
+        );
+        r.register(
+            "scans_failed",
+            "Total number of scans that encountered an error for a given target, port range, and protocol, by error type",
+            m.scans_failed.clone(),
+        );
+        r.register(
+            "last_scan_timestamp_seconds",
+            "Unix timestamp of the last completed scan for a given target, port range, and protocol",
+            m.last_scan_timestamp_seconds.clone(),
+        );
+        r.register(
+            "port_state_changes",
+            "Total number of port state changes (open->closed or closed->open) detected between scans for a given target",
+            m.port_state_changes.clone(),
+        );
+        m
+    }
+}
+
+/// The registry as OpenMetrics text.
+pub fn encode_text(registry: &Registry) -> String {
+    let mut out = String::new();
+    encode(&mut out, registry).expect("writing to a String cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(target: &str) -> TaskLabels {
+        TaskLabels {
+            target: target.into(),
+            port_range: "1-65535".into(),
+            protocol: "tcp".into(),
+        }
+    }
+
+    #[test]
+    fn names_labels_and_types_are_the_originals() {
+        let mut registry = Registry::default();
+        let m = ExporterMetrics::register(&mut registry, true);
+        let port = PortLabels {
+            ip: "198.18.0.2".into(),
+            port: "22".into(),
+            protocol: "tcp".into(),
+        };
+        m.open_port_status.get_or_create(&port).set(1);
+        m.open_ports_total
+            .get_or_create(&IpLabels {
+                ip: "198.18.0.2".into(),
+            })
+            .set(1);
+        m.scan_duration_seconds
+            .get_or_create(&task("198.18.0.0/24"))
+            .set(13.79);
+        m.scan_duration_histogram_seconds
+            .get_or_create(&task("198.18.0.0/24"))
+            .observe(13.79);
+        m.task_queue_size.set(5);
+        m.nmap_scan_timeouts
+            .get_or_create(&task("198.18.0.0/24"))
+            .inc();
+        m.nmap_host_up_count
+            .get_or_create(&TargetLabels {
+                target: "198.18.0.0/24".into(),
+            })
+            .set(10);
+        m.scans_successful
+            .get_or_create(&task("198.18.0.0/24"))
+            .inc();
+        let failed = FailureLabels {
+            target: "198.18.0.0/24".into(),
+            port_range: "1-65535".into(),
+            protocol: "tcp".into(),
+            error_type: "timeout".into(),
+        };
+        m.scans_failed.get_or_create(&failed).inc();
+        m.last_scan_timestamp_seconds
+            .get_or_create(&task("198.18.0.0/24"))
+            .set(1_695_051_127);
+        let change = ChangeLabels {
+            target: "198.18.0.0/24".into(),
+            change_type: "closed_to_open".into(),
+        };
+        m.port_state_changes.get_or_create(&change).inc_by(2);
+        let text = encode_text(&registry);
+        for line in [
+            "# HELP open_port_status Indicates that a specific port is open for a given IP address and protocol.",
+            "# TYPE open_port_status gauge",
+            "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"} 1",
+            "open_ports_total{ip=\"198.18.0.2\"} 1",
+            "scan_duration_seconds{target=\"198.18.0.0/24\",port_range=\"1-65535\",protocol=\"tcp\"} 13.79",
+            "# TYPE scan_duration_histogram_seconds histogram",
+            "scan_duration_histogram_seconds_bucket{le=\"16.0\",target=\"198.18.0.0/24\",port_range=\"1-65535\",protocol=\"tcp\"} 1",
+            "task_queue_size 5",
+            "# TYPE nmap_scan_timeouts counter",
+            "nmap_scan_timeouts_total{target=\"198.18.0.0/24\",port_range=\"1-65535\",protocol=\"tcp\"} 1",
+            "nmap_host_up_count{target=\"198.18.0.0/24\"} 10",
+            "scans_successful_total{target=\"198.18.0.0/24\",port_range=\"1-65535\",protocol=\"tcp\"} 1",
+            "scans_failed_total{target=\"198.18.0.0/24\",port_range=\"1-65535\",protocol=\"tcp\",error_type=\"timeout\"} 1",
+            "last_scan_timestamp_seconds{target=\"198.18.0.0/24\",port_range=\"1-65535\",protocol=\"tcp\"} 1695051127",
+            "port_state_changes_total{target=\"198.18.0.0/24\",change_type=\"closed_to_open\"} 2",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn duration_families_only_when_asked() {
+        let mut registry = Registry::default();
+        ExporterMetrics::register(&mut registry, false);
+        let text = encode_text(&registry);
+        assert!(!text.contains("scan_duration"), "{text}");
+        assert!(text.lines().any(|l| l == "task_queue_size 0"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut registry = Registry::default();
+        let m = ExporterMetrics::register(&mut registry, false);
+        let nasty = "a\"b\\c\nd";
+        m.nmap_host_down_count
+            .get_or_create(&TargetLabels {
+                target: nasty.into(),
+            })
+            .set(1);
+        let text = encode_text(&registry);
+        assert!(
+            text.lines()
+                .any(|l| l == r#"nmap_host_down_count{target="a\"b\\c\nd"} 1"#),
+            "{text}"
+        );
+    }
+}
