@@ -15,5 +15,6 @@ pub mod probes;
 pub mod results;
 pub mod route;
 pub mod scan;
+pub mod schedule;
 pub mod targets;
 pub mod transmit;

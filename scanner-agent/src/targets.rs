@@ -215,6 +215,25 @@ impl TargetSet {
         self.index_of(addr).is_some()
     }
 
+    /// The set as the fewest CIDR blocks covering exactly its addresses.
+    pub fn networks(&self) -> Vec<IpNet> {
+        self.runs
+            .iter()
+            .flat_map(|r| {
+                let (first, last) = (r.addr(0), r.addr(r.len() - 1));
+                match (first, last) {
+                    (IpAddr::V4(a), IpAddr::V4(b)) => ipnet::Ipv4Subnets::new(a, b, 0)
+                        .map(IpNet::V4)
+                        .collect::<Vec<_>>(),
+                    (IpAddr::V6(a), IpAddr::V6(b)) => {
+                        ipnet::Ipv6Subnets::new(a, b, 0).map(IpNet::V6).collect()
+                    }
+                    _ => unreachable!("a run has one family"),
+                }
+            })
+            .collect()
+    }
+
     /// The first address of every disjoint run (one per route to check).
     pub fn range_starts(&self) -> Vec<IpAddr> {
         self.runs.iter().map(|r| r.addr(0)).collect()
