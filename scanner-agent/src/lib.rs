@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod metrics;
 pub mod privileges;

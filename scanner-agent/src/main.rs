@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use scan_args::ScanArgs;
 use scanner_agent::{
     config::Config,
+    daemon::{self, DaemonError},
     engine::tuning::Rate,
     results::{PortState, write_results},
     scan::{self, ScanOptions, ScanReport},
@@ -31,6 +32,13 @@ struct Cli {
 enum Command {
     /// Scan targets once and print what answers (like masscan or nmap -sS).
     Scan(Box<ScanArgs>),
+    /// Run the exporter: scan the configured targets on schedule and serve
+    /// /metrics and /healthz.
+    Run {
+        /// The configuration file (OpenPort Exporter's config.yaml format).
+        #[arg(long, default_value = "/etc/scanner-agent/config.yaml")]
+        config: PathBuf,
+    },
     /// Validate a configuration file without starting anything.
     CheckConfig {
         /// The configuration file (OpenPort Exporter's config.yaml format).
@@ -56,6 +64,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Scan(args) => run_scan(*args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Run { config } => match daemon::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ (DaemonError::Config(_) | DaemonError::Listen { .. })) => usage_error(e),
+            Err(DaemonError::Scan(e)) if e.is_usage() => usage_error(e),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

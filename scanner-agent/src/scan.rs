@@ -69,6 +69,8 @@ pub struct ScanOptions {
     pub seed: Option<u64>,
     /// States kept and reported (the others are only counted).
     pub states: Vec<PortState>,
+    /// Cancel the scan if it is still running then (the daemon's `timeout`).
+    pub deadline: Option<Instant>,
 }
 
 /// Hosts up and down per target, as the targets were named.
@@ -171,7 +173,7 @@ fn execute(
     let seed = order_seed(opts);
     let mut hosts = HostReport::new();
     let (up, discovery) = if opts.host_discovery {
-        let (up, stats) = discover(targets, &opts.tuning, id, seed, replies, &mut sender)?;
+        let (up, stats) = discover(targets, opts, id, seed, replies, &mut sender)?;
         (up, Some(stats))
     } else {
         (Some(targets.clone()), None)
@@ -180,7 +182,8 @@ fn execute(
     let ports = match &up {
         Some(up) => {
             let plan = ProbePlan::ports(up.clone(), &opts.ports, &opts.protocols, seed, opts.shard);
-            let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results);
+            let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results)
+                .with_deadline(opts.deadline);
             let stats = engine.run(replies, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
             count_hosts(targets, &mut hosts, |a| {
@@ -223,7 +226,7 @@ fn execute(
 /// means up. Returns the hosts found up.
 fn discover(
     targets: &TargetSet,
-    tuning: &Tuning,
+    opts: &ScanOptions,
     id: Identity,
     seed: [u64; 2],
     replies: &mut impl Replies,
@@ -237,11 +240,12 @@ fn discover(
     let plan = ProbePlan::new(targets.clone(), units, seed, Shard::WHOLE);
     // nmap retransmits discovery probes once at most.
     let tuning = Tuning {
-        max_retries: tuning.max_retries.min(1),
-        ..tuning.clone()
+        max_retries: opts.tuning.max_retries.min(1),
+        ..opts.tuning.clone()
     };
     let mut unused = ResultSet::new(&[]);
-    let mut engine = Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused);
+    let mut engine =
+        Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused).with_deadline(opts.deadline);
     let stats = engine.run(replies, sender)?;
     let up = targets.retain(|a| targets.index_of(a).is_some_and(|h| engine.host_answered(h)));
     Ok((up, stats))

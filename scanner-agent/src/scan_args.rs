@@ -210,6 +210,7 @@ impl ScanArgs {
             shard: self.shard,
             seed: self.seed,
             states: self.states,
+            deadline: None,
         })
     }
 }

@@ -30,6 +30,7 @@ fn options(target: &str) -> ScanOptions {
         shard: Shard::WHOLE,
         seed: None,
         states: vec![PortState::Open],
+        deadline: None,
     }
 }
 

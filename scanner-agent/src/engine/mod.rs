@@ -47,6 +47,8 @@ pub enum EngineError {
     Receive(std::io::Error),
     #[error("no IPv{0} source address on the scan interface for an IPv{0} target")]
     NoSource(u8),
+    #[error("the scan ran past its deadline and was cancelled")]
+    TimedOut,
 }
 
 /// What the scan is for.
@@ -126,6 +128,7 @@ pub struct Engine<'a> {
     rsts: Vec<Packet>,
     stats: EngineStats,
     results: &'a mut ResultSet,
+    deadline: Option<Instant>,
 }
 
 impl<'a> Engine<'a> {
@@ -168,7 +171,15 @@ impl<'a> Engine<'a> {
             rsts: Vec::new(),
             stats,
             results,
+            deadline: None,
         }
+    }
+
+    /// Cancels the scan (with [`EngineError::TimedOut`]) if it is still
+    /// running at `deadline`.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     fn ms(&self, t: Instant) -> u32 {
@@ -195,6 +206,9 @@ impl<'a> Engine<'a> {
         let mut replies = Vec::new();
         loop {
             let now = Instant::now();
+            if self.deadline.is_some_and(|d| now >= d) {
+                return Err(EngineError::TimedOut);
+            }
             self.expire(now);
             self.window.advance();
 

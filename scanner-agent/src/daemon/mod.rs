@@ -1,0 +1,281 @@
+//! `scanner-agent run`: the long-running exporter. A scheduler queues every
+//! task (a subnet of a configured target, per protocol) once per `interval`,
+//! `worker_count` workers scan them through one shared XDP program, and the
+//! results become the OpenPort Exporter's metrics, served over HTTP.
+
+mod http;
+mod report;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use prometheus_client::registry::Registry;
+use rand::Rng as _;
+
+use self::report::TaskState;
+use crate::{
+    capture::{AttachMode, hub::Hub},
+    config::Config,
+    engine::EngineError,
+    metrics::{ExporterMetrics, FailureLabels, TaskLabels},
+    privileges,
+    probes::{Protocol, Shard},
+    results::PortState,
+    route::{self, Route},
+    scan::{self, ScanError, ScanOptions},
+    schedule::{self, Task},
+    targets::TargetSet,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the HTTP server: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// One scheduled unit: a subnet scanned for one protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Job {
+    task: Task,
+    protocol: Protocol,
+}
+
+impl Job {
+    fn labels(&self, config: &Config) -> TaskLabels {
+        TaskLabels {
+            target: self.task.label(),
+            port_range: config.scanning.port_range.spec.clone(),
+            protocol: self.protocol.to_string(),
+        }
+    }
+}
+
+/// What the HTTP handlers and the workers share.
+pub(crate) struct Shared {
+    config: Config,
+    registry: Registry,
+    metrics: ExporterMetrics,
+    tasks: Mutex<HashMap<Job, TaskState>>,
+    queued: AtomicUsize,
+    last_completed: Mutex<Option<SystemTime>>,
+    /// How the XDP program is attached; `None` without targets (nothing attached).
+    mode: Option<AttachMode>,
+}
+
+impl Shared {
+    fn queue_full(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.config.scanning.task_queue_size.0 as usize
+    }
+}
+
+/// Runs the exporter until the process is stopped.
+pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+    let config = Config::load(config_path)?;
+    config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
+    let jobs = jobs(&config)?;
+    privileges::check_scan().map_err(ScanError::from)?;
+
+    let mut registry = Registry::default();
+    let metrics = ExporterMetrics::register(&mut registry, config.scanning.duration_metrics);
+    let (hub, route) = match jobs.first() {
+        Some(_) => {
+            let starts = jobs.iter().map(|j| j.task.subnet.network());
+            let route = route::lookup(starts, None).map_err(ScanError::from)?;
+            let hub = Hub::start(
+                &route.interface,
+                route::probe_ports().map_err(ScanError::from)?,
+            )
+            .map_err(ScanError::from)?;
+            (Some(Arc::new(hub)), Some(route))
+        }
+        None => (None, None),
+    };
+    let mode = hub.as_ref().map(|h| h.mode());
+    let shared = Arc::new(Shared {
+        registry,
+        metrics,
+        tasks: Mutex::new(HashMap::new()),
+        queued: AtomicUsize::new(0),
+        last_completed: Mutex::new(None),
+        mode,
+        config,
+    });
+    if let (Some(hub), Some(route)) = (hub, route) {
+        let (tx, rx) = mpsc::sync_channel(shared.config.scanning.task_queue_size.0 as usize);
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..shared.config.scanning.worker_count.0 {
+            let (shared, rx, hub, route) = (
+                Arc::clone(&shared),
+                Arc::clone(&rx),
+                Arc::clone(&hub),
+                route.clone(),
+            );
+            thread::Builder::new()
+                .name(format!("worker-{n}"))
+                .spawn(move || work(&shared, &rx, &hub, &route))
+                .map_err(DaemonError::Runtime)?;
+        }
+        let shared = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || schedule_forever(&shared, jobs, &tx))
+            .map_err(DaemonError::Runtime)?;
+    }
+    http::serve(shared)
+}
+
+/// Every task of the configuration, per protocol.
+fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
+    let s = &config.scanning;
+    if config.targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let spec = s.target_spec(config.targets.iter().map(|t| t.0.clone()).collect());
+    let tasks =
+        schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(ScanError::from)?;
+    let protocols: &[Protocol] = if s.udp_scan {
+        &[Protocol::Tcp, Protocol::Udp]
+    } else {
+        &[Protocol::Tcp]
+    };
+    Ok(tasks
+        .into_iter()
+        .flat_map(|task| {
+            protocols.iter().map(move |&protocol| Job {
+                task: task.clone(),
+                protocol,
+            })
+        })
+        .collect())
+}
+
+/// Queues each job once per `interval`. First runs get a little jitter so
+/// many agents do not all scan at the same second.
+fn schedule_forever(shared: &Shared, jobs: Vec<Job>, tx: &SyncSender<Job>) {
+    let interval = Duration::from_secs(shared.config.scanning.interval.0);
+    let jitter = interval.min(Duration::from_secs(30)) / 10;
+    let start = Instant::now();
+    let mut due: Vec<(Instant, Job)> = jobs
+        .into_iter()
+        .map(|j| (start + jitter.mul_f64(rand::rng().random::<f64>()), j))
+        .collect();
+    loop {
+        let now = Instant::now();
+        for (at, job) in &mut due {
+            if *at > now {
+                continue;
+            }
+            *at = now + interval;
+            match tx.try_send(job.clone()) {
+                Ok(()) => {
+                    shared.queued.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(TrySendError::Full(_)) => {
+                    tracing::warn!(target = %job.task.label(), "task queue full; skipping this round")
+                }
+                Err(TrySendError::Disconnected(_)) => return,
+            }
+        }
+        shared
+            .metrics
+            .task_queue_size
+            .set(shared.queued.load(Ordering::Relaxed) as i64);
+        let next = due
+            .iter()
+            .map(|(at, _)| *at)
+            .min()
+            .unwrap_or(now + interval);
+        thread::sleep(
+            next.saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1)),
+        );
+    }
+}
+
+fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>, hub: &Hub, route: &Route) {
+    loop {
+        let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = next else { return };
+        shared.queued.fetch_sub(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .task_queue_size
+            .set(shared.queued.load(Ordering::Relaxed) as i64);
+        let started = Instant::now();
+        let outcome = scan_job(shared, &job, hub, route);
+        let labels = job.labels(&shared.config);
+        match outcome {
+            Ok(report) => {
+                report::apply(shared, &job, &labels, &report, started.elapsed());
+                *shared
+                    .last_completed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
+            }
+            Err(e) => {
+                let error_type = match &e {
+                    ScanError::Engine(EngineError::TimedOut) => {
+                        shared
+                            .metrics
+                            .nmap_scan_timeouts
+                            .get_or_create(&labels)
+                            .inc();
+                        "timeout"
+                    }
+                    ScanError::Privilege(_) => "permission",
+                    _ => "other",
+                };
+                tracing::warn!(target = %labels.target, protocol = %labels.protocol, error_type, "scan failed: {e}");
+                let failure = FailureLabels {
+                    target: labels.target,
+                    port_range: labels.port_range,
+                    protocol: labels.protocol,
+                    error_type: error_type.into(),
+                };
+                shared.metrics.scans_failed.get_or_create(&failure).inc();
+            }
+        }
+    }
+}
+
+fn scan_job(
+    shared: &Shared,
+    job: &Job,
+    hub: &Hub,
+    route: &Route,
+) -> Result<scan::ScanReport, ScanError> {
+    let s = &shared.config.scanning;
+    let targets = s.target_spec(vec![job.task.label()]);
+    let opts = ScanOptions {
+        targets: targets.clone(),
+        ports: s.port_range.list.clone(),
+        protocols: vec![job.protocol],
+        tuning: s.tuning(),
+        interface: Some(route.interface.clone()),
+        host_discovery: !s.disable_host_discovery,
+        shard: Shard::WHOLE,
+        seed: None,
+        states: vec![PortState::Open],
+        deadline: Some(Instant::now() + Duration::from_secs(s.timeout.0)),
+    };
+    scan::run_with(hub, route, TargetSet::build(&targets)?, &opts)
+}

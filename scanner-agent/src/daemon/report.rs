@@ -1,0 +1,118 @@
+//! Turning a finished scan into metric values, with the state between two
+//! scans of the same task that `port_state_changes_total` and the closing of
+//! ports need (the original reset it before each scan and got both wrong).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::PoisonError,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use super::{Job, Shared};
+use crate::{
+    metrics::{ChangeLabels, IpLabels, PortLabels, TargetLabels, TaskLabels},
+    probes::Protocol,
+    scan::ScanReport,
+};
+
+/// An open port, as the metrics key it.
+type OpenPort = (IpAddr, Protocol, u16);
+
+/// What is remembered of a task between scans.
+#[derive(Debug, Default)]
+pub(crate) struct TaskState {
+    open: BTreeSet<OpenPort>,
+    /// Ports that closed in the last scan: their series show 0 until the
+    /// next completed scan, then are dropped so series do not pile up.
+    closed: BTreeSet<OpenPort>,
+}
+
+fn port_labels(&(ip, protocol, port): &OpenPort) -> PortLabels {
+    PortLabels {
+        ip: ip.to_string(),
+        port: port.to_string(),
+        protocol: protocol.to_string(),
+    }
+}
+
+pub(super) fn apply(
+    shared: &Shared,
+    job: &Job,
+    labels: &TaskLabels,
+    report: &ScanReport,
+    took: Duration,
+) {
+    let m = &shared.metrics;
+    let open: BTreeSet<OpenPort> = report
+        .results
+        .results()
+        .iter()
+        .map(|r| (r.ip, r.protocol, r.port))
+        .collect();
+    let mut tasks = shared.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    let state = tasks.entry(job.clone()).or_default();
+
+    for gone in std::mem::take(&mut state.closed) {
+        m.open_port_status.remove(&port_labels(&gone));
+    }
+    let opened: Vec<&OpenPort> = open.difference(&state.open).collect();
+    let closed: BTreeSet<OpenPort> = state.open.difference(&open).copied().collect();
+    for port in &open {
+        m.open_port_status.get_or_create(&port_labels(port)).set(1);
+    }
+    for port in &closed {
+        m.open_port_status.get_or_create(&port_labels(port)).set(0);
+    }
+    let change = |kind: &str| ChangeLabels {
+        target: labels.target.clone(),
+        change_type: kind.into(),
+    };
+    m.port_state_changes
+        .get_or_create(&change("closed_to_open"))
+        .inc_by(opened.len() as u64);
+    m.port_state_changes
+        .get_or_create(&change("open_to_closed"))
+        .inc_by(closed.len() as u64);
+
+    // Per address: every address of the task, so one whose ports all closed reads 0.
+    let mut per_ip: BTreeMap<IpAddr, i64> = state.open.iter().map(|(ip, ..)| (*ip, 0)).collect();
+    for (ip, ..) in &open {
+        *per_ip.entry(*ip).or_default() += 1;
+    }
+    for (ip, count) in per_ip {
+        m.open_ports_total
+            .get_or_create(&IpLabels { ip: ip.to_string() })
+            .set(count);
+    }
+    state.open = open;
+    state.closed = closed;
+    drop(tasks);
+
+    let (up, down) = report
+        .hosts
+        .values()
+        .fold((0, 0), |(u, d), (up, down)| (u + up, d + down));
+    let target = TargetLabels {
+        target: labels.target.clone(),
+    };
+    m.nmap_host_up_count.get_or_create(&target).set(up as i64);
+    m.nmap_host_down_count
+        .get_or_create(&target)
+        .set(down as i64);
+    m.scans_successful.get_or_create(labels).inc();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    m.last_scan_timestamp_seconds
+        .get_or_create(labels)
+        .set(now.as_secs() as i64);
+    if shared.config.scanning.duration_metrics {
+        m.scan_duration_seconds
+            .get_or_create(labels)
+            .set(took.as_secs_f64());
+        m.scan_duration_histogram_seconds
+            .get_or_create(labels)
+            .observe(took.as_secs_f64());
+    }
+}

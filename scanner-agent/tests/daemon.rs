@@ -1,0 +1,146 @@
+//! `scanner-agent run`: scheduled scans of a namespace testbed, their results
+//! served as the OpenPort Exporter's metrics.
+mod common;
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, TcpStream},
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use common::{Lab, agent, wait_until};
+
+const PORT: u16 = 19919;
+
+/// An HTTP GET from inside the scanner namespace.
+fn get(lab: &Lab, path: &str) -> Option<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    lab.scanner.run(move || {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, PORT)).ok()?;
+        s.write_all(request.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n")?.1.to_owned();
+        Some((status, body))
+    })
+}
+
+fn metric(body: &str, line_start: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(line_start))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn scheduled_scans_become_metrics_and_changes_are_counted() {
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let mut listeners = lab.target.listen(&[
+        (Ipv4Addr::new(198, 18, 0, 2), 22),
+        (Ipv4Addr::new(198, 18, 0, 2), 25),
+    ]);
+    let dir = std::env::temp_dir().join(format!("scanner-agent-daemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  port: {PORT}\nscanning:\n  interval: 2\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
+             initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.0/30\n"
+        ),
+    )
+    .unwrap();
+    let child = lab
+        .scanner
+        .command(agent())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(child);
+    let open22 = "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"}";
+    let open25 = "open_port_status{ip=\"198.18.0.2\",port=\"25\",protocol=\"tcp\"}";
+    let changes = |body: &str, kind: &str| {
+        metric(
+            body,
+            &format!("port_state_changes_total{{target=\"198.18.0.0/30\",change_type=\"{kind}\"}}"),
+        )
+    };
+
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            body = get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default();
+            metric(&body, open22) == Some(1.0)
+        }),
+        "no scan result in /metrics:\n{body}"
+    );
+    assert_eq!(metric(&body, open25), Some(1.0));
+    assert_eq!(
+        metric(&body, "open_ports_total{ip=\"198.18.0.2\"}"),
+        Some(2.0)
+    );
+    assert_eq!(changes(&body, "closed_to_open"), Some(2.0));
+    assert_eq!(
+        metric(&body, "nmap_host_up_count{target=\"198.18.0.0/30\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(body.contains(
+        "scans_successful_total{target=\"198.18.0.0/30\",port_range=\"20-30\",protocol=\"tcp\"}"
+    ));
+    assert!(body.trim_end().ends_with("# EOF"));
+
+    // Close 25: the next scan reports it 0 and counts one open_to_closed.
+    listeners.retain(|l| l.local_addr().unwrap().port() != 25);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            body = get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default();
+            metric(&body, open25) == Some(0.0)
+        }),
+        "port 25 never went to 0:\n{body}"
+    );
+    assert_eq!(changes(&body, "open_to_closed"), Some(1.0));
+    assert_eq!(
+        changes(&body, "closed_to_open"),
+        Some(2.0),
+        "a port that stays open is no change"
+    );
+    assert_eq!(
+        metric(&body, "open_ports_total{ip=\"198.18.0.2\"}"),
+        Some(1.0)
+    );
+    // One scan later the closed port's series is gone.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            body = get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default();
+            !body.contains(open25) && metric(&body, open22) == Some(1.0)
+        }),
+        "the closed port's series was not dropped:\n{body}"
+    );
+
+    let (status, health) = get(&lab, "/healthz").unwrap();
+    assert_eq!(status, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["xdp"]["attached"], true);
+    assert!(
+        health["last_scan_timestamp_seconds"].as_u64().is_some(),
+        "{health}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
