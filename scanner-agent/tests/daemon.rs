@@ -15,15 +15,20 @@ const PORT: u16 = 19919;
 
 /// An HTTP GET from inside the scanner namespace.
 fn get(lab: &Lab, path: &str) -> Option<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    request(lab, PORT, path, "").map(|(status, _, body)| (status, body))
+}
+
+/// An HTTP GET with extra header lines; returns status, head and body.
+fn request(lab: &Lab, port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n");
     lab.scanner.run(move || {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, PORT)).ok()?;
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
         s.write_all(request.as_bytes()).ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         let status = out.split_whitespace().nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n")?.1.to_owned();
-        Some((status, body))
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        Some((status, head.to_owned(), body.to_owned()))
     })
 }
 
@@ -141,6 +146,67 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
     assert!(
         health["last_scan_timestamp_seconds"].as_u64().is_some(),
         "{health}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn basic_auth_guards_every_endpoint() {
+    const AUTH_PORT: u16 = 19920;
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let dir = std::env::temp_dir().join(format!("scanner-agent-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(&config, format!("server:\n  port: {AUTH_PORT}\nauth:\n  basic:\n    username: prom\n    password: \"{hash}\"\n"))
+        .unwrap();
+    let child = lab
+        .scanner
+        .command(agent())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(child);
+    assert!(wait_until(Duration::from_secs(10), || request(
+        &lab, AUTH_PORT, "/healthz", ""
+    )
+    .is_some()));
+    use base64::Engine as _;
+    let basic = |user: &str, pass: &str| {
+        format!(
+            "Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+        )
+    };
+    for path in ["/metrics", "/healthz"] {
+        let (status, head, _) = request(&lab, AUTH_PORT, path, "").unwrap();
+        assert_eq!(status, 401, "{path} without credentials");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: basic realm=\"scanner-agent\""),
+            "{head}"
+        );
+        assert_eq!(
+            request(&lab, AUTH_PORT, path, &basic("prom", "wrong"))
+                .unwrap()
+                .0,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            request(&lab, AUTH_PORT, path, &basic("prom", "s3cret"))
+                .unwrap()
+                .0,
+            200,
+            "{path}"
+        );
+    }
+    let (_, _, health) = request(&lab, AUTH_PORT, "/healthz", &basic("prom", "s3cret")).unwrap();
+    assert!(
+        health.contains("\"attached\":false"),
+        "no targets, nothing attached: {health}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -10,11 +10,12 @@ use axum::{
     Json, Router,
     extract::State,
     http::{StatusCode, header},
+    middleware,
     response::IntoResponse,
     routing::get,
 };
 
-use super::{DaemonError, Shared};
+use super::{DaemonError, Shared, auth};
 use crate::metrics::encode_text;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -33,6 +34,10 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                auth::require,
+            ))
             .with_state(shared);
         axum::serve(listener, app)
             .await

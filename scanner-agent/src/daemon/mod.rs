@@ -3,6 +3,7 @@
 //! `worker_count` workers scan them through one shared XDP program, and the
 //! results become the OpenPort Exporter's metrics, served over HTTP.
 
+mod auth;
 mod http;
 mod report;
 
