@@ -41,12 +41,36 @@ fn metric(body: &str, line_start: &str) -> Option<f64> {
         .ok()
 }
 
-struct Daemon(Child);
+/// A running `scanner-agent run` in the scanner namespace, with its config
+/// file; both go away on drop.
+struct Daemon {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(lab: &Lab, name: &str, config: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("scanner-agent-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, config).unwrap();
+        let child = lab
+            .scanner
+            .command(agent())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -57,26 +81,14 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         (Ipv4Addr::new(198, 18, 0, 2), 22),
         (Ipv4Addr::new(198, 18, 0, 2), 25),
     ]);
-    let dir = std::env::temp_dir().join(format!("scanner-agent-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let _daemon = Daemon::start(
+        &lab,
+        "daemon",
+        &format!(
             "server:\n  port: {PORT}\nscanning:\n  interval: 2\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
              initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.0/30\n"
         ),
-    )
-    .unwrap();
-    let child = lab
-        .scanner
-        .command(agent())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _daemon = Daemon(child);
+    );
     let open22 = "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"}";
     let open25 = "open_port_status{ip=\"198.18.0.2\",port=\"25\",protocol=\"tcp\"}";
     let changes = |body: &str, kind: &str| {
@@ -147,28 +159,20 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         health["last_scan_timestamp_seconds"].as_u64().is_some(),
         "{health}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn basic_auth_guards_every_endpoint() {
     const AUTH_PORT: u16 = 19920;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
-    let dir = std::env::temp_dir().join(format!("scanner-agent-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.yaml");
     let hash = bcrypt::hash("s3cret", 4).unwrap();
-    std::fs::write(&config, format!("server:\n  port: {AUTH_PORT}\nauth:\n  basic:\n    username: prom\n    password: \"{hash}\"\n"))
-        .unwrap();
-    let child = lab
-        .scanner
-        .command(agent())
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _daemon = Daemon(child);
+    let _daemon = Daemon::start(
+        &lab,
+        "auth",
+        &format!(
+            "server:\n  port: {AUTH_PORT}\nauth:\n  basic:\n    username: prom\n    password: \"{hash}\"\n"
+        ),
+    );
     assert!(wait_until(Duration::from_secs(10), || request(
         &lab, AUTH_PORT, "/healthz", ""
     )
@@ -208,5 +212,4 @@ fn basic_auth_guards_every_endpoint() {
         health.contains("\"attached\":false"),
         "no targets, nothing attached: {health}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
