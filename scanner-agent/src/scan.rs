@@ -10,7 +10,7 @@ use crate::{
         AttachMode, Capture, CaptureError, XdpCounters,
         hub::{Hub, HubError, Replies},
     },
-    engine::{Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
+    engine::{Budget, Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
     privileges::{self, MissingCapability},
     probes::{self, ProbePlan, Protocol, Shard},
     results::{PortState, ResultSet},
@@ -71,6 +71,8 @@ pub struct ScanOptions {
     pub states: Vec<PortState>,
     /// Cancel the scan if it is still running then (the daemon's `timeout`).
     pub deadline: Option<Instant>,
+    /// A rate ceiling shared with other scans (the daemon's agent-wide budget).
+    pub budget: Option<Budget>,
 }
 
 /// Hosts up and down per target, as the targets were named.
@@ -183,7 +185,8 @@ fn execute(
         Some(up) => {
             let plan = ProbePlan::ports(up.clone(), &opts.ports, &opts.protocols, seed, opts.shard);
             let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results)
-                .with_deadline(opts.deadline);
+                .with_deadline(opts.deadline)
+                .with_budget(opts.budget.clone());
             let stats = engine.run(replies, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
             count_hosts(targets, &mut hosts, |a| {
@@ -244,8 +247,9 @@ fn discover(
         ..opts.tuning.clone()
     };
     let mut unused = ResultSet::new(&[]);
-    let mut engine =
-        Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused).with_deadline(opts.deadline);
+    let mut engine = Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused)
+        .with_deadline(opts.deadline)
+        .with_budget(opts.budget.clone());
     let stats = engine.run(replies, sender)?;
     let up = targets.retain(|a| targets.index_of(a).is_some_and(|h| engine.host_answered(h)));
     Ok((up, stats))

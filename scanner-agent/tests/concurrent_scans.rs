@@ -31,7 +31,85 @@ fn options(target: &str) -> ScanOptions {
         seed: None,
         states: vec![PortState::Open],
         deadline: None,
+        budget: None,
     }
+}
+
+/// Runs a scan of each target at once through one hub; returns each scan's
+/// open (address, port) pairs and the wall time of the whole.
+fn scan_together(
+    lab: &Lab,
+    targets: [&'static str; 2],
+    budget: Option<scanner_agent::engine::Budget>,
+) -> (Vec<BTreeSet<(String, u16)>>, Duration) {
+    lab.scanner.run(move || {
+        let set = TargetSet::parse(&targets).unwrap();
+        let route = route::lookup(set.range_starts(), None).unwrap();
+        let hub = Hub::start(&route.interface, route::probe_ports().unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        let found = thread::scope(|s| {
+            let scans: Vec<_> = targets
+                .map(|t| {
+                    let (hub, route, budget) = (&hub, &route, budget.clone());
+                    s.spawn(move || {
+                        let opts = ScanOptions {
+                            budget,
+                            ..options(t)
+                        };
+                        let targets = TargetSet::build(&opts.targets).unwrap();
+                        scan::run_with(hub, route, targets, &opts).unwrap()
+                    })
+                })
+                .into_iter()
+                .collect();
+            scans
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap()
+                        .results
+                        .results()
+                        .iter()
+                        .map(|r| (r.ip.to_string(), r.port))
+                        .collect()
+                })
+                .collect()
+        });
+        (found, started.elapsed())
+    })
+}
+
+#[test]
+fn a_shared_budget_caps_the_rate_of_all_scans_together() {
+    let lab = Lab::new(
+        &[
+            "198.18.0.2".parse::<IpAddr>().unwrap(),
+            "198.18.0.3".parse().unwrap(),
+        ],
+        1500,
+    );
+    let _l = lab.target.listen(&[
+        ("198.18.0.2".parse::<IpAddr>().unwrap(), 1000),
+        ("198.18.0.3".parse().unwrap(), 2000),
+    ]);
+    // 2 x 3000 probes at 20,000 pps each, but 4,000 pps for both together.
+    let budget = std::sync::Arc::new(std::sync::Mutex::new(scanner_agent::transmit::Pacer::new(
+        4000.0,
+    )));
+    let (found, took) = scan_together(&lab, ["198.18.0.2", "198.18.0.3"], Some(budget));
+    assert_eq!(
+        found[0],
+        [("198.18.0.2".to_string(), 1000)].into_iter().collect()
+    );
+    assert_eq!(
+        found[1],
+        [("198.18.0.3".to_string(), 2000)].into_iter().collect()
+    );
+    // 6000 probes at 4000 pps cannot take less than 1.5 s (a short first burst aside).
+    assert!(
+        took >= Duration::from_millis(1400),
+        "the budget was exceeded: {took:?}"
+    );
 }
 
 #[test]
@@ -48,36 +126,7 @@ fn two_scans_share_one_program() {
         ("198.18.0.2".parse().unwrap(), 2999),
         ("198.18.0.3".parse().unwrap(), 80),
     ]);
-    let found = lab.scanner.run(|| {
-        let targets = TargetSet::parse(&["198.18.0.2", "198.18.0.3"]).unwrap();
-        let route = route::lookup(targets.range_starts(), None).unwrap();
-        let hub = Hub::start(&route.interface, route::probe_ports().unwrap()).unwrap();
-        thread::scope(|s| {
-            let scans: Vec<_> = ["198.18.0.2", "198.18.0.3"]
-                .map(|t| {
-                    let (hub, route) = (&hub, &route);
-                    s.spawn(move || {
-                        let opts = options(t);
-                        let targets = TargetSet::build(&opts.targets).unwrap();
-                        scan::run_with(hub, route, targets, &opts).unwrap()
-                    })
-                })
-                .into_iter()
-                .collect();
-            scans
-                .into_iter()
-                .map(|h| {
-                    let report = h.join().unwrap();
-                    report
-                        .results
-                        .results()
-                        .iter()
-                        .map(|r| (r.ip.to_string(), r.port))
-                        .collect::<BTreeSet<_>>()
-                })
-                .collect::<Vec<_>>()
-        })
-    });
+    let (found, _) = scan_together(&lab, ["198.18.0.2", "198.18.0.3"], None);
     assert_eq!(
         found[0],
         [

@@ -27,7 +27,7 @@ use self::report::TaskState;
 use crate::{
     capture::{AttachMode, hub::Hub},
     config::Config,
-    engine::EngineError,
+    engine::{Budget, EngineError},
     metrics::{ExporterMetrics, FailureLabels, TaskLabels},
     privileges,
     probes::{Protocol, Shard},
@@ -36,6 +36,7 @@ use crate::{
     scan::{self, ScanError, ScanOptions},
     schedule::{self, Task},
     targets::TargetSet,
+    transmit::Pacer,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,8 @@ pub(crate) struct Shared {
     tasks: Mutex<HashMap<Job, TaskState>>,
     queued: AtomicUsize,
     last_completed: Mutex<Option<SystemTime>>,
+    /// `max_rate` for all tasks together (none when `max_rate` is 0).
+    budget: Option<Budget>,
     /// How the XDP program is attached; `None` without targets (nothing attached).
     mode: Option<AttachMode>,
 }
@@ -111,7 +114,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         None => (None, None),
     };
     let mode = hub.as_ref().map(|h| h.mode());
+    let budget = (config.scanning.max_rate > 0)
+        .then(|| Arc::new(Mutex::new(Pacer::new(config.scanning.max_rate as f64))));
     let shared = Arc::new(Shared {
+        budget,
         registry,
         metrics,
         tasks: Mutex::new(HashMap::new()),
@@ -277,6 +283,7 @@ fn scan_job(
         seed: None,
         states: vec![PortState::Open],
         deadline: Some(Instant::now() + Duration::from_secs(s.timeout.0)),
+        budget: shared.budget.clone(),
     };
     scan::run_with(hub, route, TargetSet::build(&targets)?, &opts)
 }

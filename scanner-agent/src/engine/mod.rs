@@ -129,7 +129,12 @@ pub struct Engine<'a> {
     stats: EngineStats,
     results: &'a mut ResultSet,
     deadline: Option<Instant>,
+    budget: Option<Budget>,
 }
+
+/// A rate ceiling shared by every scan of the agent (the daemon's budget):
+/// each scan takes its packets from its own pacer and from this one.
+pub type Budget = std::sync::Arc<std::sync::Mutex<Pacer>>;
 
 impl<'a> Engine<'a> {
     pub fn new(
@@ -172,7 +177,15 @@ impl<'a> Engine<'a> {
             stats,
             results,
             deadline: None,
+            budget: None,
         }
+    }
+
+    /// Draws every packet from `budget` too, so scans sharing it together
+    /// never exceed its rate.
+    pub fn with_budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// Cancels the scan (with [`EngineError::TimedOut`]) if it is still
@@ -214,7 +227,13 @@ impl<'a> Engine<'a> {
 
             let wanted = self.due.len()
                 + usize::from(self.window.head < self.plan.len() && self.window.has_room()) * BATCH;
-            let allowed = self.pacer.take(now, wanted.min(BATCH));
+            let mut allowed = self.pacer.take(now, wanted.min(BATCH));
+            if let Some(budget) = &self.budget {
+                allowed = budget
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take(now, allowed);
+            }
             period_limited |= wanted > 0 && allowed < wanted.min(BATCH);
             let mut batch = tx.buffer();
             batch.resize(allowed, Packet::default());
@@ -263,6 +282,14 @@ impl<'a> Engine<'a> {
             || (self.window.head < self.plan.len() && self.window.has_room())
         {
             wake = wake.min(self.pacer.next_in());
+            if let Some(budget) = &self.budget {
+                wake = wake.min(
+                    budget
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .next_in(),
+                );
+            }
         }
         if let Some(deadline) = self.window.next_deadline() {
             let at = self.start + Duration::from_millis(u64::from(deadline));
