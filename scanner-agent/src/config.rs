@@ -279,14 +279,14 @@ impl<'de, const MAX: u8> Deserialize<'de> for Prefix<MAX> {
 }
 
 /// A port specification such as `22,80,8000-8100`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Ports {
     pub spec: String,
     pub list: PortList,
 }
 
 impl Ports {
-    fn parse(spec: &str) -> Result<Self, String> {
+    pub fn parse(spec: &str) -> Result<Self, String> {
         let list = PortList::parse(spec).map_err(|e| e.to_string())?;
         Ok(Self {
             spec: spec.to_owned(),

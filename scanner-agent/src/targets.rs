@@ -416,7 +416,7 @@ fn subtract(runs: &[Run], ex: Run) -> Vec<Run> {
 }
 
 /// A sorted, deduplicated list of ports from a spec like `22,80,8000-8100`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PortList(Vec<u16>);
 
 impl PortList {

@@ -150,6 +150,10 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         "the closed port's series was not dropped:\n{body}"
     );
 
+    let (status, body) = get(&lab, "/query?ip=198.18.0.2&ports=22").unwrap();
+    assert_eq!(status, 403, "without auth /query is disabled: {body}");
+    assert!(body.contains("needs auth.basic"), "{body}");
+
     let (status, health) = get(&lab, "/healthz").unwrap();
     assert_eq!(status, 200, "{health}");
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
@@ -212,4 +216,88 @@ fn basic_auth_guards_every_endpoint() {
         health.contains("\"attached\":false"),
         "no targets, nothing attached: {health}"
     );
+}
+
+#[test]
+fn query_scans_only_configured_targets_on_demand() {
+    const QUERY_PORT: u16 = 19921;
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let _l = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 443)]);
+    let _daemon = Daemon::start(
+        &lab,
+        "query",
+        &format!(
+            "server:\n  port: {QUERY_PORT}\nscanning:\n  interval: 3600\n  port_range: \"1-10\"\n  rate_limit: 6\n  \
+             min_rate: 5000\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\n\
+             auth:\n  basic:\n    username: ops\n    password: pw\ntargets:\n  - 198.18.0.0/30\n"
+        ),
+    );
+    use base64::Engine as _;
+    let auth = format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode("ops:pw")
+    );
+    let call = |path: &str| request(&lab, QUERY_PORT, path, &auth);
+    assert!(wait_until(Duration::from_secs(10), || call("/healthz").is_some()));
+
+    let (status, _, body) = call("/query?ports=22").unwrap();
+    assert_eq!(
+        (status, body.contains("missing parameter ip")),
+        (400, true),
+        "{body}"
+    );
+    let (status, _, body) = call("/query?ip=198.18.0.2&ports=99999").unwrap();
+    assert_eq!(
+        (status, body.contains("invalid parameter ports")),
+        (400, true),
+        "{body}"
+    );
+    let (status, _, body) = call("/query?ip=198.18.0.9&ports=22").unwrap();
+    assert_eq!(
+        (status, body.contains("not inside the configured targets")),
+        (403, true),
+        "{body}"
+    );
+
+    let (status, _, body) = call("/query?ip=198.18.0.2&ports=440-450").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["message"].as_str()),
+        (Some("success"), Some("Scan enqueued successfully"))
+    );
+    let id = v["task_id"].as_u64().unwrap();
+    let (status, _, body) = call("/query?ip=198.18.0.2&ports=440-450").unwrap();
+    assert_eq!(status, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["task_id"].as_u64()),
+        (Some("skipped"), Some(id))
+    );
+
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            body = call(&format!("/query/{id}"))
+                .map(|r| r.2)
+                .unwrap_or_default();
+            body.contains("\"state\":\"done\"")
+        }),
+        "{body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(
+        (
+            v["results"][0]["port"].as_u64(),
+            v["results"][0]["state"].as_str()
+        ),
+        (Some(443), Some("open"))
+    );
+
+    // Five /query calls so far: the sixth is allowed, the seventh within a minute is refused at once.
+    assert_ne!(call("/query?ip=198.18.0.2&ports=1").unwrap().0, 429);
+    let (status, head, _) = call("/query?ip=198.18.0.2&ports=2").unwrap();
+    assert_eq!(status, 429);
+    assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
 }

@@ -15,7 +15,7 @@ use axum::{
     routing::get,
 };
 
-use super::{DaemonError, Shared, auth};
+use super::{DaemonError, Shared, auth, query};
 use crate::metrics::encode_text;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -34,14 +34,19 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
+            .route("/query", get(query::enqueue))
+            .route("/query/{id}", get(query::status))
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&shared),
                 auth::require,
             ))
             .with_state(shared);
-        axum::serve(listener, app)
-            .await
-            .map_err(DaemonError::Runtime)
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .map_err(DaemonError::Runtime)
     })
 }
 

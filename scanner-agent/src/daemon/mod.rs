@@ -5,6 +5,7 @@
 
 mod auth;
 mod http;
+mod query;
 mod report;
 
 use std::{
@@ -26,7 +27,7 @@ use rand::Rng as _;
 use self::report::TaskState;
 use crate::{
     capture::{AttachMode, hub::Hub},
-    config::Config,
+    config::{Config, Ports},
     engine::{Budget, EngineError},
     metrics::{ExporterMetrics, FailureLabels, TaskLabels},
     privileges,
@@ -54,18 +55,22 @@ pub enum DaemonError {
     Runtime(std::io::Error),
 }
 
-/// One scheduled unit: a subnet scanned for one protocol.
+/// One unit of work: a subnet scanned on some ports for one protocol,
+/// scheduled or asked for through `/query`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Job {
     task: Task,
     protocol: Protocol,
+    ports: Ports,
+    /// The `/query` task id, for on-demand scans.
+    query: Option<u64>,
 }
 
 impl Job {
-    fn labels(&self, config: &Config) -> TaskLabels {
+    fn labels(&self) -> TaskLabels {
         TaskLabels {
             target: self.task.label(),
-            port_range: config.scanning.port_range.spec.clone(),
+            port_range: self.ports.spec.clone(),
             protocol: self.protocol.to_string(),
         }
     }
@@ -83,11 +88,29 @@ pub(crate) struct Shared {
     budget: Option<Budget>,
     /// How the XDP program is attached; `None` without targets (nothing attached).
     mode: Option<AttachMode>,
+    /// The scheduled tasks: what `/query` may scan.
+    allowed: Vec<Task>,
+    queue: Mutex<Option<SyncSender<Job>>>,
+    queries: Mutex<query::Book>,
 }
 
 impl Shared {
     fn queue_full(&self) -> bool {
         self.queued.load(Ordering::Relaxed) >= self.config.scanning.task_queue_size.0 as usize
+    }
+
+    /// Queues a job at once, or says the queue is full (never waits).
+    fn enqueue(&self, job: Job) -> Result<(), TrySendError<Job>> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(tx) = queue.as_ref() else {
+            return Err(TrySendError::Disconnected(job));
+        };
+        tx.try_send(job)?;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .task_queue_size
+            .set(self.queued.load(Ordering::Relaxed) as i64);
+        Ok(())
     }
 }
 
@@ -116,7 +139,11 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let mode = hub.as_ref().map(|h| h.mode());
     let budget = (config.scanning.max_rate > 0)
         .then(|| Arc::new(Mutex::new(Pacer::new(config.scanning.max_rate as f64))));
+    let allowed: Vec<Task> = jobs.iter().map(|j| j.task.clone()).collect();
     let shared = Arc::new(Shared {
+        allowed,
+        queue: Mutex::new(None),
+        queries: Mutex::new(query::Book::default()),
         budget,
         registry,
         metrics,
@@ -128,6 +155,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     });
     if let (Some(hub), Some(route)) = (hub, route) {
         let (tx, rx) = mpsc::sync_channel(shared.config.scanning.task_queue_size.0 as usize);
+        *shared.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..shared.config.scanning.worker_count.0 {
             let (shared, rx, hub, route) = (
@@ -144,7 +172,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let shared = Arc::clone(&shared);
         thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || schedule_forever(&shared, jobs, &tx))
+            .spawn(move || schedule_forever(&shared, jobs))
             .map_err(DaemonError::Runtime)?;
     }
     http::serve(shared)
@@ -170,6 +198,8 @@ fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
             protocols.iter().map(move |&protocol| Job {
                 task: task.clone(),
                 protocol,
+                ports: s.port_range.clone(),
+                query: None,
             })
         })
         .collect())
@@ -177,7 +207,7 @@ fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
 
 /// Queues each job once per `interval`. First runs get a little jitter so
 /// many agents do not all scan at the same second.
-fn schedule_forever(shared: &Shared, jobs: Vec<Job>, tx: &SyncSender<Job>) {
+fn schedule_forever(shared: &Shared, jobs: Vec<Job>) {
     let interval = Duration::from_secs(shared.config.scanning.interval.0);
     let jitter = interval.min(Duration::from_secs(30)) / 10;
     let start = Instant::now();
@@ -192,20 +222,14 @@ fn schedule_forever(shared: &Shared, jobs: Vec<Job>, tx: &SyncSender<Job>) {
                 continue;
             }
             *at = now + interval;
-            match tx.try_send(job.clone()) {
-                Ok(()) => {
-                    shared.queued.fetch_add(1, Ordering::Relaxed);
-                }
+            match shared.enqueue(job.clone()) {
+                Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    tracing::warn!(target = %job.task.label(), "task queue full; skipping this round")
+                    tracing::warn!(target = %job.task.label(), "task queue full; skipping this round");
                 }
                 Err(TrySendError::Disconnected(_)) => return,
             }
         }
-        shared
-            .metrics
-            .task_queue_size
-            .set(shared.queued.load(Ordering::Relaxed) as i64);
         let next = due
             .iter()
             .map(|(at, _)| *at)
@@ -228,8 +252,10 @@ fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>, hub: &Hub, route: &Route) {
             .task_queue_size
             .set(shared.queued.load(Ordering::Relaxed) as i64);
         let started = Instant::now();
+        query::started(shared, &job);
         let outcome = scan_job(shared, &job, hub, route);
-        let labels = job.labels(&shared.config);
+        query::finished(shared, &job, &outcome);
+        let labels = job.labels();
         match outcome {
             Ok(report) => {
                 report::apply(shared, &job, &labels, &report, started.elapsed());
@@ -274,7 +300,7 @@ fn scan_job(
     let targets = s.target_spec(vec![job.task.label()]);
     let opts = ScanOptions {
         targets: targets.clone(),
-        ports: s.port_range.list.clone(),
+        ports: job.ports.list.clone(),
         protocols: vec![job.protocol],
         tuning: s.tuning(),
         interface: Some(route.interface.clone()),
