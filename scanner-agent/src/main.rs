@@ -38,6 +38,9 @@ enum Command {
         /// The configuration file (OpenPort Exporter's config.yaml format).
         #[arg(long, default_value = "/etc/scanner-agent/config.yaml")]
         config: PathBuf,
+        /// Where open ports and last-scan times are kept across restarts.
+        #[arg(long, default_value = "/var/lib/scanner-agent/state.json")]
+        state_file: PathBuf,
     },
     /// Validate a configuration file without starting anything.
     CheckConfig {
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Scan(args) => run_scan(*args),
         Command::CheckConfig { file } => check_config(&file),
-        Command::Run { config } => match daemon::run(&config) {
+        Command::Run { config, state_file } => match daemon::run(&config, Some(&state_file)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ (DaemonError::Config(_) | DaemonError::Listen { .. })) => usage_error(e),
             Err(DaemonError::Scan(e)) if e.is_usage() => usage_error(e),

@@ -54,15 +54,34 @@ impl Daemon {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.yaml");
         std::fs::write(&path, config).unwrap();
+        Self::spawn(lab, dir)
+    }
+
+    /// Starts the daemon on an existing directory (config and state file).
+    fn spawn(lab: &Lab, dir: std::path::PathBuf) -> Self {
+        let (config, state) = (dir.join("config.yaml"), dir.join("state.json"));
         let child = lab
             .scanner
             .command(agent())
-            .args(["run", "--config", path.to_str().unwrap()])
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--state-file",
+                state.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         Self { child, dir }
+    }
+
+    /// Stops the daemon as `kill -9` would, keeping its directory.
+    fn kill(mut self) -> std::path::PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::take(&mut self.dir)
     }
 }
 
@@ -70,7 +89,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -300,4 +321,51 @@ fn query_scans_only_configured_targets_on_demand() {
     let (status, head, _) = call("/query?ip=198.18.0.2&ports=2").unwrap();
     assert_eq!(status, 429);
     assert!(head.to_ascii_lowercase().contains("retry-after:"), "{head}");
+}
+
+#[test]
+fn a_restart_keeps_open_ports_and_scan_times() {
+    const STATE_PORT: u16 = 19922;
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let _l = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 22)]);
+    let first = Daemon::start(
+        &lab,
+        "state",
+        &format!(
+            "server:\n  port: {STATE_PORT}\nscanning:\n  interval: 3600\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
+             initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.0/30\n"
+        ),
+    );
+    let open22 = "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"}";
+    let scans = "scans_successful_total{target=\"198.18.0.0/30\"";
+    let metrics = || {
+        request(&lab, STATE_PORT, "/metrics", "")
+            .map(|r| r.2)
+            .unwrap_or_default()
+    };
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            body = metrics();
+            body.contains(scans) && metric(&body, open22) == Some(1.0)
+        }),
+        "{body}"
+    );
+    let dir = first.kill();
+    assert!(dir.join("state.json").is_file());
+
+    // Restarted: the open port is known at once, and the task, scanned a
+    // moment ago with an interval of an hour, is not scanned again.
+    let _second = Daemon::spawn(&lab, dir);
+    assert!(wait_until(Duration::from_secs(10), || request(
+        &lab, STATE_PORT, "/healthz", ""
+    )
+    .is_some()));
+    std::thread::sleep(Duration::from_secs(4));
+    let body = metrics();
+    assert_eq!(metric(&body, open22), Some(1.0), "{body}");
+    assert!(
+        !body.contains(scans),
+        "the restart repeated the scan:\n{body}"
+    );
 }

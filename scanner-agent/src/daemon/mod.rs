@@ -7,18 +7,19 @@ mod auth;
 mod http;
 mod query;
 mod report;
+mod state;
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use prometheus_client::registry::Registry;
@@ -92,6 +93,7 @@ pub(crate) struct Shared {
     allowed: Vec<Task>,
     queue: Mutex<Option<SyncSender<Job>>>,
     queries: Mutex<query::Book>,
+    state_file: Option<PathBuf>,
 }
 
 impl Shared {
@@ -114,8 +116,9 @@ impl Shared {
     }
 }
 
-/// Runs the exporter until the process is stopped.
-pub fn run(config_path: &Path) -> Result<(), DaemonError> {
+/// Runs the exporter until the process is stopped. `state_file` keeps open
+/// ports and last-scan times across restarts.
+pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonError> {
     let config = Config::load(config_path)?;
     config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
     let jobs = jobs(&config)?;
@@ -144,6 +147,7 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         allowed,
         queue: Mutex::new(None),
         queries: Mutex::new(query::Book::default()),
+        state_file: state_file.map(Path::to_path_buf),
         budget,
         registry,
         metrics,
@@ -172,7 +176,10 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
         let shared = Arc::clone(&shared);
         thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || schedule_forever(&shared, jobs))
+            .spawn(move || {
+                let due = restore(&shared, jobs);
+                schedule_forever(&shared, due);
+            })
             .map_err(DaemonError::Runtime)?;
     }
     http::serve(shared)
@@ -207,14 +214,8 @@ fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
 
 /// Queues each job once per `interval`. First runs get a little jitter so
 /// many agents do not all scan at the same second.
-fn schedule_forever(shared: &Shared, jobs: Vec<Job>) {
+fn schedule_forever(shared: &Shared, mut due: Vec<(Instant, Job)>) {
     let interval = Duration::from_secs(shared.config.scanning.interval.0);
-    let jitter = interval.min(Duration::from_secs(30)) / 10;
-    let start = Instant::now();
-    let mut due: Vec<(Instant, Job)> = jobs
-        .into_iter()
-        .map(|j| (start + jitter.mul_f64(rand::rng().random::<f64>()), j))
-        .collect();
     loop {
         let now = Instant::now();
         for (at, job) in &mut due {
@@ -242,6 +243,87 @@ fn schedule_forever(shared: &Shared, jobs: Vec<Job>) {
     }
 }
 
+/// Restores what the state file remembers of `jobs` and says when each is
+/// next due: an interval after its last scan, or soon (jittered) if never
+/// scanned or overdue.
+fn restore(shared: &Shared, jobs: Vec<Job>) -> Vec<(Instant, Job)> {
+    let saved = shared
+        .state_file
+        .as_deref()
+        .map(state::load)
+        .unwrap_or_default();
+    let interval = Duration::from_secs(shared.config.scanning.interval.0);
+    let jitter = interval.min(Duration::from_secs(30)) / 10;
+    let now = Instant::now();
+    let mut tasks = shared.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    jobs.into_iter()
+        .map(|job| {
+            let soon = now + jitter.mul_f64(rand::rng().random::<f64>());
+            let remembered = saved.tasks.iter().find(|t| {
+                t.target == job.task.label()
+                    && t.protocol == job.protocol.to_string()
+                    && t.ports == job.ports.spec
+            });
+            let Some(saved) = remembered else {
+                return (soon, job);
+            };
+            let open = saved
+                .open
+                .iter()
+                .map(|(ip, proto, port)| {
+                    let proto = if proto == "udp" {
+                        Protocol::Udp
+                    } else {
+                        Protocol::Tcp
+                    };
+                    (*ip, proto, *port)
+                })
+                .collect();
+            tasks.insert(
+                job.clone(),
+                TaskState::restored(shared, open, saved.last_scan_time()),
+            );
+            let age = SystemTime::now()
+                .duration_since(saved.last_scan_time())
+                .unwrap_or_default();
+            (now + interval.saturating_sub(age).max(soon - now), job)
+        })
+        .collect()
+}
+
+/// Writes every scheduled task's open ports and last-scan time.
+fn persist(shared: &Shared) {
+    let Some(path) = &shared.state_file else {
+        return;
+    };
+    let tasks = shared.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    let saved = state::Saved {
+        tasks: tasks
+            .iter()
+            .filter(|(job, _)| job.query.is_none())
+            .filter_map(|(job, t)| {
+                let last_scan = t.last_scan?.duration_since(UNIX_EPOCH).ok()?.as_secs();
+                let open = t
+                    .open
+                    .iter()
+                    .map(|(ip, proto, port)| (*ip, proto.to_string(), *port))
+                    .collect();
+                Some(state::SavedTask {
+                    target: job.task.label(),
+                    protocol: job.protocol.to_string(),
+                    ports: job.ports.spec.clone(),
+                    last_scan,
+                    open,
+                })
+            })
+            .collect(),
+    };
+    drop(tasks);
+    if let Err(e) = state::save(path, &saved) {
+        tracing::warn!(path = %path.display(), "cannot write the state file: {e}");
+    }
+}
+
 fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>, hub: &Hub, route: &Route) {
     loop {
         let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
@@ -259,6 +341,9 @@ fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>, hub: &Hub, route: &Route) {
         match outcome {
             Ok(report) => {
                 report::apply(shared, &job, &labels, &report, started.elapsed());
+                if job.query.is_none() {
+                    persist(shared);
+                }
                 *shared
                     .last_completed
                     .lock()

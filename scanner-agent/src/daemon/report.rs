@@ -17,15 +17,48 @@ use crate::{
 };
 
 /// An open port, as the metrics key it.
-type OpenPort = (IpAddr, Protocol, u16);
+pub(super) type OpenPort = (IpAddr, Protocol, u16);
 
 /// What is remembered of a task between scans.
 #[derive(Debug, Default)]
 pub(crate) struct TaskState {
-    open: BTreeSet<OpenPort>,
+    pub(super) open: BTreeSet<OpenPort>,
     /// Ports that closed in the last scan: their series show 0 until the
     /// next completed scan, then are dropped so series do not pile up.
     closed: BTreeSet<OpenPort>,
+    pub(super) last_scan: Option<SystemTime>,
+}
+
+impl TaskState {
+    /// A task as the state file remembers it; its open ports are shown at
+    /// once, as they were at the last scan.
+    pub(super) fn restored(
+        shared: &Shared,
+        open: BTreeSet<OpenPort>,
+        last_scan: SystemTime,
+    ) -> Self {
+        let mut per_ip: BTreeMap<IpAddr, i64> = BTreeMap::new();
+        for port in &open {
+            shared
+                .metrics
+                .open_port_status
+                .get_or_create(&port_labels(port))
+                .set(1);
+            *per_ip.entry(port.0).or_default() += 1;
+        }
+        for (ip, count) in per_ip {
+            shared
+                .metrics
+                .open_ports_total
+                .get_or_create(&IpLabels { ip: ip.to_string() })
+                .set(count);
+        }
+        Self {
+            open,
+            closed: BTreeSet::new(),
+            last_scan: Some(last_scan),
+        }
+    }
 }
 
 fn port_labels(&(ip, protocol, port): &OpenPort) -> PortLabels {
@@ -87,6 +120,7 @@ pub(super) fn apply(
     }
     state.open = open;
     state.closed = closed;
+    state.last_scan = Some(SystemTime::now());
     drop(tasks);
 
     let (up, down) = report
