@@ -125,10 +125,29 @@ impl Default for Scanning {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     pub basic: Option<BasicAuth>,
+    /// Tokens accepted as `Authorization: Bearer <token>` (new key).
+    #[serde(default)]
+    pub bearer_tokens: Vec<String>,
+}
+
+impl Auth {
+    /// Whether any authentication is configured.
+    pub fn configured(&self) -> bool {
+        self.basic.is_some() || !self.bearer_tokens.is_empty()
+    }
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("basic", &self.basic)
+            .field("bearer_tokens", &self.bearer_tokens.len())
+            .finish()
+    }
 }
 
 #[derive(Clone, PartialEq, Deserialize)]

@@ -195,7 +195,7 @@ fn basic_auth_guards_every_endpoint() {
         &lab,
         "auth",
         &format!(
-            "server:\n  port: {AUTH_PORT}\nauth:\n  basic:\n    username: prom\n    password: \"{hash}\"\n"
+            "server:\n  port: {AUTH_PORT}\nauth:\n  basic:\n    username: prom\n    password: \"{hash}\"\n  bearer_tokens: [tok-abc]\n"
         ),
     );
     assert!(wait_until(Duration::from_secs(10), || request(
@@ -231,6 +231,16 @@ fn basic_auth_guards_every_endpoint() {
             200,
             "{path}"
         );
+        let bearer = |token: &str| {
+            request(
+                &lab,
+                AUTH_PORT,
+                path,
+                &format!("Authorization: Bearer {token}\r\n"),
+            )
+        };
+        assert_eq!(bearer("tok-abc").unwrap().0, 200, "{path}");
+        assert_eq!(bearer("tok-abd").unwrap().0, 401, "{path}");
     }
     let (_, _, health) = request(&lab, AUTH_PORT, "/healthz", &basic("prom", "s3cret")).unwrap();
     assert!(

@@ -1,5 +1,6 @@
-//! HTTP basic authentication for every endpoint when `auth.basic` is
-//! configured (the original implemented it but never enforced it).
+//! Authentication for every endpoint when `auth.basic` or
+//! `auth.bearer_tokens` is configured (the original implemented basic auth
+//! but never enforced it).
 
 use std::sync::Arc;
 
@@ -13,12 +14,28 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use subtle::ConstantTimeEq as _;
 
 use super::Shared;
-use crate::config::BasicAuth;
+use crate::config::{Auth, BasicAuth};
 
-/// Whether `authorization` (an `Authorization` header value) carries the
-/// configured credentials. Passwords may be bcrypt hashes or, as in old
-/// configs, plain text (compared in constant time).
-pub(crate) fn allows(auth: &BasicAuth, authorization: Option<&HeaderValue>) -> bool {
+/// Whether `authorization` (an `Authorization` header value) carries one of
+/// the configured bearer tokens or the basic-auth credentials.
+pub(crate) fn allows(auth: &Auth, authorization: Option<&HeaderValue>) -> bool {
+    let value = authorization.and_then(|v| v.to_str().ok());
+    if let Some(token) = value.and_then(|v| v.strip_prefix("Bearer ")) {
+        let token = token.trim().as_bytes();
+        // Every configured token is compared, so timing tells nothing.
+        return auth
+            .bearer_tokens
+            .iter()
+            .fold(false, |ok, t| ok | bool::from(t.as_bytes().ct_eq(token)));
+    }
+    auth.basic
+        .as_ref()
+        .is_some_and(|basic| allows_basic(basic, authorization))
+}
+
+/// Basic-auth check. Passwords may be bcrypt hashes or, as in old configs,
+/// plain text (compared in constant time).
+fn allows_basic(auth: &BasicAuth, authorization: Option<&HeaderValue>) -> bool {
     let Some(encoded) = authorization
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
@@ -48,10 +65,8 @@ pub(super) async fn require(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(auth) = &shared.config.auth.basic else {
-        return next.run(request).await;
-    };
-    if allows(auth, request.headers().get(header::AUTHORIZATION)) {
+    let auth = &shared.config.auth;
+    if !auth.configured() || allows(auth, request.headers().get(header::AUTHORIZATION)) {
         return next.run(request).await;
     }
     (
@@ -74,16 +89,20 @@ mod tests {
         .unwrap()
     }
 
+    fn basic(password: String) -> Auth {
+        Auth {
+            basic: Some(BasicAuth {
+                username: "admin".into(),
+                password,
+            }),
+            bearer_tokens: Vec::new(),
+        }
+    }
+
     #[test]
     fn bcrypt_and_plain_passwords() {
-        let hashed = BasicAuth {
-            username: "admin".into(),
-            password: bcrypt::hash("s3cret", 4).unwrap(),
-        };
-        let plain = BasicAuth {
-            username: "admin".into(),
-            password: "s3cret".into(),
-        };
+        let hashed = basic(bcrypt::hash("s3cret", 4).unwrap());
+        let plain = basic("s3cret".into());
         for auth in [&hashed, &plain] {
             assert!(allows(auth, Some(&header("admin", "s3cret"))));
             assert!(!allows(auth, Some(&header("admin", "s3cre"))));
@@ -95,5 +114,23 @@ mod tests {
             ));
             assert!(!allows(auth, Some(&HeaderValue::from_static("Basic !!!"))));
         }
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let auth = Auth {
+            basic: None,
+            bearer_tokens: vec!["tok-one".into(), "tok-two".into()],
+        };
+        assert!(allows(
+            &auth,
+            Some(&HeaderValue::from_static("Bearer tok-two"))
+        ));
+        assert!(!allows(
+            &auth,
+            Some(&HeaderValue::from_static("Bearer tok-thre"))
+        ));
+        assert!(!allows(&auth, Some(&header("admin", "tok-one"))));
+        assert!(!allows(&auth, None));
     }
 }

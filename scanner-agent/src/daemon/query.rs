@@ -82,10 +82,10 @@ pub(super) async fn enqueue(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     tracing::info!(%caller, user = %user_of(&headers), ?params, "/query");
-    if shared.config.auth.basic.is_none() {
+    if !shared.config.auth.configured() {
         return error(
             StatusCode::FORBIDDEN,
-            "/query is disabled: it makes this host send traffic, so it needs auth.basic in the configuration".into(),
+            "/query is disabled: it makes this host send traffic, so it needs auth.basic or auth.bearer_tokens in the configuration".into(),
         );
     }
     if let Some(retry_after) = rate_limited(&shared) {
