@@ -117,6 +117,9 @@ pub struct Scanning {
     /// Largest IPv6 range accepted as a target, as a prefix length (new key).
     #[serde(default = "defaults::max_ipv6_prefix")]
     pub max_ipv6_prefix: Prefix<128>,
+    /// Ranges `/query` may scan besides the targets (new key; none by default).
+    #[serde(default)]
+    pub query_ranges: Vec<Target>,
 }
 
 impl Default for Scanning {

@@ -258,8 +258,8 @@ fn query_scans_only_configured_targets_on_demand() {
         &lab,
         "query",
         &format!(
-            "server:\n  port: {QUERY_PORT}\nscanning:\n  interval: 3600\n  port_range: \"1-10\"\n  rate_limit: 6\n  \
-             min_rate: 5000\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\n\
+            "server:\n  port: {QUERY_PORT}\nscanning:\n  interval: 3600\n  port_range: \"1-10\"\n  rate_limit: 7\n  \
+             query_ranges: [198.18.0.8/30]\n  min_rate: 5000\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\n\
              auth:\n  basic:\n    username: ops\n    password: pw\ntargets:\n  - 198.18.0.0/30\n"
         ),
     );
@@ -283,12 +283,15 @@ fn query_scans_only_configured_targets_on_demand() {
         (400, true),
         "{body}"
     );
-    let (status, _, body) = call("/query?ip=198.18.0.9&ports=22").unwrap();
+    let (status, _, body) = call("/query?ip=198.18.0.13&ports=22").unwrap();
     assert_eq!(
         (status, body.contains("not inside the configured targets")),
         (403, true),
         "{body}"
     );
+    // Listed explicitly as a query range: allowed, though never scheduled.
+    let (status, _, body) = call("/query?ip=198.18.0.9&ports=22").unwrap();
+    assert_eq!(status, 200, "{body}");
 
     let (status, _, body) = call("/query?ip=198.18.0.2&ports=440-450").unwrap();
     assert_eq!(status, 200, "{body}");
@@ -326,7 +329,7 @@ fn query_scans_only_configured_targets_on_demand() {
         (Some(443), Some("open"))
     );
 
-    // Five /query calls so far: the sixth is allowed, the seventh within a minute is refused at once.
+    // Six /query calls so far: the seventh is allowed, the eighth within a minute is refused at once.
     assert_ne!(call("/query?ip=198.18.0.2&ports=1").unwrap().0, 429);
     let (status, head, _) = call("/query?ip=198.18.0.2&ports=2").unwrap();
     assert_eq!(status, 429);

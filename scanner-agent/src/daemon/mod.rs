@@ -142,7 +142,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let mode = hub.as_ref().map(|h| h.mode());
     let budget = (config.scanning.max_rate > 0)
         .then(|| Arc::new(Mutex::new(Pacer::new(config.scanning.max_rate as f64))));
-    let allowed: Vec<Task> = jobs.iter().map(|j| j.task.clone()).collect();
+    let allowed = query_allowed(&config, &jobs)?;
     let shared = Arc::new(Shared {
         allowed,
         queue: Mutex::new(None),
@@ -183,6 +183,25 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
             .map_err(DaemonError::Runtime)?;
     }
     http::serve(shared)
+}
+
+/// What `/query` may scan: the scheduled tasks and the explicitly listed
+/// `query_ranges`, nothing else.
+fn query_allowed(config: &Config, jobs: &[Job]) -> Result<Vec<Task>, DaemonError> {
+    let mut allowed: Vec<Task> = jobs.iter().map(|j| j.task.clone()).collect();
+    if !config.scanning.query_ranges.is_empty() {
+        let spec = config.scanning.target_spec(
+            config
+                .scanning
+                .query_ranges
+                .iter()
+                .map(|t| t.0.clone())
+                .collect(),
+        );
+        let extra = TargetSet::build(&spec).map_err(ScanError::from)?;
+        allowed.extend(extra.networks().into_iter().map(|subnet| Task { subnet }));
+    }
+    Ok(allowed)
 }
 
 /// Every task of the configuration, per protocol.
