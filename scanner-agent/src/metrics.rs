@@ -161,6 +161,67 @@ impl ExporterMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// `driver` or `skb`.
+    pub mode: String,
+}
+
+/// The agent's own operational metrics, under one prefix.
+#[derive(Default)]
+pub struct AgentMetrics {
+    pub probes_sent: Counter,
+    pub probe_retries: Counter,
+    pub xdp_frames: Counter,
+    pub xdp_replies_matched: Counter,
+    pub xdp_replies_lost: Counter,
+    pub last_scan_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub xdp_attached: Family<ModeLabels, Gauge>,
+}
+
+impl AgentMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("scanner_agent");
+        r.register(
+            "probes_sent",
+            "Probes sent, retransmissions included",
+            m.probes_sent.clone(),
+        );
+        r.register(
+            "probe_retries",
+            "Retransmissions of unanswered probes",
+            m.probe_retries.clone(),
+        );
+        r.register(
+            "xdp_frames",
+            "Frames the XDP program looked at",
+            m.xdp_frames.clone(),
+        );
+        r.register(
+            "xdp_replies_matched",
+            "Replies the XDP program matched to a probe",
+            m.xdp_replies_matched.clone(),
+        );
+        r.register(
+            "xdp_replies_lost",
+            "Matched replies lost because the ring buffer was full (a lossy scan)",
+            m.xdp_replies_lost.clone(),
+        );
+        r.register(
+            "last_scan_rate_pps",
+            "Achieved send rate of the last completed scan",
+            m.last_scan_rate.clone(),
+        );
+        r.register(
+            "xdp_attached",
+            "1 while the XDP program is attached, in the mode labelled",
+            m.xdp_attached.clone(),
+        );
+        m
+    }
+}
+
 /// The registry as OpenMetrics text.
 pub fn encode_text(registry: &Registry) -> String {
     let mut out = String::new();

@@ -142,6 +142,25 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         "scans_successful_total{target=\"198.18.0.0/30\",port_range=\"20-30\",protocol=\"tcp\"}"
     ));
     assert!(body.trim_end().ends_with("# EOF"));
+    // The agent's own metrics: probes sent (11 ports x 4 addresses at least), XDP mode, no loss.
+    assert!(
+        metric(&body, "scanner_agent_probes_sent_total").is_some_and(|v| v >= 44.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "scanner_agent_xdp_attached{mode=\"driver\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "scanner_agent_xdp_replies_lost_total"),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        metric(&body, "scanner_agent_xdp_replies_matched_total").is_some_and(|v| v >= 11.0),
+        "{body}"
+    );
 
     // Close 25: the next scan reports it 0 and counts one open_to_closed.
     listeners.retain(|l| l.local_addr().unwrap().port() != 25);

@@ -125,6 +125,18 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<(), String> {
     prog.load().map_err(|e| verbose(&e))
 }
 
+impl XdpCounters {
+    /// The larger of each counter (counters only grow; concurrent scans may
+    /// report readings taken in either order).
+    pub fn max_each(self, other: Self) -> Self {
+        Self {
+            frames: self.frames.max(other.frames),
+            matched: self.matched.max(other.matched),
+            ringbuf_full: self.ringbuf_full.max(other.ringbuf_full),
+        }
+    }
+}
+
 /// The loaded program (whichever form the kernel took).
 pub fn loaded_program(ebpf: &mut Ebpf) -> Option<&mut Xdp> {
     let name = PROGRAMS.into_iter().find(|name| {

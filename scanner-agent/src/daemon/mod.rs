@@ -27,10 +27,10 @@ use rand::Rng as _;
 
 use self::report::TaskState;
 use crate::{
-    capture::{AttachMode, hub::Hub},
+    capture::{AttachMode, XdpCounters, hub::Hub},
     config::{Config, Ports},
     engine::{Budget, EngineError},
-    metrics::{ExporterMetrics, FailureLabels, TaskLabels},
+    metrics::{AgentMetrics, ExporterMetrics, FailureLabels, ModeLabels, TaskLabels},
     privileges,
     probes::{Protocol, Shard},
     results::PortState,
@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     config: Config,
     registry: Registry,
     metrics: ExporterMetrics,
+    agent: AgentMetrics,
+    /// The XDP counters at the last update, to add only what is new.
+    xdp_seen: Mutex<XdpCounters>,
     tasks: Mutex<HashMap<Job, TaskState>>,
     queued: AtomicUsize,
     last_completed: Mutex<Option<SystemTime>>,
@@ -126,6 +129,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
 
     let mut registry = Registry::default();
     let metrics = ExporterMetrics::register(&mut registry, config.scanning.duration_metrics);
+    let agent = AgentMetrics::register(&mut registry);
     let (hub, route) = match jobs.first() {
         Some(_) => {
             let starts = jobs.iter().map(|j| j.task.subnet.network());
@@ -140,6 +144,14 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         None => (None, None),
     };
     let mode = hub.as_ref().map(|h| h.mode());
+    if let Some(mode) = mode {
+        agent
+            .xdp_attached
+            .get_or_create(&ModeLabels {
+                mode: mode.to_string(),
+            })
+            .set(1);
+    }
     let budget = (config.scanning.max_rate > 0)
         .then(|| Arc::new(Mutex::new(Pacer::new(config.scanning.max_rate as f64))));
     let allowed = query_allowed(&config, &jobs)?;
@@ -151,6 +163,8 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         budget,
         registry,
         metrics,
+        agent,
+        xdp_seen: Mutex::new(XdpCounters::default()),
         tasks: Mutex::new(HashMap::new()),
         queued: AtomicUsize::new(0),
         last_completed: Mutex::new(None),
@@ -310,6 +324,26 @@ fn restore(shared: &Shared, jobs: Vec<Job>) -> Vec<(Instant, Job)> {
         .collect()
 }
 
+/// The agent's own metrics after a scan: probes, retries, achieved rate, and
+/// what the (shared) XDP program counted since the last update.
+fn record_operation(shared: &Shared, report: &scan::ScanReport) {
+    let a = &shared.agent;
+    a.probes_sent.inc_by(report.ports.sent);
+    a.probe_retries.inc_by(report.ports.retries);
+    a.last_scan_rate.set(report.ports.achieved_rate());
+    let mut seen = shared
+        .xdp_seen
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let now = report.xdp;
+    a.xdp_frames.inc_by(now.frames.saturating_sub(seen.frames));
+    a.xdp_replies_matched
+        .inc_by(now.matched.saturating_sub(seen.matched));
+    a.xdp_replies_lost
+        .inc_by(now.ringbuf_full.saturating_sub(seen.ringbuf_full));
+    *seen = (*seen).max_each(now);
+}
+
 /// Writes every scheduled task's open ports and last-scan time.
 fn persist(shared: &Shared) {
     let Some(path) = &shared.state_file else {
@@ -360,6 +394,7 @@ fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>, hub: &Hub, route: &Route) {
         match outcome {
             Ok(report) => {
                 report::apply(shared, &job, &labels, &report, started.elapsed());
+                record_operation(shared, &report);
                 if job.query.is_none() {
                     persist(shared);
                 }
