@@ -120,6 +120,10 @@ pub struct Scanning {
     /// Ranges `/query` may scan besides the targets (new key; none by default).
     #[serde(default)]
     pub query_ranges: Vec<Target>,
+    /// Most `open_port_status` series exported; the excess is counted in
+    /// `scanner_agent_open_port_series_dropped_total` (new key).
+    #[serde(default = "defaults::max_open_port_series")]
+    pub max_open_port_series: Positive,
 }
 
 impl Default for Scanning {
@@ -213,6 +217,9 @@ mod defaults {
     }
     pub(super) fn task_queue_size() -> Positive {
         Positive(1000)
+    }
+    pub(super) fn max_open_port_series() -> Positive {
+        Positive(100_000)
     }
     pub(super) fn worker_count() -> Positive {
         Positive(10)

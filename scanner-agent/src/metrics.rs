@@ -176,6 +176,7 @@ pub struct AgentMetrics {
     pub xdp_replies_matched: Counter,
     pub xdp_replies_lost: Counter,
     pub last_scan_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub open_port_series_dropped: Counter,
     pub xdp_attached: Family<ModeLabels, Gauge>,
 }
 
@@ -207,6 +208,11 @@ impl AgentMetrics {
             "xdp_replies_lost",
             "Matched replies lost because the ring buffer was full (a lossy scan)",
             m.xdp_replies_lost.clone(),
+        );
+        r.register(
+            "open_port_series_dropped",
+            "open_port_status series not exported because max_open_port_series was reached",
+            m.open_port_series_dropped.clone(),
         );
         r.register(
             "last_scan_rate_pps",

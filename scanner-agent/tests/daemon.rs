@@ -401,3 +401,46 @@ fn a_restart_keeps_open_ports_and_scan_times() {
         "the restart repeated the scan:\n{body}"
     );
 }
+
+#[test]
+fn the_series_cap_protects_prometheus() {
+    const CAP_PORT: u16 = 19923;
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let _l = lab.target.listen(&[
+        (Ipv4Addr::new(198, 18, 0, 2), 21),
+        (Ipv4Addr::new(198, 18, 0, 2), 22),
+    ]);
+    let _daemon = Daemon::start(
+        &lab,
+        "cap",
+        &format!(
+            "server:\n  port: {CAP_PORT}\nscanning:\n  interval: 3600\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
+             max_open_port_series: 1\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.2\n"
+        ),
+    );
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            body = request(&lab, CAP_PORT, "/metrics", "")
+                .map(|r| r.2)
+                .unwrap_or_default();
+            body.contains("scans_successful_total")
+        }),
+        "{body}"
+    );
+    let series = body
+        .lines()
+        .filter(|l| l.starts_with("open_port_status{"))
+        .count();
+    assert_eq!(series, 1, "{body}");
+    assert_eq!(
+        metric(&body, "scanner_agent_open_port_series_dropped_total"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "open_ports_total{ip=\"198.18.0.2\"}"),
+        Some(2.0),
+        "the total still counts both"
+    );
+}

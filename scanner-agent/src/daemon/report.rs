@@ -84,6 +84,13 @@ pub(super) fn apply(
         .map(|r| (r.ip, r.protocol, r.port))
         .collect();
     let mut tasks = shared.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    let cap = shared.config.scanning.max_open_port_series.0 as usize;
+    let elsewhere: usize = tasks
+        .iter()
+        .filter(|(j, _)| *j != job)
+        .map(|(_, t)| t.open.len().min(cap) + t.closed.len())
+        .sum();
+    let mut room = cap.saturating_sub(elsewhere);
     let state = tasks.entry(job.clone()).or_default();
 
     for gone in std::mem::take(&mut state.closed) {
@@ -91,11 +98,22 @@ pub(super) fn apply(
     }
     let opened: Vec<&OpenPort> = open.difference(&state.open).collect();
     let closed: BTreeSet<OpenPort> = state.open.difference(&open).copied().collect();
-    for port in &open {
-        m.open_port_status.get_or_create(&port_labels(port)).set(1);
-    }
-    for port in &closed {
-        m.open_port_status.get_or_create(&port_labels(port)).set(0);
+    // The series cap protects Prometheus from a misconfigured huge scan:
+    // ports beyond it are still tracked, only not exported.
+    for (port, value) in open
+        .iter()
+        .map(|p| (p, 1))
+        .chain(closed.iter().map(|p| (p, 0)))
+    {
+        if room == 0 {
+            shared.agent.open_port_series_dropped.inc();
+            m.open_port_status.remove(&port_labels(port));
+            continue;
+        }
+        room -= 1;
+        m.open_port_status
+            .get_or_create(&port_labels(port))
+            .set(value);
     }
     let change = |kind: &str| ChangeLabels {
         target: labels.target.clone(),
