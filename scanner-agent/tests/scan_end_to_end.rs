@@ -57,6 +57,15 @@ fn scan(lab: &Lab, args: &[&str]) -> (Found, String) {
     (found, stderr)
 }
 
+/// A number from the closing summary line, e.g. `probes=4000`.
+fn summary_value(stderr: &str, key: &str) -> u64 {
+    let at = stderr
+        .split(&format!(" {key}="))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {key}= in {stderr}"));
+    at.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 fn open_set(found: &Found) -> BTreeSet<(IpAddr, u16)> {
     found
         .iter()
@@ -341,16 +350,8 @@ fn shards_split_the_scan_without_overlap() {
         let mut args = base.to_vec();
         args.extend(["--shard", shard]);
         let (part, stderr) = scan(&lab, &args);
-        let sent: u64 = stderr
-            .split("probes=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        probes += sent;
+        // First attempts: packets sent minus retransmissions.
+        probes += summary_value(&stderr, "probes") - summary_value(&stderr, "retries");
         for (k, v) in part {
             assert!(
                 union.insert(k.clone(), v).is_none(),
@@ -394,15 +395,7 @@ fn retries_recover_deliberately_dropped_probes() {
         open.iter().map(|&(a, p)| (a.into(), p)).collect(),
         "{stderr}"
     );
-    let retries: u64 = stderr
-        .split("retries=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retries = summary_value(&stderr, "retries");
     assert!(
         retries >= 400,
         "half the first attempts were dropped, so about 500 retries: {stderr}"
