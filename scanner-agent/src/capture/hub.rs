@@ -68,12 +68,11 @@ impl Hub {
             thread::Builder::new()
                 .name("xdp-replies".into())
                 .spawn(move || {
+                    let mut batch = Vec::new();
                     while !shared.stop.load(Ordering::Relaxed) {
-                        let routes = &shared.routes;
-                        let mut batch = Vec::new();
                         let result = stream.poll(Duration::from_millis(50), |ev| batch.push(ev));
-                        let routes = routes.lock().unwrap_or_else(PoisonError::into_inner);
-                        for ev in batch {
+                        let routes = shared.routes.lock().unwrap_or_else(PoisonError::into_inner);
+                        for ev in batch.drain(..) {
                             if let Some(Some(tx)) = routes.get(usize::from(ev.slot)) {
                                 let _ = tx.send(ev);
                             }

@@ -303,14 +303,7 @@ fn restore(shared: &Shared, jobs: Vec<Job>) -> Vec<(Instant, Job)> {
             let open = saved
                 .open
                 .iter()
-                .map(|(ip, proto, port)| {
-                    let proto = if proto == "udp" {
-                        Protocol::Udp
-                    } else {
-                        Protocol::Tcp
-                    };
-                    (*ip, proto, *port)
-                })
+                .filter_map(|(ip, proto, port)| Some((*ip, proto.parse().ok()?, *port)))
                 .collect();
             tasks.insert(
                 job.clone(),

@@ -207,8 +207,8 @@ fn parse(params: &HashMap<String, String>) -> Result<(IpNet, Ports, Protocol), S
     let ports = params.get("ports").ok_or("missing parameter ports")?;
     let ports = Ports::parse(ports).map_err(|e| format!("invalid parameter ports: {e}"))?;
     let protocol = match params.get("protocol").map(String::as_str) {
-        None | Some("tcp") => Protocol::Tcp,
-        Some("udp") => Protocol::Udp,
+        None => Protocol::Tcp,
+        Some(p @ ("tcp" | "udp")) => p.parse()?,
         Some(other) => {
             return Err(format!(
                 "invalid parameter protocol: {other:?} (expected tcp or udp)"

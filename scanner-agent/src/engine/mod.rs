@@ -311,9 +311,7 @@ impl<'a> Engine<'a> {
     }
 
     fn settle_silent(&mut self, i: u64) {
-        if let Some(slot) = self.window.get(i) {
-            slot.fate = Fate::Silent;
-        }
+        self.window.decide(i, Fate::Silent);
         if self.phase == Phase::Ports {
             let probe = self.plan.get(i);
             let state = silence_of(probe.protocol);
@@ -346,7 +344,8 @@ impl<'a> Engine<'a> {
             let (probe, host) = self.plan.get_with_host(self.window.head);
             let i = self.window.push(now_ms, deadline);
             if !self.host_may_be_probed(host, now_ms) {
-                self.settle_timed_out(i);
+                // Its host timed out: decided, but nothing to report.
+                self.window.decide(i, Fate::Silent);
                 continue;
             }
             self.write_probe(&mut batch[n], probe)?;
@@ -379,12 +378,6 @@ impl<'a> Engine<'a> {
                 }
                 _ => true,
             },
-        }
-    }
-
-    fn settle_timed_out(&mut self, i: u64) {
-        if let Some(slot) = self.window.get(i) {
-            slot.fate = Fate::Silent;
         }
     }
 

@@ -72,6 +72,13 @@ impl Window {
         i
     }
 
+    /// Decides probe `i` (if it is still in the window).
+    pub fn decide(&mut self, i: u64, fate: Fate) {
+        if let Some(slot) = self.get(i) {
+            slot.fate = fate;
+        }
+    }
+
     /// Records a retransmission of probe `i`.
     pub fn resend(&mut self, i: u64, now_ms: u32, deadline_ms: u32) {
         if let Some(slot) = self.get(i) {
