@@ -32,6 +32,18 @@ fn request(lab: &Lab, port: u16, path: &str, headers: &str) -> Option<(u16, Stri
     })
 }
 
+/// Fetches with `fetch` until `cond` holds for the body (20 s at most);
+/// returns that body, or fails saying `what` did not happen.
+fn await_body(fetch: impl Fn() -> String, cond: impl Fn(&str) -> bool, what: &str) -> String {
+    let mut body = String::new();
+    let done = wait_until(Duration::from_secs(20), || {
+        body = fetch();
+        cond(&body)
+    });
+    assert!(done, "{what}:\n{body}");
+    body
+}
+
 fn metric(body: &str, line_start: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(line_start))?
@@ -119,13 +131,10 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         )
     };
 
-    let mut body = String::new();
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            body = get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default();
-            metric(&body, open22) == Some(1.0)
-        }),
-        "no scan result in /metrics:\n{body}"
+    let mut body = await_body(
+        || get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default(),
+        |body| metric(body, open22) == Some(1.0),
+        "no scan result in /metrics",
     );
     assert_eq!(metric(&body, open25), Some(1.0));
     assert_eq!(
@@ -164,12 +173,10 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
 
     // Close 25: the next scan reports it 0 and counts one open_to_closed.
     listeners.retain(|l| l.local_addr().unwrap().port() != 25);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            body = get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default();
-            metric(&body, open25) == Some(0.0)
-        }),
-        "port 25 never went to 0:\n{body}"
+    body = await_body(
+        || get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default(),
+        |body| metric(body, open25) == Some(0.0),
+        "port 25 never went to 0",
     );
     assert_eq!(changes(&body, "open_to_closed"), Some(1.0));
     assert_eq!(
@@ -182,12 +189,10 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         Some(1.0)
     );
     // One scan later the closed port's series is gone.
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            body = get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default();
-            !body.contains(open25) && metric(&body, open22) == Some(1.0)
-        }),
-        "the closed port's series was not dropped:\n{body}"
+    await_body(
+        || get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default(),
+        |body| !body.contains(open25) && metric(body, open22) == Some(1.0),
+        "the closed port's series was not dropped",
     );
 
     let (status, body) = get(&lab, "/query?ip=198.18.0.2&ports=22").unwrap();
@@ -328,15 +333,14 @@ fn query_scans_only_configured_targets_on_demand() {
         (Some("skipped"), Some(id))
     );
 
-    let mut body = String::new();
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            body = call(&format!("/query/{id}"))
+    let body = await_body(
+        || {
+            call(&format!("/query/{id}"))
                 .map(|r| r.2)
-                .unwrap_or_default();
-            body.contains("\"state\":\"done\"")
-        }),
-        "{body}"
+                .unwrap_or_default()
+        },
+        |body| body.contains("\"state\":\"done\""),
+        "the awaited state",
     );
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["results"].as_array().unwrap().len(), 1, "{body}");
@@ -375,13 +379,10 @@ fn a_restart_keeps_open_ports_and_scan_times() {
             .map(|r| r.2)
             .unwrap_or_default()
     };
-    let mut body = String::new();
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            body = metrics();
-            body.contains(scans) && metric(&body, open22) == Some(1.0)
-        }),
-        "{body}"
+    await_body(
+        metrics,
+        |body| body.contains(scans) && metric(body, open22) == Some(1.0),
+        "the awaited state",
     );
     let dir = first.kill();
     assert!(dir.join("state.json").is_file());
@@ -418,15 +419,14 @@ fn the_series_cap_protects_prometheus() {
              max_open_port_series: 1\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.2\n"
         ),
     );
-    let mut body = String::new();
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            body = request(&lab, CAP_PORT, "/metrics", "")
+    let body = await_body(
+        || {
+            request(&lab, CAP_PORT, "/metrics", "")
                 .map(|r| r.2)
-                .unwrap_or_default();
-            body.contains("scans_successful_total")
-        }),
-        "{body}"
+                .unwrap_or_default()
+        },
+        |body| body.contains("scans_successful_total"),
+        "the awaited state",
     );
     let series = body
         .lines()
