@@ -18,4 +18,5 @@ pub mod route;
 pub mod scan;
 pub mod schedule;
 pub mod targets;
+pub mod tls;
 pub mod transmit;

@@ -178,6 +178,8 @@ pub struct AgentMetrics {
     pub last_scan_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub open_port_series_dropped: Counter,
     pub xdp_attached: Family<ModeLabels, Gauge>,
+    pub config_reload_ok: Gauge,
+    pub config_reload_time: Gauge,
 }
 
 impl AgentMetrics {
@@ -223,6 +225,16 @@ impl AgentMetrics {
             "xdp_attached",
             "1 while the XDP program is attached, in the mode labelled",
             m.xdp_attached.clone(),
+        );
+        r.register(
+            "config_last_reload_successful",
+            "Whether the last configuration (re)load succeeded",
+            m.config_reload_ok.clone(),
+        );
+        r.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Time of the last successful configuration (re)load",
+            m.config_reload_time.clone(),
         );
         m
     }

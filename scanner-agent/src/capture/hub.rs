@@ -111,6 +111,13 @@ impl Hub {
         self.capture().counters()
     }
 
+    /// Whether replies still arrive: the reader runs and the interface the
+    /// program is attached to still exists (its removal detaches it).
+    pub fn healthy(&self) -> bool {
+        let reading = self.reader.as_ref().is_some_and(|r| !r.is_finished());
+        reading && nix::net::if_::if_nametoindex(self.capture().interface()).is_ok()
+    }
+
     /// Reserves a slot for a scan with `key`; the program accepts its
     /// replies until the lease is dropped.
     pub fn lease(&self, key: ProbeKey) -> Result<Lease, HubError> {

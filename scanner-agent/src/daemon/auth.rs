@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::{
     extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -28,32 +28,40 @@ pub(crate) fn allows(auth: &Auth, authorization: Option<&HeaderValue>) -> bool {
             .iter()
             .fold(false, |ok, t| ok | bool::from(t.as_bytes().ct_eq(token)));
     }
-    auth.basic
-        .as_ref()
-        .is_some_and(|basic| allows_basic(basic, authorization))
+    basic_credentials(authorization).is_some_and(|(user, password)| {
+        auth.users()
+            .fold(false, |ok, u| ok | allows_basic(u, &user, &password))
+    })
 }
 
-/// Basic-auth check. Passwords may be bcrypt hashes or, as in old configs,
-/// plain text (compared in constant time).
-fn allows_basic(auth: &BasicAuth, authorization: Option<&HeaderValue>) -> bool {
-    let Some(encoded) = authorization
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-    else {
-        return false;
-    };
-    let Ok(decoded) = STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    let Some((user, password)) = std::str::from_utf8(&decoded)
-        .ok()
-        .and_then(|s| s.split_once(':'))
-    else {
-        return false;
-    };
+/// The user and password of a `Basic` authorization header.
+fn basic_credentials(authorization: Option<&HeaderValue>) -> Option<(String, String)> {
+    let encoded = authorization?.to_str().ok()?.strip_prefix("Basic ")?;
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// Who a request says it is, for the audit log: the basic-auth user, a
+/// bearer token (never printed), or `-`.
+pub(super) fn caller(headers: &HeaderMap) -> String {
+    let authorization = headers.get(header::AUTHORIZATION);
+    match basic_credentials(authorization) {
+        Some((user, _)) => user,
+        None if authorization.is_some_and(|v| v.as_bytes().starts_with(b"Bearer ")) => {
+            "(bearer token)".into()
+        }
+        None => "-".into(),
+    }
+}
+
+/// Basic-auth check of one user. Passwords may be bcrypt hashes or, as in
+/// old configs, plain text (compared in constant time).
+fn allows_basic(auth: &BasicAuth, user: &str, password: &str) -> bool {
     let user_ok: bool = user.as_bytes().ct_eq(auth.username.as_bytes()).into();
     let password_ok = if auth.password.starts_with("$2") {
-        bcrypt::verify(password, &auth.password).unwrap_or(false)
+        // Hashing is slow on purpose: only for the user it can match.
+        user_ok && bcrypt::verify(password, &auth.password).unwrap_or(false)
     } else {
         password.as_bytes().ct_eq(auth.password.as_bytes()).into()
     };
@@ -65,7 +73,8 @@ pub(super) async fn require(
     request: Request,
     next: Next,
 ) -> Response {
-    let auth = &shared.config.auth;
+    let live = shared.live();
+    let auth = &live.config.auth;
     if !auth.configured() || allows(auth, request.headers().get(header::AUTHORIZATION)) {
         return next.run(request).await;
     }
@@ -95,7 +104,7 @@ mod tests {
                 username: "admin".into(),
                 password,
             }),
-            bearer_tokens: Vec::new(),
+            ..Auth::default()
         }
     }
 
@@ -119,8 +128,8 @@ mod tests {
     #[test]
     fn bearer_tokens() {
         let auth = Auth {
-            basic: None,
             bearer_tokens: vec!["tok-one".into(), "tok-two".into()],
+            ..Auth::default()
         };
         assert!(allows(
             &auth,
@@ -132,5 +141,22 @@ mod tests {
         ));
         assert!(!allows(&auth, Some(&header("admin", "tok-one"))));
         assert!(!allows(&auth, None));
+    }
+
+    #[test]
+    fn every_web_config_user_is_accepted() {
+        let auth = Auth {
+            web_users: ["alice", "bob"]
+                .map(|u| BasicAuth {
+                    username: u.into(),
+                    password: bcrypt::hash(format!("{u}-pw"), 4).unwrap(),
+                })
+                .into(),
+            ..basic("s3cret".into())
+        };
+        assert!(allows(&auth, Some(&header("alice", "alice-pw"))));
+        assert!(allows(&auth, Some(&header("bob", "bob-pw"))));
+        assert!(allows(&auth, Some(&header("admin", "s3cret"))));
+        assert!(!allows(&auth, Some(&header("alice", "bob-pw"))));
     }
 }

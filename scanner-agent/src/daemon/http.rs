@@ -1,4 +1,5 @@
-//! The HTTP endpoints (axum): `/metrics` and `/healthz`.
+//! The HTTP endpoints (axum, over TLS when configured): `/metrics`,
+//! `/healthz` and `/query`, all behind the same authentication.
 
 use std::{
     net::{Ipv6Addr, SocketAddr},
@@ -15,22 +16,37 @@ use axum::{
     routing::get,
 };
 
-use super::{DaemonError, Shared, auth, query};
-use crate::metrics::encode_text;
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use super::{DaemonError, Shared, auth, query, reload};
+use crate::{metrics::encode_text, tls::TlsSettings};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
-    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, shared.config.server.port));
+    let live = shared.live();
+    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, live.config.server.port));
+    let tls = live
+        .config
+        .server
+        .tls
+        .as_ref()
+        .map(TlsSettings::server_config)
+        .transpose()?
+        .map(RustlsConfig::from_config);
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| DaemonError::Listen { addr, source })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| DaemonError::Listen { addr, source })?;
-        tracing::info!(%addr, "serving /metrics and /healthz");
+        let hangups = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+        tokio::spawn(reload_on_hangup(hangups, Arc::clone(&shared), tls.clone()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "serving /metrics, /healthz and /query");
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
@@ -40,14 +56,46 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
                 Arc::clone(&shared),
                 auth::require,
             ))
-            .with_state(shared);
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
+            .with_state(shared)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        match tls {
+            Some(tls) => {
+                axum_server::from_tcp_rustls(listener, tls)?
+                    .serve(app)
+                    .await
+            }
+            None => axum_server::from_tcp(listener)?.serve(app).await,
+        }
         .map_err(DaemonError::Runtime)
     })
+}
+
+/// Reloads the configuration on every SIGHUP, and with it the TLS
+/// certificate (so renewed certificates need no restart).
+async fn reload_on_hangup(mut hangups: Signal, shared: Arc<Shared>, tls: Option<RustlsConfig>) {
+    while hangups.recv().await.is_some() {
+        let worker = Arc::clone(&shared);
+        let outcome = tokio::task::spawn_blocking(move || reload::reload(&worker)).await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!("configuration not reloaded, the running one stays: {e}");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("configuration reload failed: {e}");
+                continue;
+            }
+        }
+        let live = shared.live();
+        if let (Some(tls), Some(settings)) = (&tls, &live.config.server.tls) {
+            // Checked by the reload a moment ago; a failure here is a file changed since.
+            match settings.server_config() {
+                Ok(config) => tls.reload_from_config(config),
+                Err(e) => tracing::error!("TLS certificate not reloaded: {e}"),
+            }
+        }
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -63,13 +111,20 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let full = shared.queue_full();
+    let capture_ok = shared.capture_ok();
+    let mode = shared.capture().map(|c| c.hub.mode().to_string());
+    let status = match (full, capture_ok) {
+        (true, _) => "task queue is full",
+        (_, false) => "capture path is down: replies cannot be received",
+        _ => "ok",
+    };
     let body = serde_json::json!({
-        "status": if full { "task queue is full" } else { "ok" },
+        "status": status,
         "queue_size": shared.queued.load(Ordering::Relaxed),
-        "xdp": { "attached": shared.mode.is_some(), "mode": shared.mode.map(|m| m.to_string()) },
+        "xdp": { "attached": mode.is_some(), "healthy": capture_ok, "mode": mode },
         "last_scan_timestamp_seconds": last.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
     });
-    let status = if full {
+    let status = if full || !capture_ok {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

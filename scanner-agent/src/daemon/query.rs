@@ -16,11 +16,10 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use base64::{Engine as _, engine::general_purpose::STANDARD};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use super::{Job, Shared};
+use super::{Job, Shared, auth};
 use crate::{
     config::Ports,
     probes::Protocol,
@@ -64,25 +63,14 @@ fn error(status: StatusCode, message: String) -> Response {
     answer(status, json!({"status": "error", "message": message}))
 }
 
-/// The user named by a basic-auth header, for the audit log.
-fn user_of(headers: &HeaderMap) -> String {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok()?.strip_prefix("Basic ").map(str::to_owned))
-        .and_then(|b| STANDARD.decode(b.trim()).ok())
-        .and_then(|d| String::from_utf8(d).ok())
-        .and_then(|s| s.split_once(':').map(|(u, _)| u.to_owned()))
-        .unwrap_or_else(|| "-".into())
-}
-
 pub(super) async fn enqueue(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(caller): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    tracing::info!(%caller, user = %user_of(&headers), ?params, "/query");
-    if !shared.config.auth.configured() {
+    tracing::info!(%caller, user = %auth::caller(&headers), ?params, "/query");
+    if !shared.live().config.auth.configured() {
         return error(
             StatusCode::FORBIDDEN,
             "/query is disabled: it makes this host send traffic, so it needs auth.basic or auth.bearer_tokens in the configuration".into(),
@@ -102,13 +90,18 @@ pub(super) async fn enqueue(
         Ok(p) => p,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    if !shared.allowed.iter().any(|t| t.subnet.contains(&net)) {
+    if !shared
+        .live()
+        .allowed
+        .iter()
+        .any(|t| t.subnet.contains(&net))
+    {
         return error(
             StatusCode::FORBIDDEN,
             format!("{net} is not inside the configured targets"),
         );
     }
-    let interval = Duration::from_secs(shared.config.scanning.interval.0);
+    let interval = Duration::from_secs(shared.live().config.scanning.interval.0);
     let mut book = shared
         .queries
         .lock()
@@ -165,7 +158,7 @@ pub(super) async fn enqueue(
 }
 
 fn rate_limited(shared: &Shared) -> Option<Duration> {
-    let limit = shared.config.scanning.rate_limit.0 as usize;
+    let limit = shared.live().config.scanning.rate_limit.0 as usize;
     let mut book = shared
         .queries
         .lock()

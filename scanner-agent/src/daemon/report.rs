@@ -3,7 +3,7 @@
 //! ports need (the original reset it before each scan and got both wrong).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeSet, HashMap},
     net::IpAddr,
     sync::PoisonError,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -31,27 +31,19 @@ pub(crate) struct TaskState {
 
 impl TaskState {
     /// A task as the state file remembers it; its open ports are shown at
-    /// once, as they were at the last scan.
+    /// once, as they were at the last scan (then count them with
+    /// [`count_open_ports`]).
     pub(super) fn restored(
         shared: &Shared,
         open: BTreeSet<OpenPort>,
         last_scan: SystemTime,
     ) -> Self {
-        let mut per_ip: BTreeMap<IpAddr, i64> = BTreeMap::new();
         for port in &open {
             shared
                 .metrics
                 .open_port_status
                 .get_or_create(&port_labels(port))
                 .set(1);
-            *per_ip.entry(port.0).or_default() += 1;
-        }
-        for (ip, count) in per_ip {
-            shared
-                .metrics
-                .open_ports_total
-                .get_or_create(&IpLabels { ip: ip.to_string() })
-                .set(count);
         }
         Self {
             open,
@@ -84,7 +76,7 @@ pub(super) fn apply(
         .map(|r| (r.ip, r.protocol, r.port))
         .collect();
     let mut tasks = shared.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-    let cap = shared.config.scanning.max_open_port_series.0 as usize;
+    let cap = shared.live().config.scanning.max_open_port_series.0 as usize;
     let elsewhere: usize = tasks
         .iter()
         .filter(|(j, _)| *j != job)
@@ -93,6 +85,12 @@ pub(super) fn apply(
     let mut room = cap.saturating_sub(elsewhere);
     let state = tasks.entry(job.clone()).or_default();
 
+    let mut touched: BTreeSet<IpAddr> = state
+        .open
+        .iter()
+        .chain(&state.closed)
+        .map(|p| p.0)
+        .collect();
     for gone in std::mem::take(&mut state.closed) {
         m.open_port_status.remove(&port_labels(&gone));
     }
@@ -126,19 +124,11 @@ pub(super) fn apply(
         .get_or_create(&change("open_to_closed"))
         .inc_by(closed.len() as u64);
 
-    // Per address: every address of the task, so one whose ports all closed reads 0.
-    let mut per_ip: BTreeMap<IpAddr, i64> = state.open.iter().map(|(ip, ..)| (*ip, 0)).collect();
-    for (ip, ..) in &open {
-        *per_ip.entry(*ip).or_default() += 1;
-    }
-    for (ip, count) in per_ip {
-        m.open_ports_total
-            .get_or_create(&IpLabels { ip: ip.to_string() })
-            .set(count);
-    }
+    touched.extend(open.iter().map(|p| p.0));
     state.open = open;
     state.closed = closed;
     state.last_scan = Some(SystemTime::now());
+    count_open_ports(shared, &tasks, touched);
     drop(tasks);
 
     let (up, down) = report
@@ -159,12 +149,70 @@ pub(super) fn apply(
     m.last_scan_timestamp_seconds
         .get_or_create(labels)
         .set(now.as_secs() as i64);
-    if shared.config.scanning.duration_metrics {
-        m.scan_duration_seconds
-            .get_or_create(labels)
-            .set(took.as_secs_f64());
-        m.scan_duration_histogram_seconds
-            .get_or_create(labels)
-            .observe(took.as_secs_f64());
+    // Exported only when duration_metrics registered them.
+    m.scan_duration_seconds
+        .get_or_create(labels)
+        .set(took.as_secs_f64());
+    m.scan_duration_histogram_seconds
+        .get_or_create(labels)
+        .observe(took.as_secs_f64());
+}
+
+/// Sets `open_ports_total` of each address in `ips` from every task's
+/// open ports (a TCP and a UDP task cover the same addresses). An address
+/// that has none left reads 0 if it had some, and is dropped once no task
+/// knows it.
+pub(super) fn count_open_ports(
+    shared: &Shared,
+    tasks: &HashMap<Job, TaskState>,
+    ips: BTreeSet<IpAddr>,
+) {
+    for ip in ips {
+        let labels = IpLabels { ip: ip.to_string() };
+        let (open, known) = tasks.values().fold((0, false), |(n, known), t| {
+            let here = t.open.iter().filter(|p| p.0 == ip).count();
+            (
+                n + here,
+                known || here > 0 || t.closed.iter().any(|p| p.0 == ip),
+            )
+        });
+        if known || open > 0 {
+            shared
+                .metrics
+                .open_ports_total
+                .get_or_create(&labels)
+                .set(open as i64);
+        } else {
+            shared.metrics.open_ports_total.remove(&labels);
+        }
     }
+}
+
+/// Drops what is known of a job that is no longer configured, and its
+/// gauges, so a removed target leaves no stale series.
+pub(super) fn forget(shared: &Shared, job: &Job) {
+    let mut tasks = shared.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(state) = tasks.remove(job) else {
+        return;
+    };
+    let m = &shared.metrics;
+    for port in state.open.iter().chain(&state.closed) {
+        m.open_port_status.remove(&port_labels(port));
+    }
+    let ips = state
+        .open
+        .iter()
+        .chain(&state.closed)
+        .map(|p| p.0)
+        .collect();
+    count_open_ports(shared, &tasks, ips);
+    drop(tasks);
+    let labels = job.labels();
+    m.last_scan_timestamp_seconds.remove(&labels);
+    m.scan_duration_seconds.remove(&labels);
+    let target = TargetLabels {
+        target: labels.target,
+    };
+    m.nmap_host_up_count.remove(&target);
+    m.nmap_host_down_count.remove(&target);
 }

@@ -7,13 +7,20 @@
 //! silently rewrote (an `interval` under 600 became 10800) are used as given,
 //! with a warning.
 
-use std::{fmt, path::Path, time::Duration};
+mod web;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::{Deserialize, Deserializer, de};
 
 use crate::{
     engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
     targets::{self, PortList, TargetSpec},
+    tls::TlsSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,9 @@ pub struct Config {
     /// Addresses, ranges or hostnames to scan. None by default.
     #[serde(default)]
     pub targets: Vec<Target>,
+    /// Warnings found while reading the files the configuration names.
+    #[serde(skip)]
+    web_warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -46,13 +56,18 @@ pub struct Config {
 pub struct Server {
     #[serde(default = "defaults::port")]
     pub port: u16,
+    /// HTTPS instead of HTTP (new key; exporter-toolkit's key names).
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// An exporter-toolkit `web-config.yml` (new key): its
+    /// `tls_server_config` and `basic_auth_users` apply as if written here.
+    #[serde(default)]
+    pub web_config_file: Option<PathBuf>,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Self {
-            port: defaults::port(),
-        }
+        serde_yaml::from_str("{}").expect("every key has a default")
     }
 }
 
@@ -139,12 +154,20 @@ pub struct Auth {
     /// Tokens accepted as `Authorization: Bearer <token>` (new key).
     #[serde(default)]
     pub bearer_tokens: Vec<String>,
+    /// Users from `server.web_config_file`'s `basic_auth_users`.
+    #[serde(skip)]
+    pub web_users: Vec<BasicAuth>,
 }
 
 impl Auth {
     /// Whether any authentication is configured.
     pub fn configured(&self) -> bool {
-        self.basic.is_some() || !self.bearer_tokens.is_empty()
+        self.users().next().is_some() || !self.bearer_tokens.is_empty()
+    }
+
+    /// Every basic-auth user: `auth.basic` and the web config's users.
+    pub fn users(&self) -> impl Iterator<Item = &BasicAuth> {
+        self.basic.iter().chain(&self.web_users)
     }
 }
 
@@ -153,6 +176,7 @@ impl fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("basic", &self.basic)
             .field("bearer_tokens", &self.bearer_tokens.len())
+            .field("web_users", &self.web_users)
             .finish()
     }
 }
@@ -353,41 +377,82 @@ impl<'de> Deserialize<'de> for Target {
     }
 }
 
+/// serde_yaml's message, with the position it leaves out of some top-level errors.
+fn yaml_error(e: serde_yaml::Error) -> String {
+    let message = e.to_string();
+    match e.location() {
+        Some(at) if !message.contains(" at line ") => {
+            format!("{message} at line {} column {}", at.line(), at.column())
+        }
+        _ => message,
+    }
+}
+
 impl Config {
+    /// Reads, parses and validates a configuration file, with the files it
+    /// names (web config, certificates): nothing starts with a bad one.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
+        let mut config = Self::parse(&text).map_err(invalid)?;
+        config
+            .resolve_files(path.parent().unwrap_or(Path::new(".")))
+            .map_err(invalid)?;
+        Ok(config)
     }
 
     /// Parses and validates a configuration; the error names the key and line.
     pub fn parse(text: &str) -> Result<Self, String> {
         // An empty file is an empty mapping: every default.
-        let config: Self = if text.trim().is_empty() {
-            Self::default()
-        } else {
-            serde_yaml::from_str(text).map_err(|e| {
-                let message = e.to_string();
-                // serde_yaml leaves the position out of some top-level errors.
-                match e.location() {
-                    Some(at) if !message.contains(" at line ") => {
-                        format!("{message} at line {} column {}", at.line(), at.column())
-                    }
-                    _ => message,
-                }
-            })?
-        };
-        Ok(config)
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(yaml_error)
+    }
+
+    /// Reads the web config and checks the TLS files; relative paths are
+    /// relative to the directory of the file that names them.
+    fn resolve_files(&mut self, dir: &Path) -> Result<(), String> {
+        let server = &mut self.server;
+        server.tls = server.tls.take().map(|t| t.relative_to(dir));
+        if let Some(file) = &mut server.web_config_file {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+            let web = web::WebConfig::load(file)
+                .map_err(|e| format!("server.web_config_file {}: {e}", file.display()))?;
+            if web.tls_server_config.is_some() && server.tls.is_some() {
+                return Err(format!(
+                    "server.tls and tls_server_config in {} are both set: keep one",
+                    file.display()
+                ));
+            }
+            if web.tls_server_config.is_some() {
+                server.tls = web.tls_server_config.clone();
+            }
+            self.auth.web_users = web.users().collect();
+            if web.http_server_config.is_some() {
+                self.web_warnings
+                    .push("http_server_config in the web config is ignored".into());
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            tls.server_config()
+                .map_err(|e| format!("server.tls: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Things that are allowed but probably not meant.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
+        let mut w = self.web_warnings.clone();
+        w.extend(self.server.tls.iter().flat_map(TlsSettings::warnings));
         if self.targets.is_empty() {
             w.push("no targets configured: nothing will be scanned".into());
         }
@@ -450,162 +515,4 @@ impl Scanning {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SEED_EXAMPLE: &str = include_str!("../../configs/openport-exporter-example.yaml");
-
-    #[test]
-    fn the_seed_example_loads_unchanged() {
-        let c = Config::parse(SEED_EXAMPLE).unwrap();
-        assert_eq!(c.server.port, 9919);
-        assert_eq!(c.scanning.min_rate, Positive(1500));
-        assert_eq!(c.scanning.max_rate, 2000);
-        assert_eq!(c.scanning.max_retries, 4);
-        // The example's one target, a /32 of its authors' network: parsed, never scanned.
-        assert_eq!(c.targets.len(), 1);
-        assert!(c.targets[0].0.ends_with("/32"));
-        let t = c.scanning.tuning();
-        assert_eq!(
-            t.rate,
-            Rate::Adaptive {
-                min: 1500,
-                max: Some(2000)
-            }
-        );
-        assert_eq!(t.min_parallelism, 1200);
-        assert_eq!(t.host_timeout, Some(Duration::from_secs(180)));
-        assert_eq!(
-            (t.initial_rtt_timeout, t.min_rtt_timeout, t.max_rtt_timeout),
-            (
-                Duration::from_millis(100),
-                Duration::from_millis(50),
-                Duration::from_millis(1500)
-            )
-        );
-        assert_eq!(
-            c.warnings(),
-            ["auth.basic.password is a plain password; prefer a bcrypt hash"]
-        );
-    }
-
-    #[test]
-    fn defaults_are_the_seeds() {
-        let c = Config::parse("").unwrap();
-        let s = &c.scanning;
-        assert_eq!(c.server.port, 9919);
-        assert_eq!((s.interval, s.timeout), (Positive(86400), Positive(3600)));
-        assert_eq!(
-            (
-                s.port_range.spec.as_str(),
-                s.max_cidr_size,
-                s.max_cidr_size_v6
-            ),
-            ("1-65535", Prefix(24), Prefix(120))
-        );
-        assert!(
-            s.disable_dns_resolution
-                && s.disable_host_discovery
-                && !s.udp_scan
-                && !s.duration_metrics
-        );
-        assert_eq!(
-            (s.min_rate, s.max_rate, s.min_parallelism, s.max_retries),
-            (Positive(1000), 0, 1000, 6)
-        );
-        assert_eq!(
-            (s.host_timeout, s.scan_delay, s.max_scan_delay),
-            (300, 0, 0)
-        );
-        assert_eq!(
-            (s.initial_rtt_timeout, s.max_rtt_timeout, s.min_rtt_timeout),
-            (0, 0, 0)
-        );
-        assert_eq!(
-            (s.rate_limit, s.task_queue_size, s.worker_count),
-            (Positive(30), Positive(1000), Positive(10))
-        );
-        assert!(
-            c.targets.is_empty() && c.auth.basic.is_none(),
-            "no default target, no default password"
-        );
-        assert_eq!(
-            c.warnings(),
-            ["no targets configured: nothing will be scanned"]
-        );
-        assert_eq!(
-            s.tuning().rate,
-            Rate::Adaptive {
-                min: 1000,
-                max: None
-            }
-        );
-    }
-
-    #[test]
-    fn short_intervals_are_kept_with_a_warning() {
-        let c = Config::parse("scanning:\n  interval: 60\ntargets: [198.18.0.0/24]\n").unwrap();
-        assert_eq!(c.scanning.interval, Positive(60));
-        assert!(
-            c.warnings()[0].starts_with("scanning.interval is 60 s"),
-            "{:?}",
-            c.warnings()
-        );
-    }
-
-    /// Every rejection names the key and the line.
-    #[test]
-    fn rejections_name_key_and_line() {
-        let cases = [
-            (
-                "scanning:\n  intervall: 60\n",
-                "scanning: unknown field `intervall`",
-            ),
-            (
-                "server:\n  port: 70000\n",
-                "server.port: invalid value: integer `70000`, expected u16 at line 2 column 9",
-            ),
-            (
-                "scanning:\n  udp_scan: maybe\n",
-                "scanning.udp_scan: invalid type: string \"maybe\", expected a boolean at line 2 column 13",
-            ),
-            (
-                "scanning:\n  max_cidr_size: 33\n",
-                "scanning.max_cidr_size: 33 is out of range (expected a prefix length 0-32) at line 2 column 18",
-            ),
-            (
-                "scanning:\n  worker_count: 0\n",
-                "scanning.worker_count: 0 is out of range (expected a whole number of at least 1) at line 2 column 17",
-            ),
-            (
-                "scanning:\n  port_range: \"80-20\"\n",
-                "scanning.port_range: invalid port specification \"80-20\": range \"80-20\" ends before it starts",
-            ),
-            (
-                "targets:\n  - 198.18.0.300\n",
-                "targets[0]: invalid target \"198.18.0.300\"",
-            ),
-            (
-                "targets:\n  - 198.18.0.0/24\n  - 224.0.0.1\n",
-                "targets[1]: target 224.0.0.1 cannot be scanned: it includes multicast addresses",
-            ),
-            (
-                "scanning:\n  exclude: [\"a b\"]\n",
-                "scanning.exclude[0]: invalid target \"a b\"",
-            ),
-            (
-                "auth:\n  basic:\n    username: admin\n",
-                "auth.basic: missing field `password` at line 3 column 5",
-            ),
-            ("bogus: 1\n", "unknown field `bogus`"),
-        ];
-        for (yaml, want) in cases {
-            let err = Config::parse(yaml).unwrap_err();
-            assert!(
-                err.starts_with(want) || err.contains(want),
-                "for {yaml:?}\n got: {err}\nwant: {want}"
-            );
-            assert!(err.contains("line "), "no line in: {err}");
-        }
-    }
-}
+mod tests;

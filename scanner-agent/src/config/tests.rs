@@ -1,0 +1,154 @@
+use super::*;
+
+const SEED_EXAMPLE: &str = include_str!("../../../configs/openport-exporter-example.yaml");
+
+#[test]
+fn the_seed_example_loads_unchanged() {
+    let c = Config::parse(SEED_EXAMPLE).unwrap();
+    assert_eq!(c.server.port, 9919);
+    assert_eq!(c.scanning.min_rate, Positive(1500));
+    assert_eq!(c.scanning.max_rate, 2000);
+    assert_eq!(c.scanning.max_retries, 4);
+    // The example's one target, a /32 of its authors' network: parsed, never scanned.
+    assert_eq!(c.targets.len(), 1);
+    assert!(c.targets[0].0.ends_with("/32"));
+    let t = c.scanning.tuning();
+    assert_eq!(
+        t.rate,
+        Rate::Adaptive {
+            min: 1500,
+            max: Some(2000)
+        }
+    );
+    assert_eq!(t.min_parallelism, 1200);
+    assert_eq!(t.host_timeout, Some(Duration::from_secs(180)));
+    assert_eq!(
+        (t.initial_rtt_timeout, t.min_rtt_timeout, t.max_rtt_timeout),
+        (
+            Duration::from_millis(100),
+            Duration::from_millis(50),
+            Duration::from_millis(1500)
+        )
+    );
+    assert_eq!(
+        c.warnings(),
+        ["auth.basic.password is a plain password; prefer a bcrypt hash"]
+    );
+}
+
+#[test]
+fn defaults_are_the_seeds() {
+    let c = Config::parse("").unwrap();
+    let s = &c.scanning;
+    assert_eq!(c.server.port, 9919);
+    assert_eq!((s.interval, s.timeout), (Positive(86400), Positive(3600)));
+    assert_eq!(
+        (
+            s.port_range.spec.as_str(),
+            s.max_cidr_size,
+            s.max_cidr_size_v6
+        ),
+        ("1-65535", Prefix(24), Prefix(120))
+    );
+    assert!(
+        s.disable_dns_resolution && s.disable_host_discovery && !s.udp_scan && !s.duration_metrics
+    );
+    assert_eq!(
+        (s.min_rate, s.max_rate, s.min_parallelism, s.max_retries),
+        (Positive(1000), 0, 1000, 6)
+    );
+    assert_eq!(
+        (s.host_timeout, s.scan_delay, s.max_scan_delay),
+        (300, 0, 0)
+    );
+    assert_eq!(
+        (s.initial_rtt_timeout, s.max_rtt_timeout, s.min_rtt_timeout),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        (s.rate_limit, s.task_queue_size, s.worker_count),
+        (Positive(30), Positive(1000), Positive(10))
+    );
+    assert!(
+        c.targets.is_empty() && c.auth.basic.is_none(),
+        "no default target, no default password"
+    );
+    assert_eq!(
+        c.warnings(),
+        ["no targets configured: nothing will be scanned"]
+    );
+    assert_eq!(
+        s.tuning().rate,
+        Rate::Adaptive {
+            min: 1000,
+            max: None
+        }
+    );
+}
+
+#[test]
+fn short_intervals_are_kept_with_a_warning() {
+    let c = Config::parse("scanning:\n  interval: 60\ntargets: [198.18.0.0/24]\n").unwrap();
+    assert_eq!(c.scanning.interval, Positive(60));
+    assert!(
+        c.warnings()[0].starts_with("scanning.interval is 60 s"),
+        "{:?}",
+        c.warnings()
+    );
+}
+
+/// Every rejection names the key and the line.
+#[test]
+fn rejections_name_key_and_line() {
+    let cases = [
+        (
+            "scanning:\n  intervall: 60\n",
+            "scanning: unknown field `intervall`",
+        ),
+        (
+            "server:\n  port: 70000\n",
+            "server.port: invalid value: integer `70000`, expected u16 at line 2 column 9",
+        ),
+        (
+            "scanning:\n  udp_scan: maybe\n",
+            "scanning.udp_scan: invalid type: string \"maybe\", expected a boolean at line 2 column 13",
+        ),
+        (
+            "scanning:\n  max_cidr_size: 33\n",
+            "scanning.max_cidr_size: 33 is out of range (expected a prefix length 0-32) at line 2 column 18",
+        ),
+        (
+            "scanning:\n  worker_count: 0\n",
+            "scanning.worker_count: 0 is out of range (expected a whole number of at least 1) at line 2 column 17",
+        ),
+        (
+            "scanning:\n  port_range: \"80-20\"\n",
+            "scanning.port_range: invalid port specification \"80-20\": range \"80-20\" ends before it starts",
+        ),
+        (
+            "targets:\n  - 198.18.0.300\n",
+            "targets[0]: invalid target \"198.18.0.300\"",
+        ),
+        (
+            "targets:\n  - 198.18.0.0/24\n  - 224.0.0.1\n",
+            "targets[1]: target 224.0.0.1 cannot be scanned: it includes multicast addresses",
+        ),
+        (
+            "scanning:\n  exclude: [\"a b\"]\n",
+            "scanning.exclude[0]: invalid target \"a b\"",
+        ),
+        (
+            "auth:\n  basic:\n    username: admin\n",
+            "auth.basic: missing field `password` at line 3 column 5",
+        ),
+        ("bogus: 1\n", "unknown field `bogus`"),
+    ];
+    for (yaml, want) in cases {
+        let err = Config::parse(yaml).unwrap_err();
+        assert!(
+            err.starts_with(want) || err.contains(want),
+            "for {yaml:?}\n got: {err}\nwant: {want}"
+        );
+        assert!(err.contains("line "), "no line in: {err}");
+    }
+}

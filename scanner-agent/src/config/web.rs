@@ -1,0 +1,62 @@
+//! The Prometheus exporter-toolkit's `web-config.yml` (`tls_server_config`,
+//! `basic_auth_users` with bcrypt hashes), accepted so that users of other
+//! exporters need not learn a new format.
+
+use std::{collections::BTreeMap, path::Path, str::FromStr as _};
+
+use serde::{Deserialize, Deserializer};
+
+use super::{BasicAuth, checked_str, yaml_error};
+use crate::tls::TlsSettings;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WebConfig {
+    #[serde(default)]
+    pub(super) tls_server_config: Option<TlsSettings>,
+    /// `http2` and `headers`: accepted and ignored, with a warning.
+    #[serde(default)]
+    pub(super) http_server_config: Option<serde_yaml::Value>,
+    #[serde(default)]
+    basic_auth_users: BTreeMap<String, BcryptHash>,
+}
+
+/// A password hash; exporter-toolkit accepts nothing else here.
+#[derive(Debug)]
+struct BcryptHash(String);
+
+impl<'de> Deserialize<'de> for BcryptHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_str(d, "a bcrypt hash", |v| {
+            bcrypt::HashParts::from_str(v)
+                .map(|_| Self(v.to_owned()))
+                .map_err(|_| {
+                    "not a bcrypt hash (create one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
+                        .to_owned()
+                })
+        })
+    }
+}
+
+impl WebConfig {
+    /// Reads `path`; relative certificate paths are relative to its directory.
+    pub(super) fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let mut web: Self = serde_yaml::from_str(&text).map_err(yaml_error)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        web.tls_server_config = web.tls_server_config.map(|t| t.relative_to(dir));
+        Ok(web)
+    }
+
+    pub(super) fn users(&self) -> impl Iterator<Item = BasicAuth> + '_ {
+        self.basic_auth_users
+            .iter()
+            .map(|(username, hash)| BasicAuth {
+                username: username.clone(),
+                password: hash.0.clone(),
+            })
+    }
+}

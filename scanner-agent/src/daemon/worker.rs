@@ -1,0 +1,114 @@
+//! The workers: each takes a job from the queue, scans it through the
+//! shared XDP program, and turns the outcome into metrics.
+
+use std::{
+    sync::{Mutex, PoisonError, atomic::Ordering, mpsc::Receiver},
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{Capture, Job, Shared, query, report, scheduler};
+use crate::{
+    capture::CaptureError,
+    engine::EngineError,
+    metrics::FailureLabels,
+    probes::Shard,
+    results::PortState,
+    scan::{self, ScanError, ScanOptions},
+    targets::TargetSet,
+};
+
+/// The agent's own metrics after a scan: probes, retries, achieved rate, and
+/// what the (shared) XDP program counted since the last update.
+fn record_operation(shared: &Shared, report: &scan::ScanReport) {
+    let a = &shared.agent;
+    a.probes_sent.inc_by(report.ports.sent);
+    a.probe_retries.inc_by(report.ports.retries);
+    a.last_scan_rate.set(report.ports.achieved_rate());
+    let mut seen = shared
+        .xdp_seen
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let now = report.xdp;
+    a.xdp_frames.inc_by(now.frames.saturating_sub(seen.frames));
+    a.xdp_replies_matched
+        .inc_by(now.matched.saturating_sub(seen.matched));
+    a.xdp_replies_lost
+        .inc_by(now.ringbuf_full.saturating_sub(seen.ringbuf_full));
+    *seen = (*seen).max_each(now);
+}
+
+pub(super) fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
+    loop {
+        let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = next else { return };
+        shared.queued.fetch_sub(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .task_queue_size
+            .set(shared.queued.load(Ordering::Relaxed) as i64);
+        let started = Instant::now();
+        query::started(shared, &job);
+        let outcome = scan_job(shared, &job);
+        query::finished(shared, &job, &outcome);
+        let labels = job.labels();
+        match outcome {
+            Ok(report) => {
+                report::apply(shared, &job, &labels, &report, started.elapsed());
+                record_operation(shared, &report);
+                if job.query.is_none() {
+                    scheduler::persist(shared);
+                }
+                *shared
+                    .last_completed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
+            }
+            Err(e) => {
+                let error_type = match &e {
+                    ScanError::Engine(EngineError::TimedOut) => {
+                        shared
+                            .metrics
+                            .nmap_scan_timeouts
+                            .get_or_create(&labels)
+                            .inc();
+                        "timeout"
+                    }
+                    ScanError::Privilege(_) => "permission",
+                    _ => "other",
+                };
+                tracing::warn!(target = %labels.target, protocol = %labels.protocol, error_type, "scan failed: {e}");
+                let failure = FailureLabels {
+                    target: labels.target,
+                    port_range: labels.port_range,
+                    protocol: labels.protocol,
+                    error_type: error_type.into(),
+                };
+                shared.metrics.scans_failed.get_or_create(&failure).inc();
+            }
+        }
+    }
+}
+
+fn scan_job(shared: &Shared, job: &Job) -> Result<scan::ScanReport, ScanError> {
+    let Some(Capture { hub, route }) = shared.capture() else {
+        // Unreachable in practice: nothing is allowed to scan before the program is attached.
+        return Err(CaptureError::Load("the XDP program is not attached".into()).into());
+    };
+    let live = shared.live();
+    let s = &live.config.scanning;
+    let targets = s.target_spec(vec![job.task.label()]);
+    let opts = ScanOptions {
+        targets: targets.clone(),
+        ports: job.ports.list.clone(),
+        protocols: vec![job.protocol],
+        tuning: s.tuning(),
+        interface: Some(route.interface.clone()),
+        host_discovery: !s.disable_host_discovery,
+        shard: Shard::WHOLE,
+        seed: None,
+        states: vec![PortState::Open],
+        deadline: Some(Instant::now() + Duration::from_secs(s.timeout.0)),
+        budget: live.budget.clone(),
+    };
+    scan::run_with(&hub, &route, TargetSet::build(&targets)?, &opts)
+}
