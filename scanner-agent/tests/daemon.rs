@@ -2,110 +2,13 @@
 //! served as the OpenPort Exporter's metrics.
 mod common;
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpStream},
-    process::{Child, Stdio},
-    time::Duration,
+use std::{net::Ipv4Addr, time::Duration};
+
+use common::{
+    Lab,
+    daemon::{Daemon, PORT, await_body, get, metric, request},
+    wait_until,
 };
-
-use common::{Lab, agent, wait_until};
-
-const PORT: u16 = 19919;
-
-/// An HTTP GET from inside the scanner namespace.
-fn get(lab: &Lab, path: &str) -> Option<(u16, String)> {
-    request(lab, PORT, path, "").map(|(status, _, body)| (status, body))
-}
-
-/// An HTTP GET with extra header lines; returns status, head and body.
-fn request(lab: &Lab, port: u16, path: &str, headers: &str) -> Option<(u16, String, String)> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n");
-    lab.scanner.run(move || {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-        s.write_all(request.as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let status = out.split_whitespace().nth(1)?.parse().ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        Some((status, head.to_owned(), body.to_owned()))
-    })
-}
-
-/// Fetches with `fetch` until `cond` holds for the body (20 s at most);
-/// returns that body, or fails saying `what` did not happen.
-fn await_body(fetch: impl Fn() -> String, cond: impl Fn(&str) -> bool, what: &str) -> String {
-    let mut body = String::new();
-    let done = wait_until(Duration::from_secs(20), || {
-        body = fetch();
-        cond(&body)
-    });
-    assert!(done, "{what}:\n{body}");
-    body
-}
-
-fn metric(body: &str, line_start: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(line_start))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// A running `scanner-agent run` in the scanner namespace, with its config
-/// file; both go away on drop.
-struct Daemon {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(lab: &Lab, name: &str, config: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("scanner-agent-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.yaml");
-        std::fs::write(&path, config).unwrap();
-        Self::spawn(lab, dir)
-    }
-
-    /// Starts the daemon on an existing directory (config and state file).
-    fn spawn(lab: &Lab, dir: std::path::PathBuf) -> Self {
-        let (config, state) = (dir.join("config.yaml"), dir.join("state.json"));
-        let child = lab
-            .scanner
-            .command(agent())
-            .args([
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-                "--state-file",
-                state.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Self { child, dir }
-    }
-
-    /// Stops the daemon as `kill -9` would, keeping its directory.
-    fn kill(mut self) -> std::path::PathBuf {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::take(&mut self.dir)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if !self.dir.as_os_str().is_empty() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
 
 #[test]
 fn scheduled_scans_become_metrics_and_changes_are_counted() {

@@ -180,7 +180,14 @@ pub fn ensure() -> Result<Toolchain> {
 }
 
 /// Debian packages the tests and benchmarks drive.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "procps", "nftables"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "util-linux",
+    "procps",
+    "nftables",
+    "curl",
+    "prometheus",
+];
 
 /// Debian packages `cargo xtask bench` drives: the scanners compared with,
 /// and the target's firewall.

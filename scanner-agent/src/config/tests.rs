@@ -152,3 +152,160 @@ fn rejections_name_key_and_line() {
         assert!(err.contains("line "), "no line in: {err}");
     }
 }
+
+/// A scratch directory with the given files, removed on drop.
+struct Files(std::path::PathBuf);
+
+impl Files {
+    fn new(name: &str, files: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("sa-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in files {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        Self(dir)
+    }
+
+    fn load(&self) -> Result<Config, String> {
+        Config::load(&self.0.join("config.yaml")).map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed certificate and its key, as PEM.
+fn certificate() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}
+
+#[test]
+fn web_config_users_and_tls_apply() {
+    let (cert, key) = certificate();
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let files = Files::new(
+        "web",
+        &[
+            ("config.yaml", "server:\n  web_config_file: web.yml\n"),
+            (
+                "web.yml",
+                &format!(
+                    "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n\
+                     basic_auth_users:\n  alice: {hash}\n"
+                ),
+            ),
+            ("tls.crt", &cert),
+            ("tls.key", &key),
+        ],
+    );
+    let c = files.load().unwrap();
+    let tls = c.server.tls.as_ref().unwrap();
+    assert_eq!(
+        tls.cert_file,
+        files.0.join("tls.crt"),
+        "relative to web.yml"
+    );
+    assert_eq!(
+        c.auth
+            .users()
+            .map(|u| u.username.as_str())
+            .collect::<Vec<_>>(),
+        ["alice"]
+    );
+    assert!(c.auth.configured());
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.starts_with("tls cipher_suites is ignored")),
+        "{:?}",
+        c.warnings()
+    );
+}
+
+/// Every rejection of the files the configuration names says which key and why.
+#[test]
+fn web_config_and_tls_rejections_are_named() {
+    let (cert, key) = certificate();
+    let (other_cert, _) = certificate();
+    let tls = "server:\n  tls:\n    cert_file: tls.crt\n    key_file: tls.key\n";
+    // (config.yaml, further files, expected error)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case<'_>; 8] = [
+        (
+            "server:\n  web_config_file: web.yml\n",
+            &[("web.yml", "basic_auth_users:\n  bob: hunter2\n")],
+            "server.web_config_file ",
+        ),
+        (
+            "server:\n  web_config_file: web.yml\n",
+            &[("web.yml", "basic_auth_users:\n  bob: hunter2\n")],
+            "basic_auth_users.bob: not a bcrypt hash",
+        ),
+        (
+            "server:\n  web_config_file: web.yml\n",
+            &[(
+                "web.yml",
+                "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_allowed_sans: [x]\n",
+            )],
+            "tls_server_config: unknown field `client_allowed_sans`",
+        ),
+        (
+            "server:\n  web_config_file: missing.yml\n",
+            &[],
+            "missing.yml: cannot read it",
+        ),
+        (
+            "server:\n  tls:\n    cert_file: nothere.crt\n    key_file: tls.key\n",
+            &[],
+            "server.tls: cert_file: cannot read",
+        ),
+        (
+            &format!("{tls}    client_auth_type: RequireAndVerifyClientCert\n"),
+            &[],
+            "server.tls: client_auth_type RequireAndVerifyClientCert needs client_ca_file",
+        ),
+        (
+            &format!("{tls}    min_version: TLS13\n    max_version: TLS12\n"),
+            &[],
+            "server.tls: min_version TLS13 is above max_version TLS12",
+        ),
+        (
+            "server:\n  tls:\n    cert_file: other.crt\n    key_file: tls.key\n",
+            &[("other.crt", &other_cert)],
+            "server.tls: the certificate and key do not make a usable server identity",
+        ),
+    ];
+    for (i, (config, extra, want)) in cases.into_iter().enumerate() {
+        let mut files = vec![
+            ("config.yaml", config),
+            ("tls.crt", &cert),
+            ("tls.key", &key),
+        ];
+        files.extend_from_slice(extra);
+        let err = Files::new(&format!("reject{i}"), &files)
+            .load()
+            .unwrap_err();
+        assert!(err.contains(want), "case {i}\n got: {err}\nwant: {want}");
+    }
+    let both = Files::new(
+        "both",
+        &[
+            ("config.yaml", &format!("{tls}  web_config_file: web.yml\n")),
+            (
+                "web.yml",
+                "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n",
+            ),
+            ("tls.crt", &cert),
+            ("tls.key", &key),
+        ],
+    );
+    assert!(
+        both.load()
+            .unwrap_err()
+            .contains("server.tls and tls_server_config in")
+    );
+}

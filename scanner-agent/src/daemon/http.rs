@@ -10,7 +10,7 @@ use std::{
 use axum::{
     Json, Router,
     extract::State,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     middleware,
     response::IntoResponse,
     routing::get,
@@ -20,9 +20,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{DaemonError, Shared, auth, query, reload};
-use crate::{metrics::encode_text, tls::TlsSettings};
-
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use crate::{exposition, tls::TlsSettings};
 
 pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
     let live = shared.live();
@@ -98,11 +96,9 @@ async fn reload_on_hangup(mut hangups: Signal, shared: Arc<Shared>, tls: Option<
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS)],
-        encode_text(&shared.registry),
-    )
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
+    let (content_type, body) = exposition::encode(&shared.registry, &headers);
+    ([(header::CONTENT_TYPE, content_type)], body)
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

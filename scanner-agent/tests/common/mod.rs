@@ -15,6 +15,8 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
+pub mod daemon;
+
 pub const SCANNER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const SCANNER_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 pub const SCANNER_IF: &str = "veth-scan";
