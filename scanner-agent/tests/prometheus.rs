@@ -1,0 +1,204 @@
+//! A real Prometheus server (the Debian package) scrapes the daemon from
+//! inside the scanner namespace; its query API must show the truth of the
+//! testbed. `promtool check metrics` lints the exposition.
+mod common;
+
+use std::{
+    io::Write as _,
+    net::Ipv4Addr,
+    process::{Child, Stdio},
+};
+
+use common::{
+    Lab,
+    daemon::{Daemon, await_body, request},
+};
+use serde_json::Value;
+
+const AGENT_PORT: u16 = 19940;
+const PROMETHEUS_PORT: u16 = 19941;
+
+/// A Prometheus server in the scanner namespace; killed on drop.
+struct Prometheus(Child);
+
+impl Prometheus {
+    fn start(lab: &Lab, dir: &std::path::Path) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: scanner-agent\n    \
+                 authorization:\n      credentials: tok\n    static_configs:\n      - targets: ['localhost:{AGENT_PORT}']\n"
+            ),
+        )
+        .unwrap();
+        let child = lab
+            .scanner
+            .command("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package `prometheus`)");
+        Self(child)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An instant query through Prometheus's HTTP API: each series' labels
+/// (without job and instance) and value.
+fn query(lab: &Lab, promql: &str) -> Vec<(Value, f64)> {
+    let path = format!(
+        "/api/v1/query?query={}",
+        promql.replace('"', "%22").replace(' ', "%20")
+    );
+    let Some((200, _, body)) = request(lab, PROMETHEUS_PORT, &path, "") else {
+        return Vec::new();
+    };
+    let answer: Value = serde_json::from_str(&body).unwrap_or_default();
+    answer["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|series| {
+            let mut labels = series["metric"].clone();
+            for internal in ["job", "instance"] {
+                labels.as_object_mut().map(|l| l.remove(internal));
+            }
+            let value = series["value"][1].as_str().and_then(|v| v.parse().ok());
+            (labels, value.unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
+/// The value of the one series `promql` selects, as a string, for polling.
+fn one(lab: &Lab, promql: &str) -> String {
+    match query(lab, promql).as_slice() {
+        [(_, v)] => v.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[test]
+fn prometheus_sees_the_truth_and_the_changes() {
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let mut listeners = lab.target.listen(&[
+        (Ipv4Addr::new(198, 18, 0, 2), 22),
+        (Ipv4Addr::new(198, 18, 0, 2), 25),
+    ]);
+    let daemon = Daemon::start(
+        &lab,
+        "prometheus",
+        &format!(
+            "server:\n  port: {AGENT_PORT}\nscanning:\n  interval: 2\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
+             initial_rtt_timeout: 100\n  max_rtt_timeout: 200\nauth:\n  bearer_tokens: [tok]\ntargets:\n  - 198.18.0.0/30\n"
+        ),
+    );
+    let _prometheus = Prometheus::start(&lab, &daemon.dir);
+
+    await_body(
+        || one(&lab, "open_ports_total{ip=\"198.18.0.2\"}"),
+        |v| v == "2",
+        "Prometheus never saw both open ports",
+    );
+    let mut open = query(&lab, "open_port_status");
+    open.sort_by_key(|(labels, _)| labels["port"].as_str().map(str::to_owned));
+    assert_eq!(
+        open,
+        [22, 25].map(|port| (
+            serde_json::json!({"__name__": "open_port_status", "ip": "198.18.0.2", "port": port.to_string(), "protocol": "tcp"}),
+            1.0
+        ))
+    );
+    assert_eq!(one(&lab, "up"), "1");
+
+    // Port 25 closes: Prometheus sees it at 0, then one open_to_closed change.
+    listeners.pop();
+    await_body(
+        || one(&lab, "open_port_status{port=\"25\"}"),
+        |v| v == "0",
+        "the closed port never read 0",
+    );
+    let changes = |kind: &str| {
+        one(
+            &lab,
+            &format!("port_state_changes_total{{target=\"198.18.0.0/30\",change_type=\"{kind}\"}}"),
+        )
+    };
+    assert_eq!(changes("open_to_closed"), "1");
+    assert_eq!(
+        changes("closed_to_open"),
+        "2",
+        "the first scan found both ports"
+    );
+    await_body(
+        || one(&lab, "open_ports_total{ip=\"198.18.0.2\"}"),
+        |v| v == "1",
+        "open_ports_total did not drop to 1",
+    );
+}
+
+/// promtool's lint of the exposition (classic text, as promtool reads it):
+/// the only complaints are those the original's metric names force (listed
+/// in the README).
+#[test]
+fn promtool_finds_only_the_seeds_forced_warnings() {
+    const PORT: u16 = 19942;
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let _listeners = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 22)]);
+    let _daemon = Daemon::start(
+        &lab,
+        "promtool",
+        &format!(
+            "server:\n  port: {PORT}\nscanning:\n  interval: 2\n  port_range: \"20-30\"\n  duration_metrics: true\n  \
+             min_rate: 5000\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.0/30\n"
+        ),
+    );
+    let body = await_body(
+        || {
+            request(&lab, PORT, "/metrics", "")
+                .map(|r| r.2)
+                .unwrap_or_default()
+        },
+        |b| b.contains("scan_duration_histogram_seconds_bucket") && b.contains("open_ports_total{"),
+        "no scan in /metrics",
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package `prometheus`)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = report.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "nmap_host_down_count non-histogram and non-summary metrics should not have \"_count\" suffix",
+            "nmap_host_up_count non-histogram and non-summary metrics should not have \"_count\" suffix",
+            "open_ports_total non-counter metrics should not have \"_total\" suffix",
+            "scan_duration_histogram_seconds metric name should not include type 'histogram'",
+        ],
+        "{body}"
+    );
+}
