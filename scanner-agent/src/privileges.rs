@@ -33,5 +33,11 @@ pub fn check_scan() -> Result<(), MissingCapability> {
             why: "needed to load the XDP program and its maps",
         });
     }
+    if !has(Capability::CAP_PERFMON) && !has(Capability::CAP_SYS_ADMIN) {
+        return Err(MissingCapability {
+            name: "CAP_PERFMON",
+            why: "without it the kernel's verifier refuses the XDP program's pointer arithmetic",
+        });
+    }
     Ok(())
 }

@@ -53,7 +53,20 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
     assert!(body.contains(
         "scans_successful_total{target=\"198.18.0.0/30\",port_range=\"20-30\",protocol=\"tcp\"}"
     ));
-    assert!(body.trim_end().ends_with("# EOF"));
+    // Prometheus asks for OpenMetrics and gets it; others get the classic format.
+    let (_, head, openmetrics) = request(
+        &lab,
+        PORT,
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n",
+    )
+    .unwrap();
+    assert!(
+        head.contains("application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(openmetrics.trim_end().ends_with("# EOF"));
+    assert!(!body.contains("# EOF") && body.contains("# TYPE scans_successful_total counter"));
     // The agent's own metrics: probes sent (11 ports x 4 addresses at least), XDP mode, no loss.
     assert!(
         metric(&body, "scanner_agent_probes_sent_total").is_some_and(|v| v >= 44.0),
@@ -292,7 +305,7 @@ fn a_restart_keeps_open_ports_and_scan_times() {
 
     // Restarted: the open port is known at once, and the task, scanned a
     // moment ago with an interval of an hour, is not scanned again.
-    let _second = Daemon::spawn(&lab, dir);
+    let _second = Daemon::spawn(&lab, dir, &[]);
     assert!(wait_until(Duration::from_secs(10), || request(
         &lab, STATE_PORT, "/healthz", ""
     )

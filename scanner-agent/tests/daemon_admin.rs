@@ -285,3 +285,71 @@ fn a_full_queue_answers_503_at_once() {
     assert!(query.starts_with("503 "), "{query}");
     assert!(query.to_lowercase().contains("queue"), "{query}");
 }
+
+/// The daemon as an unprivileged user holding exactly CAP_BPF, CAP_NET_ADMIN,
+/// CAP_NET_RAW and CAP_PERFMON (what the systemd unit grants) scans as root would.
+#[test]
+fn runs_unprivileged_with_exactly_four_capabilities() {
+    const PORT: u16 = 19935;
+    const NOBODY: u32 = 65534;
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let _listeners = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 22)]);
+    let dir =
+        std::env::temp_dir().join(format!("scanner-agent-unprivileged-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.yaml"), config(PORT, "20-23", "tok")).unwrap();
+    // The state file is the daemon's to write, as StateDirectory= arranges.
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let caps = "+bpf,+net_admin,+net_raw,+perfmon";
+    let uid = NOBODY.to_string();
+    let daemon = Daemon::spawn(
+        &lab,
+        dir,
+        &[
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            "--",
+        ],
+    );
+    let body = await_body(
+        || {
+            request(&lab, PORT, "/metrics", "Authorization: Bearer tok\r\n")
+                .map(|r| r.2)
+                .unwrap_or_default()
+        },
+        |b| {
+            metric(
+                b,
+                "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"}",
+            ) == Some(1.0)
+        },
+        "no scan result from the unprivileged daemon",
+    );
+    assert!(
+        metric(&body, "scanner_agent_xdp_attached{mode=\"driver\"}") == Some(1.0),
+        "{body}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(field("Uid:").starts_with(&uid), "{status}");
+    // CAP_NET_ADMIN (12), CAP_NET_RAW (13), CAP_PERFMON (38), CAP_BPF (39).
+    assert_eq!(field("CapEff:"), "000000c000003000");
+    assert!(
+        wait_until(Duration::from_secs(10), || daemon
+            .dir
+            .join("state.json")
+            .exists()),
+        "the state file was not written"
+    );
+}

@@ -71,7 +71,7 @@ impl Daemon {
         for (file, text) in [("config.yaml", config)].iter().chain(files) {
             std::fs::write(dir.join(file), text).unwrap();
         }
-        Self::spawn(lab, dir)
+        Self::spawn(lab, dir, &[])
     }
 
     /// Replaces the config file and sends SIGHUP.
@@ -86,12 +86,19 @@ impl Daemon {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Starts the daemon on an existing directory (config and state file).
-    pub fn spawn(lab: &Lab, dir: std::path::PathBuf) -> Self {
+    /// Starts the daemon on an existing directory (config and state file),
+    /// through `wrapper` (e.g. `setpriv ...`) if not empty.
+    pub fn spawn(lab: &Lab, dir: std::path::PathBuf, wrapper: &[&str]) -> Self {
         let (config, state) = (dir.join("config.yaml"), dir.join("state.json"));
-        let child = lab
-            .scanner
-            .command(agent())
+        let (program, wrapper_args) = match wrapper.split_first() {
+            Some((program, args)) => (*program, args),
+            None => (agent(), &[][..]),
+        };
+        let mut command = lab.scanner.command(program);
+        if !wrapper.is_empty() {
+            command.args(wrapper_args).arg(agent());
+        }
+        let child = command
             .args([
                 "run",
                 "--config",
