@@ -309,3 +309,56 @@ fn web_config_and_tls_rejections_are_named() {
             .contains("server.tls and tls_server_config in")
     );
 }
+
+/// `configs/config.yaml` holds every key the README's table documents, at
+/// its default, and nothing the table leaves out.
+#[test]
+fn the_example_config_is_what_the_readme_documents() {
+    const EXAMPLE: &str = include_str!("../../../configs/config.yaml");
+    const README: &str = include_str!("../../../README.md");
+    assert_eq!(
+        Config::parse(EXAMPLE).unwrap(),
+        Config::default(),
+        "every key of the example is at its default"
+    );
+    let sections = [
+        "server.",
+        "scanning.",
+        "auth.",
+        "firewall.",
+        "general.",
+        "guard.",
+    ];
+    let documented: Vec<&str> = README
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split(" |").next())
+        .flat_map(|cell| cell.split(", "))
+        .map(|key| key.trim_matches('`'))
+        .filter(|key| key == &"targets" || sections.iter().any(|s| key.starts_with(s)))
+        .collect();
+    assert!(documented.len() > 30, "{documented:?}");
+    for key in &documented {
+        let leaf = key.rsplit('.').next().unwrap_or(key);
+        assert!(
+            EXAMPLE.contains(&format!("{leaf}:")),
+            "{key} is documented but not in configs/config.yaml"
+        );
+    }
+    fn paths(value: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+        if let serde_yaml::Value::Mapping(map) = value {
+            for (k, v) in map {
+                let key = format!("{prefix}{}", k.as_str().unwrap_or_default());
+                paths(v, &format!("{key}."), out);
+                out.push(key);
+            }
+        }
+    }
+    let mut active = Vec::new();
+    paths(&serde_yaml::from_str(EXAMPLE).unwrap(), "", &mut active);
+    for key in active {
+        assert!(
+            documented.contains(&key.as_str()) || sections.contains(&format!("{key}.").as_str()),
+            "{key} is in configs/config.yaml but not documented in the README"
+        );
+    }
+}
