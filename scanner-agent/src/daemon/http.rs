@@ -38,10 +38,9 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(DaemonError::Runtime)?;
+        .build()?;
     runtime.block_on(async move {
-        let hangups = signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?;
+        let hangups = signal(SignalKind::hangup())?;
         tokio::spawn(reload_on_hangup(hangups, Arc::clone(&shared), tls.clone()));
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, scheme, "serving /metrics, /healthz and /query");
@@ -60,11 +59,11 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
             Some(tls) => {
                 axum_server::from_tcp_rustls(listener, tls)?
                     .serve(app)
-                    .await
+                    .await?
             }
-            None => axum_server::from_tcp(listener)?.serve(app).await,
+            None => axum_server::from_tcp(listener)?.serve(app).await?,
         }
-        .map_err(DaemonError::Runtime)
+        Ok(())
     })
 }
 

@@ -256,14 +256,12 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         let (shared, rx) = (Arc::clone(&shared), Arc::clone(&rx));
         thread::Builder::new()
             .name(format!("worker-{n}"))
-            .spawn(move || worker::work(&shared, &rx))
-            .map_err(DaemonError::Runtime)?;
+            .spawn(move || worker::work(&shared, &rx))?;
     }
     let scheduler = Arc::clone(&shared);
     thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || scheduler::run(&scheduler))
-        .map_err(DaemonError::Runtime)?;
+        .spawn(move || scheduler::run(&scheduler))?;
     http::serve(shared)
 }
 
