@@ -33,5 +33,14 @@ pub fn check_scan() -> Result<(), MissingCapability> {
             why: "needed to load the XDP program and its maps",
         });
     }
+    // The verifier allows the program's packet-pointer arithmetic only to
+    // perfmon_capable() callers; without it the load fails with a verifier
+    // dump ("pointer arithmetic ... prohibited for !root").
+    if !has(Capability::CAP_PERFMON) && !has(Capability::CAP_SYS_ADMIN) {
+        return Err(MissingCapability {
+            name: "CAP_PERFMON",
+            why: "the kernel's verifier needs it to accept the XDP program's packet parsing",
+        });
+    }
     Ok(())
 }

@@ -87,6 +87,7 @@ fn missing_capability_is_named() {
         ("-net_raw", "CAP_NET_RAW"),
         ("-net_admin", "CAP_NET_ADMIN"),
         ("-bpf,-sys_admin", "CAP_BPF"),
+        ("-perfmon,-sys_admin", "CAP_PERFMON"),
     ] {
         let out = lab
             .scanner

@@ -203,7 +203,12 @@ fn alert_rules_name_only_exported_metrics() {
         .unwrap()
         .iter()
         .flat_map(|g| g["rules"].as_sequence().unwrap())
-        .map(|r| r["expr"].as_str().expect("every rule has an expr").to_owned())
+        .map(|r| {
+            r["expr"]
+                .as_str()
+                .expect("every rule has an expr")
+                .to_owned()
+        })
         .collect();
     let seen = check_exprs("alerts.yml", &exprs);
     for needed in [
@@ -299,7 +304,11 @@ fn the_unit_grants_exactly_the_needed_capabilities_to_an_unprivileged_user() {
     let unit = unit();
     for key in ["AmbientCapabilities", "CapabilityBoundingSet"] {
         let values = settings(&unit, key);
-        assert_eq!(values.len(), 1, "{key} must be set exactly once: {values:?}");
+        assert_eq!(
+            values.len(),
+            1,
+            "{key} must be set exactly once: {values:?}"
+        );
         let caps: BTreeSet<&str> = values[0].split_whitespace().collect();
         assert_eq!(caps, BTreeSet::from(CAPABILITIES), "{key}");
     }
@@ -332,10 +341,16 @@ fn the_unit_grants_exactly_the_needed_capabilities_to_an_unprivileged_user() {
     }
     // The daemon takes the options ExecStart gives it.
     let help = assert_ok(
-        &Command::new(agent()).args(["run", "--help"]).output().unwrap(),
+        &Command::new(agent())
+            .args(["run", "--help"])
+            .output()
+            .unwrap(),
         "scanner-agent run --help",
     );
-    assert!(help.contains("--config") && help.contains("--state-file"), "{help}");
+    assert!(
+        help.contains("--config") && help.contains("--state-file"),
+        "{help}"
+    );
 }
 
 struct TempDir(PathBuf);
