@@ -1,7 +1,8 @@
-//! `cargo xtask build | run | test`: every developer task sets up what it
+//! `cargo xtask build | run | test | package | bench`: every developer task sets up what it
 //! needs first (see `toolchain`), so a fresh machine needs no manual steps.
 
 mod bench;
+mod package;
 mod toolchain;
 
 use std::{net::TcpListener, path::PathBuf, process::Command};
@@ -36,6 +37,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the .deb and .rpm packages into target/package.
+    Package {
+        /// Package this scanner-agent binary instead of a fresh release build.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Where to write the packages (default: target/package).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Compare the agent with masscan and nmap on a namespace testbed (needs root).
     Bench {
         /// Only the one-host workload, one rate per tool: a smoke check.
@@ -52,6 +62,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release).map(drop),
         Task::Run { args } => run_agent(args),
         Task::Test { args } => test(args),
+        Task::Package { binary, out_dir } => package::run(binary, out_dir).map(drop),
         Task::Bench { quick, agent } => bench::run(quick, agent),
     }
 }
@@ -119,6 +130,7 @@ fn test(args: Vec<String>) -> Result<()> {
         bail!("the tests attach XDP programs and create network namespaces: run them as root");
     }
     toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+    let prometheus = toolchain::ensure_prometheus()?;
     let tools = toolchain::ensure()?;
     run(cmd("cargo").args(["fmt", "--all", "--check"]))?;
     let mut lint = cmd("cargo");
@@ -128,5 +140,6 @@ fn test(args: Vec<String>) -> Result<()> {
     let mut c = cmd("cargo");
     c.arg("test").args(args);
     tools.apply(&mut c);
+    toolchain::prepend_path(&mut c, &prometheus);
     run(&mut c)
 }

@@ -28,14 +28,24 @@ pub struct Toolchain {
 impl Toolchain {
     /// Sets up a `cargo` invocation to build the agent with its XDP program.
     pub fn apply(&self, cmd: &mut Command) {
-        let path = env::var_os("PATH").unwrap_or_default();
-        let paths = std::iter::once(self.linker_bin.clone()).chain(env::split_paths(&path));
-        cmd.env(
-            "PATH",
-            env::join_paths(paths).expect("PATH entries are valid"),
-        );
+        prepend_path(cmd, &self.linker_bin);
         cmd.env("SCANNER_EBPF_TOOLCHAIN", &self.nightly);
     }
+}
+
+/// Puts `dir` first in the PATH `cmd` will run with.
+pub fn prepend_path(cmd: &mut Command, dir: &Path) {
+    let current = cmd
+        .get_envs()
+        .find(|(key, _)| *key == "PATH")
+        .and_then(|(_, value)| value.map(|v| v.to_os_string()))
+        .or_else(|| env::var_os("PATH"))
+        .unwrap_or_default();
+    let paths = std::iter::once(dir.to_path_buf()).chain(env::split_paths(&current));
+    cmd.env(
+        "PATH",
+        env::join_paths(paths).expect("PATH entries are valid"),
+    );
 }
 
 struct RustcInfo {
@@ -179,15 +189,65 @@ pub fn ensure() -> Result<Toolchain> {
     })
 }
 
-/// Debian packages the tests and benchmarks drive.
+/// Debian packages the tests and benchmarks drive: `systemd` for
+/// `systemd-analyze verify`, `rpm` to inspect the built `.rpm`, `util-linux`
+/// for `setpriv`. (promtool comes from `ensure_promtool`, not from here.)
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "procps",
     "nftables",
     "curl",
-    "prometheus",
+    "systemd",
+    "rpm",
 ];
+
+/// The directory holding `prometheus` and `promtool` (for the end-to-end
+/// and alert-rule tests), taken from Debian's `prometheus` package without
+/// installing it: installing it would enable and start a Prometheus server
+/// on the test machine (its postinst does, wherever policy-rc.d allows).
+pub fn ensure_prometheus() -> Result<PathBuf> {
+    let dir = data_dir().join("prometheus");
+    let promtool = dir.join("promtool");
+    let runs = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if runs(&promtool) {
+        return Ok(dir);
+    }
+    let download = data_dir().join("prometheus-deb");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    eprintln!("xtask: fetching prometheus and promtool from Debian's package (not installing it)");
+    let mut fetch = cmd("apt-get");
+    fetch
+        .args(["download", "-qq", "prometheus"])
+        .current_dir(&download);
+    if run(&mut fetch).is_err() && is_root() {
+        // Package lists may be missing on a fresh machine.
+        run(cmd("apt-get").args(["update", "-qq"]))?;
+        run(&mut fetch)?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download prometheus left no .deb")?;
+    let tree = download.join("tree");
+    run(cmd("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    std::fs::create_dir_all(&dir)?;
+    for program in ["prometheus", "promtool"] {
+        std::fs::rename(tree.join("usr/bin").join(program), dir.join(program))
+            .with_context(|| format!("the prometheus package holds no usr/bin/{program}"))?;
+    }
+    std::fs::remove_dir_all(&download)?;
+    if !runs(&promtool) {
+        bail!("{} does not run", promtool.display());
+    }
+    Ok(dir)
+}
 
 /// Debian packages `cargo xtask bench` drives: the scanners compared with,
 /// and the target's firewall.
