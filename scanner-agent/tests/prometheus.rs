@@ -23,6 +23,10 @@ struct Prometheus(Child);
 
 impl Prometheus {
     fn start(lab: &Lab, dir: &std::path::Path) -> Self {
+        std::process::Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .expect("prometheus is not on PATH (`cargo xtask test` provides it)");
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
@@ -44,7 +48,7 @@ impl Prometheus {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("prometheus (Debian package `prometheus`)");
+            .expect("prometheus");
         Self(child)
     }
 }
@@ -180,7 +184,7 @@ fn promtool_finds_only_the_seeds_forced_warnings() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool (Debian package `prometheus`)");
+        .expect("promtool is not on PATH (`cargo xtask test` provides it)");
     promtool
         .stdin
         .take()

@@ -249,6 +249,9 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         state_file: state_file.map(Path::to_path_buf),
     });
     shared.attach(&shared.live())?;
+    for job in &shared.live().jobs {
+        report::declare(&shared, job);
+    }
     reload::record(&shared.agent, true);
 
     let rx = Arc::new(Mutex::new(rx));

@@ -31,6 +31,7 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
     for job in old.jobs.iter().filter(|j| !new.jobs.contains(j)) {
         report::forget(shared, job);
     }
+    new.jobs.iter().for_each(|job| report::declare(shared, job));
     *shared.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
     shared.generation.fetch_add(1, Ordering::Relaxed);
     tracing::info!(path = %shared.config_path.display(), "configuration reloaded");

@@ -11,7 +11,7 @@ use std::{
 
 use super::{Job, Shared};
 use crate::{
-    metrics::{ChangeLabels, IpLabels, PortLabels, TargetLabels, TaskLabels},
+    metrics::{ChangeLabels, FailureLabels, IpLabels, PortLabels, TargetLabels, TaskLabels},
     probes::Protocol,
     scan::ScanReport,
 };
@@ -185,6 +185,33 @@ pub(super) fn count_open_ports(
         } else {
             shared.metrics.open_ports_total.remove(&labels);
         }
+    }
+}
+
+/// Creates a scheduled job's counters at 0, so the first failure, timeout or
+/// change is an increase Prometheus can see (a series born at 1 is not).
+pub(super) fn declare(shared: &Shared, job: &Job) {
+    let m = &shared.metrics;
+    let labels = job.labels();
+    m.scans_successful.get_or_create(&labels).inc_by(0);
+    m.nmap_scan_timeouts.get_or_create(&labels).inc_by(0);
+    for error_type in ["timeout", "permission", "other"] {
+        m.scans_failed
+            .get_or_create(&FailureLabels {
+                target: labels.target.clone(),
+                port_range: labels.port_range.clone(),
+                protocol: labels.protocol.clone(),
+                error_type: error_type.into(),
+            })
+            .inc_by(0);
+    }
+    for change_type in ["closed_to_open", "open_to_closed"] {
+        m.port_state_changes
+            .get_or_create(&ChangeLabels {
+                target: labels.target.clone(),
+                change_type: change_type.into(),
+            })
+            .inc_by(0);
     }
 }
 
