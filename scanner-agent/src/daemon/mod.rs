@@ -170,6 +170,14 @@ impl Shared {
         Ok(())
     }
 
+    /// Gets ready to run `live`: the program attached where it scans, the
+    /// counters of its jobs created.
+    fn prepare(&self, live: &Live) -> Result<(), DaemonError> {
+        self.attach(live)?;
+        live.jobs.iter().for_each(|job| report::declare(self, job));
+        Ok(())
+    }
+
     /// Attaches the XDP program to the interface that what `live` may scan
     /// routes through, unless it is attached there already.
     fn attach(&self, live: &Live) -> Result<(), DaemonError> {
@@ -248,10 +256,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         queries: Mutex::new(query::Book::default()),
         state_file: state_file.map(Path::to_path_buf),
     });
-    shared.attach(&shared.live())?;
-    for job in &shared.live().jobs {
-        report::declare(&shared, job);
-    }
+    shared.prepare(&shared.live())?;
     reload::record(&shared.agent, true);
 
     let rx = Arc::new(Mutex::new(rx));

@@ -19,7 +19,7 @@ pub(super) fn reload(shared: &Shared) -> Result<(), DaemonError> {
 fn apply(shared: &Shared) -> Result<(), DaemonError> {
     let config = Config::load(&shared.config_path)?;
     let new = Live::new(config)?;
-    shared.attach(&new)?;
+    shared.prepare(&new)?;
     let old = shared.live();
     for w in restart_only(&old.config, &new.config) {
         tracing::warn!("{w}");
@@ -31,7 +31,6 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
     for job in old.jobs.iter().filter(|j| !new.jobs.contains(j)) {
         report::forget(shared, job);
     }
-    new.jobs.iter().for_each(|job| report::declare(shared, job));
     *shared.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
     shared.generation.fetch_add(1, Ordering::Relaxed);
     tracing::info!(path = %shared.config_path.display(), "configuration reloaded");
