@@ -39,6 +39,9 @@ pub struct Config {
     /// Addresses, ranges or hostnames to scan. None by default.
     #[serde(default)]
     pub targets: Vec<Target>,
+    /// Firewall counters (new section).
+    #[serde(default)]
+    pub firewall: crate::firewall::FirewallConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod firewall;
 pub mod metrics;
 pub mod privileges;
 pub mod probes;

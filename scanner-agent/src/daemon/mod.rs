@@ -54,6 +54,8 @@ pub enum DaemonError {
     },
     #[error("cannot start the HTTP server: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
 }
 
 /// One unit of work: a subnet scanned on some ports for one protocol,
@@ -125,11 +127,15 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let config = Config::load(config_path)?;
     config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
     let jobs = jobs(&config)?;
-    privileges::check_scan().map_err(ScanError::from)?;
+    // Without targets nothing is scanned, so scanning's capabilities are not needed.
+    if !jobs.is_empty() {
+        privileges::check_scan().map_err(ScanError::from)?;
+    }
 
     let mut registry = Registry::default();
     let metrics = ExporterMetrics::register(&mut registry, config.scanning.duration_metrics);
     let agent = AgentMetrics::register(&mut registry);
+    crate::firewall::start(&config.firewall, &mut registry)?;
     let (hub, route) = match jobs.first() {
         Some(_) => {
             let starts = jobs.iter().map(|j| j.task.subnet.network());
