@@ -20,7 +20,7 @@ mod xt_target;
 use std::{io, net::SocketAddr};
 
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de};
 
 pub use self::collector::FirewallCollector;
 
@@ -64,7 +64,7 @@ pub struct FirewallConfig {
     /// A separate listener serving only these metrics on `/metrics`, for
     /// drop-in use where iptables_exporter ran (it used `:9455`). Off by default.
     #[serde(default)]
-    pub listen: Option<SocketAddr>,
+    pub listen: Option<ListenAddress>,
     /// Adds a `position` label (the rule's 1-based place in its chain), so
     /// identical rules in one chain get series of their own instead of one
     /// summed series.
@@ -78,6 +78,30 @@ pub struct FirewallConfig {
 
 fn enabled() -> bool {
     true
+}
+
+/// An `address:port`, checked while reading so the error names key and line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddress(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ListenAddress;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address and port such as \"[::]:9455\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenAddress, E> {
+                v.parse().map(ListenAddress).map_err(|_| {
+                    E::custom(format!(
+                        "{v:?} is not an address and port such as \"[::]:9455\" or \"127.0.0.1:9455\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 impl Default for FirewallConfig {
@@ -107,7 +131,7 @@ pub fn start(config: &FirewallConfig, registry: &mut Registry) -> Result<(), Fir
     if config.enabled {
         registry.register_collector(Box::new(FirewallCollector::new(config)));
     }
-    if let Some(addr) = config.listen {
+    if let Some(ListenAddress(addr)) = config.listen {
         listener::spawn(addr, config)?;
     }
     legacy::warn_if_present();
@@ -129,7 +153,10 @@ mod tests {
             "firewall:\n  enabled: false\n  listen: \"[::]:9455\"\n  rule_position_label: true\n  legacy_metric_names: true\n",
         )
         .unwrap();
-        assert_eq!(c.firewall.listen, Some("[::]:9455".parse().unwrap()));
+        assert_eq!(
+            c.firewall.listen,
+            Some(ListenAddress("[::]:9455".parse().unwrap()))
+        );
         assert!(!c.firewall.enabled && c.firewall.rule_position_label);
     }
 
@@ -148,11 +175,11 @@ mod tests {
             ),
             (
                 "firewall:\n  listen: 9455\n",
-                "firewall.listen: invalid type: integer `9455`, expected socket address at line 2 column 11",
+                "firewall.listen: \"9455\" is not an address and port such as \"[::]:9455\" or \"127.0.0.1:9455\" at line 2 column 11",
             ),
             (
                 "firewall:\n  listen: \"localhost:9455\"\n",
-                "firewall.listen: invalid socket address syntax at line 2 column 11",
+                "firewall.listen: \"localhost:9455\" is not an address and port such as \"[::]:9455\" or \"127.0.0.1:9455\" at line 2 column 11",
             ),
         ];
         for (yaml, want) in cases {

@@ -419,7 +419,7 @@ mod tests {
     #[test]
     fn comments_are_found_among_user_data_records() {
         let mut data = vec![1, 2, 0xaa, 0xbb];
-        data.extend_from_slice(&[0, 6]);
+        data.extend_from_slice(&[0, 5]);
         data.extend_from_slice(b"a \"b\0");
         assert_eq!(comment_from_userdata(&data).as_deref(), Some("a \"b"));
         assert_eq!(comment_from_userdata(&[1, 1, 7]), None);
