@@ -44,6 +44,9 @@ enum Task {
         /// Benchmark this scanner-agent binary instead of building one.
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Only the firewall counters' scrape latency against iptables-save.
+        #[arg(long)]
+        firewall: bool,
     },
 }
 
@@ -52,7 +55,11 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release).map(drop),
         Task::Run { args } => run_agent(args),
         Task::Test { args } => test(args),
-        Task::Bench { quick, agent } => bench::run(quick, agent),
+        Task::Bench {
+            quick,
+            agent,
+            firewall,
+        } => bench::run(quick, agent, firewall),
     }
 }
 
@@ -78,6 +85,7 @@ fn workspace_root() -> PathBuf {
 }
 
 fn build(release: bool) -> Result<PathBuf> {
+    toolchain::ensure_packages(toolchain::BUILD_PACKAGES)?;
     let tools = toolchain::ensure()?;
     let mut c = cmd("cargo");
     c.args(["build", "--package", "scanner-agent"]);
@@ -118,6 +126,7 @@ fn test(args: Vec<String>) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the tests attach XDP programs and create network namespaces: run them as root");
     }
+    toolchain::ensure_packages(toolchain::BUILD_PACKAGES)?;
     toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
     let tools = toolchain::ensure()?;
     run(cmd("cargo").args(["fmt", "--all", "--check"]))?;

@@ -179,12 +179,17 @@ pub fn ensure() -> Result<Toolchain> {
     })
 }
 
-/// Debian packages the tests and benchmarks drive.
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "procps", "nftables"];
+/// Debian packages building the agent needs: the firewall reader links
+/// libnftnl and libmnl, found through pkg-config.
+pub const BUILD_PACKAGES: &[&str] = &["pkg-config", "libnftnl-dev", "libmnl-dev"];
+
+/// Debian packages the tests and benchmarks drive (iptables: the firewall
+/// counters are checked against `iptables-save`; util-linux: `setpriv`).
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "util-linux", "procps", "nftables", "iptables"];
 
 /// Debian packages `cargo xtask bench` drives: the scanners compared with,
-/// and the target's firewall.
-pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2"];
+/// the target's firewall, and `iptables-save` for the firewall reader's bench.
+pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2", "iptables"];
 
 pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let out = Command::new("dpkg-query")
