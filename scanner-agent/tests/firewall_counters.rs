@@ -445,8 +445,9 @@ fn the_seeds_cassandra_ruleset_gives_the_seeds_label_sets() {
 fn native_nft_tables_are_exported_by_handle_and_comment() {
     let ns = Netns::new("fw-nft");
     ns.nft(
-        "table inet edge {\n chain input {\n  type filter hook input priority 0; policy accept;\n  \
-         tcp dport 22 counter accept comment \"ssh in\"\n  udp dport 53 counter\n  icmp type echo-request accept\n }\n}\n",
+        "table inet edge {\n counter ssh_seen { }\n chain input {\n  type filter hook input priority 0; policy accept;\n  \
+         tcp dport 22 counter name ssh_seen\n  tcp dport 22 counter accept comment \"ssh in\"\n  \
+         udp dport 53 counter\n  icmp type echo-request accept\n }\n}\n",
     );
     script(&ns, "iptables -A INPUT -p tcp --dport 80 -j ACCEPT");
     let lo_listener = ns.listen(&[(Ipv4Addr::LOCALHOST, 22)]);
@@ -476,6 +477,21 @@ fn native_nft_tables_are_exported_by_handle_and_comment() {
     assert!(ssh.1 >= 1.0, "{text}");
     assert_eq!(handles[1].0["comment"], "");
     assert_ne!(ssh.0["handle"], handles[1].0["handle"]);
+    // The named counter is an object of its own, counted like the rule.
+    let named: Vec<Sample> = samples(&text)
+        .into_iter()
+        .filter(|(n, _, _)| n == "nftables_counter_packets_total")
+        .collect();
+    assert_eq!(named.len(), 1, "{text}");
+    assert_eq!(
+        (
+            named[0].1["family"].as_str(),
+            named[0].1["table"].as_str(),
+            named[0].1["counter"].as_str()
+        ),
+        ("inet", "edge", "ssh_seen")
+    );
+    assert_eq!(named[0].2, ssh.1, "{text}");
     // The iptables-nft table next to it is still an iptables family.
     assert!(text.contains("iptables_rule_packets_total{chain=\"INPUT\",rule=\"-p tcp -m tcp --dport 80 -j ACCEPT\",table=\"filter\"}"), "{text}");
 }

@@ -63,6 +63,13 @@ struct NftRuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct NamedCounterLabels {
+    family: String,
+    table: String,
+    counter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct LegacyLabels {
     family: String,
     table: String,
@@ -360,6 +367,19 @@ impl Collector for FirewallCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let started = Instant::now();
         let read = netlink::read_ruleset();
+        let named: Option<BTreeMap<NamedCounterLabels, Counters>> = read.as_ref().ok().map(|r| {
+            r.counters
+                .iter()
+                .map(|c| {
+                    let labels = NamedCounterLabels {
+                        family: c.family.name(),
+                        table: c.table.clone(),
+                        counter: c.name.clone(),
+                    };
+                    (labels, c.counters)
+                })
+                .collect()
+        });
         let (v4, v6, nft) = match &read {
             Ok(ruleset) => {
                 self.recovered();
@@ -397,6 +417,22 @@ impl Collector for FirewallCollector {
                 "nftables_rule_packets",
                 "Total packets counted by an nftables rule's counter (tables not managed by iptables-nft).",
                 nft,
+                |c| c.packets,
+            )?;
+        }
+        if let Some(named) = &named {
+            counter_family(
+                &mut encoder,
+                "nftables_counter_bytes",
+                "Total bytes counted by a named nftables counter object.",
+                named,
+                |c| c.bytes,
+            )?;
+            counter_family(
+                &mut encoder,
+                "nftables_counter_packets",
+                "Total packets counted by a named nftables counter object.",
+                named,
                 |c| c.packets,
             )?;
         }

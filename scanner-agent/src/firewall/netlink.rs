@@ -18,7 +18,7 @@ use nftnl_sys as sys;
 
 use super::{
     FirewallError,
-    ruleset::{Chain, Counters, Expr, Family, Rule, Ruleset},
+    ruleset::{Chain, Counters, Expr, Family, NamedCounter, Rule, Ruleset},
 };
 
 /// Attempts before giving up on a ruleset that keeps changing.
@@ -62,10 +62,21 @@ fn read_once() -> Result<Option<Ruleset>, FirewallError> {
     })? {
         return Ok(None);
     }
+    let mut counters = Vec::new();
+    if !reader.dump(NFT_MSG_GETOBJ, |msg| {
+        counters.extend(parse_named_counter(msg)?);
+        Ok(())
+    })? {
+        return Ok(None);
+    }
     if reader.generation()? != before {
         return Ok(None);
     }
-    Ok(Some(Ruleset { chains, rules }))
+    Ok(Some(Ruleset {
+        chains,
+        rules,
+        counters,
+    }))
 }
 
 struct Reader {
@@ -185,6 +196,9 @@ impl Reader {
 }
 
 const NFT_MSG_GETGEN: u16 = 16;
+const NFT_MSG_GETOBJ: u16 = 19;
+/// `NFT_OBJECT_COUNTER`.
+const OBJECT_COUNTER: u32 = 1;
 /// `NFTNL_UDATA_RULE_COMMENT`.
 const UDATA_RULE_COMMENT: u8 = 0;
 
@@ -261,6 +275,34 @@ fn parse_chain(msg: &[u8]) -> Result<Chain, FirewallError> {
         };
         sys::nftnl_chain_free(c);
         Ok(chain)
+    }
+}
+
+/// A stateful object: its values when it is a named counter.
+fn parse_named_counter(msg: &[u8]) -> Result<Option<NamedCounter>, FirewallError> {
+    // SAFETY: `msg` is one complete netlink message; every value is copied
+    // out of the object before it is freed.
+    unsafe {
+        let o = sys::nftnl_obj_alloc();
+        if o.is_null() {
+            return Err(FirewallError::OutOfMemory);
+        }
+        if sys::nftnl_obj_nlmsg_parse(msg.as_ptr().cast(), o) < 0 {
+            sys::nftnl_obj_free(o);
+            return Err(FirewallError::Malformed("object"));
+        }
+        let counter = (sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_TYPE as u16) == OBJECT_COUNTER)
+            .then(|| NamedCounter {
+                family: Family(sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_FAMILY as u16) as u8),
+                table: owned_str(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_TABLE as u16)),
+                name: owned_str(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_NAME as u16)),
+                counters: Counters {
+                    packets: sys::nftnl_obj_get_u64(o, sys::NFTNL_OBJ_CTR_PKTS as u16),
+                    bytes: sys::nftnl_obj_get_u64(o, sys::NFTNL_OBJ_CTR_BYTES as u16),
+                },
+            });
+        sys::nftnl_obj_free(o);
+        Ok(counter)
     }
 }
 

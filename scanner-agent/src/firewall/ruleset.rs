@@ -150,9 +150,20 @@ pub enum Expr {
     },
 }
 
+/// A named counter object (`counter NAME { }` in nft), which rules refer to
+/// by name and may share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedCounter {
+    pub family: Family,
+    pub table: String,
+    pub name: String,
+    pub counters: Counters,
+}
+
 /// Everything read in one consistent dump.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub chains: Vec<Chain>,
     pub rules: Vec<Rule>,
+    pub counters: Vec<NamedCounter>,
 }
