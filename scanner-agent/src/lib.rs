@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod exposition;
+pub mod firewall;
 pub mod metrics;
 pub mod privileges;
 pub mod probes;

@@ -2,8 +2,10 @@
 //! ports of one host and of 254 hosts, on a namespace testbed whose open
 //! ports are known (see `testbed`). Prints a Markdown table to stdout and
 //! writes it to target/bench/results.md; progress goes to stderr, and each
-//! run's output stays in target/bench/runs/.
+//! run's output stays in target/bench/runs/. A second section times the
+//! firewall counters' scrapes against `iptables-save -c` (see `firewall`).
 
+mod firewall;
 mod measure;
 mod report;
 mod testbed;
@@ -83,7 +85,7 @@ impl Workload {
 
 /// Runs the bench; `agent` is a prebuilt binary to use instead of a fresh
 /// release build (e.g. to compare with an older version).
-pub fn run(quick: bool, agent: Option<PathBuf>) -> Result<()> {
+pub fn run(quick: bool, agent: Option<PathBuf>, firewall_only: bool) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the bench creates network namespaces and runs raw-socket scanners: run it as root");
     }
@@ -98,6 +100,12 @@ pub fn run(quick: bool, agent: Option<PathBuf>) -> Result<()> {
     fs::create_dir_all(out_dir.join("runs"))?;
 
     let started = Instant::now();
+    if firewall_only {
+        let table = firewall::run(&agent, quick, &out_dir)?;
+        print!("{table}");
+        fs::write(out_dir.join("firewall.md"), &table)?;
+        return Ok(());
+    }
     let workloads = if quick {
         &WORKLOADS[..1]
     } else {
@@ -120,6 +128,9 @@ pub fn run(quick: bool, agent: Option<PathBuf>) -> Result<()> {
     let table = report::markdown(&rows);
     print!("{table}");
     fs::write(out_dir.join("results.md"), &table)?;
+    let firewall = firewall::run(&agent, quick, &out_dir)?;
+    print!("\n{firewall}");
+    fs::write(out_dir.join("firewall.md"), &firewall)?;
     eprintln!(
         "xtask: bench: done in {:.0} s; table written to {}",
         started.elapsed().as_secs_f64(),

@@ -54,6 +54,9 @@ enum Task {
         /// Benchmark this scanner-agent binary instead of building one.
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Only the firewall counters' scrape latency against iptables-save.
+        #[arg(long)]
+        firewall: bool,
     },
 }
 
@@ -63,7 +66,11 @@ fn main() -> Result<()> {
         Task::Run { args } => run_agent(args),
         Task::Test { args } => test(args),
         Task::Package { binary, out_dir } => package::run(binary, out_dir).map(drop),
-        Task::Bench { quick, agent } => bench::run(quick, agent),
+        Task::Bench {
+            quick,
+            agent,
+            firewall,
+        } => bench::run(quick, agent, firewall),
     }
 }
 
@@ -89,6 +96,7 @@ fn workspace_root() -> PathBuf {
 }
 
 fn build(release: bool) -> Result<PathBuf> {
+    toolchain::ensure_packages(toolchain::BUILD_PACKAGES)?;
     let tools = toolchain::ensure()?;
     let mut c = cmd("cargo");
     c.args(["build", "--package", "scanner-agent"]);
@@ -129,6 +137,7 @@ fn test(args: Vec<String>) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the tests attach XDP programs and create network namespaces: run them as root");
     }
+    toolchain::ensure_packages(toolchain::BUILD_PACKAGES)?;
     toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
     let prometheus = toolchain::ensure_prometheus()?;
     let tools = toolchain::ensure()?;

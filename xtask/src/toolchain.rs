@@ -189,14 +189,20 @@ pub fn ensure() -> Result<Toolchain> {
     })
 }
 
+/// Debian packages building the agent needs: the firewall reader links
+/// libnftnl and libmnl, found through pkg-config.
+pub const BUILD_PACKAGES: &[&str] = &["pkg-config", "libnftnl-dev", "libmnl-dev"];
+
 /// Debian packages the tests and benchmarks drive: `systemd` for
 /// `systemd-analyze verify`, `rpm` to inspect the built `.rpm`, `util-linux`
-/// for `setpriv`. (promtool comes from `ensure_promtool`, not from here.)
+/// for `setpriv`, iptables (the firewall counters are checked against
+/// `iptables-save`). prometheus and promtool come from `ensure_prometheus`.
 pub const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "procps",
     "nftables",
+    "iptables",
     "curl",
     "systemd",
     "rpm",
@@ -250,8 +256,8 @@ pub fn ensure_prometheus() -> Result<PathBuf> {
 }
 
 /// Debian packages `cargo xtask bench` drives: the scanners compared with,
-/// and the target's firewall.
-pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2"];
+/// the target's firewall, and `iptables-save` for the firewall reader's bench.
+pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2", "iptables"];
 
 pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let out = Command::new("dpkg-query")

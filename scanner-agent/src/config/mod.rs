@@ -49,6 +49,9 @@ pub struct Config {
     /// Warnings found while reading the files the configuration names.
     #[serde(skip)]
     web_warnings: Vec<String>,
+    /// Firewall counters (new section).
+    #[serde(default)]
+    pub firewall: crate::firewall::FirewallConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -57,6 +57,8 @@ pub enum DaemonError {
     Runtime(#[from] std::io::Error),
     #[error("server.tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
 }
 
 /// One unit of work: a subnet scanned on some ports for one protocol,
@@ -238,6 +240,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let mut registry = Registry::default();
     let metrics = ExporterMetrics::register(&mut registry, s.duration_metrics);
     let agent = AgentMetrics::register(&mut registry);
+    crate::firewall::start(&live.config.firewall, &mut registry)?;
     let (queue, rx) = mpsc::sync_channel(queue_capacity);
     let shared = Arc::new(Shared {
         live: RwLock::new(Arc::new(live)),

@@ -162,6 +162,17 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// A lone namespace (only loopback, up), removed on drop.
+    pub fn new(prefix: &str) -> Self {
+        Self::create(format!(
+            "sa-{prefix}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -97,7 +97,7 @@ pub fn truth(first: u8, last: u8) -> HashSet<(Ipv4Addr, u16)> {
 
 /// Runs a command to completion with `stdin` as its input; its stdout, or
 /// an error carrying its stderr.
-fn sh(c: &mut Command, stdin: &str) -> Result<String> {
+pub(super) fn sh(c: &mut Command, stdin: &str) -> Result<String> {
     let mut child = c
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -125,7 +125,7 @@ pub struct Netns {
 
 impl Netns {
     /// A fresh namespace; one left over by a killed earlier run is removed.
-    fn create(name: &'static str) -> Result<Self> {
+    pub(super) fn create(name: &'static str) -> Result<Self> {
         let _ = Command::new("ip")
             .args(["netns", "del", name])
             .stderr(Stdio::null())
@@ -169,7 +169,7 @@ impl Netns {
 
     /// Runs `f` on a thread that has entered the namespace; sockets it
     /// creates stay in the namespace.
-    fn run_inside<T: Send + 'static>(
+    pub(super) fn run_inside<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {

@@ -1,0 +1,194 @@
+//! Firewall counters: a drop-in for iptables_exporter that reads nftables
+//! over netlink at scrape time instead of running `iptables-save`.
+//!
+//! Data flow: [`netlink`] (one consistent dump of chains and rules) ->
+//! [`ruleset`] (plain Rust values) -> [`render`] (iptables-save's rule text,
+//! with [`xt_match`]/[`xt_target`] for xtables extensions) -> [`collector`]
+//! (the `iptables_*`, `ip6tables_*` and `nftables_*` families); [`listener`]
+//! serves them on a separate drop-in port when asked; [`legacy`] notices
+//! hosts still on x_tables.
+
+mod collector;
+mod legacy;
+mod listener;
+mod netlink;
+mod render;
+pub mod ruleset;
+mod xt_match;
+mod xt_target;
+
+use std::{io, net::SocketAddr};
+
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Deserializer, de};
+
+pub use self::collector::FirewallCollector;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error(
+        "reading nftables needs CAP_NET_ADMIN in the agent's network namespace (netlink answered: {0})"
+    )]
+    Permission(io::Error),
+    #[error("nftables netlink error: {0}")]
+    Netlink(io::Error),
+    #[error("the ruleset changed during each of {attempts} attempts to read it")]
+    KeepsChanging { attempts: usize },
+    #[error("malformed {0} message from the kernel")]
+    Malformed(&'static str),
+    #[error("out of memory allocating a libnftnl object")]
+    OutOfMemory,
+    #[error("firewall.listen: cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot start the firewall listener: {0}")]
+    Runtime(io::Error),
+}
+
+impl FirewallError {
+    fn netlink(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(libc::EPERM) {
+            Self::Permission(e)
+        } else {
+            Self::Netlink(e)
+        }
+    }
+}
+
+/// The `firewall:` section of `config.yaml` (new).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// Export the counters on the agent's `/metrics`.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+    /// A separate listener serving only these metrics on `/metrics`, for
+    /// drop-in use where iptables_exporter ran (it used `:9455`). Off by default.
+    #[serde(default)]
+    pub listen: Option<ListenAddress>,
+    /// Adds a `position` label (the rule's 1-based place in its chain), so
+    /// identical rules in one chain get series of their own instead of one
+    /// summed series.
+    #[serde(default)]
+    pub rule_position_label: bool,
+    /// Also export `iptables_default_packets_toal`, the misspelt name the
+    /// original exporter used, for dashboards built on it.
+    #[serde(default)]
+    pub legacy_metric_names: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// An `address:port`, checked while reading so the error names key and line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddress(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for ListenAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ListenAddress;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address and port such as \"[::]:9455\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenAddress, E> {
+                v.parse().map(ListenAddress).map_err(|_| {
+                    E::custom(format!(
+                        "{v:?} is not an address and port such as \"[::]:9455\" or \"127.0.0.1:9455\""
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            rule_position_label: false,
+            legacy_metric_names: false,
+        }
+    }
+}
+
+/// Reads every chain and rule of every nftables table once.
+pub fn read_ruleset() -> Result<ruleset::Ruleset, FirewallError> {
+    netlink::read_ruleset()
+}
+
+/// `iptables-save`'s text for an iptables-nft rule (after `-A CHAIN `).
+pub fn iptables_rule_text(rule: &ruleset::Rule) -> String {
+    render::iptables_rule(rule)
+}
+
+/// Wires the firewall counters into the daemon: registers the collector in
+/// `registry` when enabled, and starts the drop-in listener when configured.
+pub fn start(config: &FirewallConfig, registry: &mut Registry) -> Result<(), FirewallError> {
+    if config.enabled {
+        registry.register_collector(Box::new(FirewallCollector::new(config)));
+    }
+    if let Some(ListenAddress(addr)) = config.listen {
+        listener::spawn(addr, config)?;
+    }
+    legacy::warn_if_present();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn defaults_export_on_metrics_only() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.firewall, FirewallConfig::default());
+        assert!(c.firewall.enabled && c.firewall.listen.is_none());
+        assert!(!c.firewall.rule_position_label && !c.firewall.legacy_metric_names);
+        let c = Config::parse(
+            "firewall:\n  enabled: false\n  listen: \"[::]:9455\"\n  rule_position_label: true\n  legacy_metric_names: true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.firewall.listen,
+            Some(ListenAddress("[::]:9455".parse().unwrap()))
+        );
+        assert!(!c.firewall.enabled && c.firewall.rule_position_label);
+    }
+
+    /// Like every other section: unknown keys, wrong types and bad
+    /// addresses name the key and the line.
+    #[test]
+    fn rejections_name_key_and_line() {
+        let cases = [
+            (
+                "firewall:\n  enable: true\n",
+                "firewall: unknown field `enable`",
+            ),
+            (
+                "firewall:\n  enabled: sometimes\n",
+                "firewall.enabled: invalid type: string \"sometimes\", expected a boolean at line 2 column 12",
+            ),
+            (
+                "firewall:\n  listen: 9455\n",
+                "firewall.listen: \"9455\" is not an address and port such as \"[::]:9455\" or \"127.0.0.1:9455\" at line 2 column 11",
+            ),
+            (
+                "firewall:\n  listen: \"localhost:9455\"\n",
+                "firewall.listen: \"localhost:9455\" is not an address and port such as \"[::]:9455\" or \"127.0.0.1:9455\" at line 2 column 11",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let err = Config::parse(yaml).unwrap_err();
+            assert!(
+                err.contains(want),
+                "for {yaml:?}\n got: {err}\nwant: {want}"
+            );
+            assert!(err.contains("line "), "no line in: {err}");
+        }
+    }
+}

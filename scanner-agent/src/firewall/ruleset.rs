@@ -1,0 +1,169 @@
+//! The nftables ruleset as read over netlink, in plain owned Rust values:
+//! what `netlink` produces and `render`/`collector` consume, so everything
+//! past the FFI boundary is ordinary, unit-testable code.
+
+/// An nftables family (`NFPROTO_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Family(pub u8);
+
+impl Family {
+    pub const INET: Self = Self(1);
+    pub const IPV4: Self = Self(2);
+    pub const ARP: Self = Self(3);
+    pub const NETDEV: Self = Self(5);
+    pub const BRIDGE: Self = Self(7);
+    pub const IPV6: Self = Self(10);
+
+    /// The name `nft` uses for the family.
+    pub fn name(self) -> String {
+        match self {
+            Self::INET => "inet".into(),
+            Self::IPV4 => "ip".into(),
+            Self::ARP => "arp".into(),
+            Self::NETDEV => "netdev".into(),
+            Self::BRIDGE => "bridge".into(),
+            Self::IPV6 => "ip6".into(),
+            Self(other) => other.to_string(),
+        }
+    }
+}
+
+/// Packet and byte counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, other: Self) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    pub family: Family,
+    pub table: String,
+    pub name: String,
+    /// The netfilter hook of a base chain; `None` for a user-defined chain.
+    pub hook: Option<u32>,
+    /// `NF_DROP` (0) or `NF_ACCEPT` (1), base chains only.
+    pub policy: Option<u32>,
+    /// The policy counters, when the chain keeps them (iptables-nft's do).
+    pub counters: Option<Counters>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub family: Family,
+    pub table: String,
+    pub chain: String,
+    pub handle: u64,
+    pub exprs: Vec<Expr>,
+    /// The rule's comment (user data type 0), as `nft` and newer iptables store it.
+    pub comment: Option<String>,
+}
+
+impl Rule {
+    /// The rule's counter, if it has one.
+    pub fn counters(&self) -> Option<Counters> {
+        self.exprs.iter().find_map(|e| match e {
+            Expr::Counter(c) => Some(*c),
+            _ => None,
+        })
+    }
+
+    /// Whether the rule carries xtables compat expressions: `nft` calls such
+    /// tables "managed by iptables-nft".
+    pub fn has_xt(&self) -> bool {
+        self.exprs
+            .iter()
+            .any(|e| matches!(e, Expr::Match { .. } | Expr::Target { .. }))
+    }
+}
+
+/// One expression of a rule, with the attributes the renderer needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expr {
+    /// `meta load KEY => dreg`, or `meta set KEY <= sreg` when `set`.
+    Meta {
+        key: u32,
+        reg: u32,
+        set: bool,
+    },
+    /// `payload load LEN @ BASE + OFFSET => dreg`.
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    Cmp {
+        sreg: u32,
+        op: u32,
+        data: Vec<u8>,
+    },
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Range {
+        sreg: u32,
+        op: u32,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
+    /// A verdict (with its chain for jump/goto) or data loaded into a register.
+    Immediate {
+        dreg: u32,
+        verdict: Option<i32>,
+        chain: Option<String>,
+        data: Vec<u8>,
+    },
+    Counter(Counters),
+    Limit {
+        rate: u64,
+        unit: u64,
+        burst: u32,
+        /// 0 packets, 1 bytes.
+        kind: u32,
+    },
+    /// An xtables match run through nft_compat.
+    Match {
+        name: String,
+        rev: u32,
+        info: Vec<u8>,
+    },
+    /// An xtables target run through nft_compat.
+    Target {
+        name: String,
+        rev: u32,
+        info: Vec<u8>,
+    },
+    /// Any other expression, by name.
+    Other {
+        name: String,
+    },
+}
+
+/// A named counter object (`counter NAME { }` in nft), which rules refer to
+/// by name and may share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedCounter {
+    pub family: Family,
+    pub table: String,
+    pub name: String,
+    pub counters: Counters,
+}
+
+/// Everything read in one consistent dump.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub chains: Vec<Chain>,
+    pub rules: Vec<Rule>,
+    pub counters: Vec<NamedCounter>,
+}

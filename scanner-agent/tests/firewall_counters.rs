@@ -1,0 +1,679 @@
+//! Firewall counters read over nftables netlink, checked against the real
+//! `iptables-save -c` / `ip6tables-save -c` in test namespaces carrying real
+//! traffic, plus native nft tables, the seed's Cassandra ruleset, and the
+//! failure paths (no permission, no tables, a ruleset changing under scrapes).
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    process::{Child, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use common::{Lab, Netns, agent, wait_until};
+use prometheus_client::registry::Registry;
+use scanner_agent::{
+    firewall::{FirewallCollector, FirewallConfig},
+    metrics::encode_text,
+};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const TARGET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+/// Runs a bash script inside the namespace, failing the test if it fails.
+fn script(ns: &Netns, text: &str) {
+    let out = ns.command("bash").args(["-ec", text]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "script failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The firewall families the collector exports in `ns`, as OpenMetrics text.
+fn scrape(ns: &Netns, config: FirewallConfig) -> String {
+    ns.run(move || {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(FirewallCollector::new(&config)));
+        encode_text(&registry)
+    })
+}
+
+/// One sample: metric name, labels (unescaped), value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parses OpenMetrics sample lines, undoing label value escapes.
+fn samples(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (head, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap();
+        let Some((name, rest)) = head.split_once('{') else {
+            out.push((head.to_owned(), BTreeMap::new(), value));
+            continue;
+        };
+        let mut labels = BTreeMap::new();
+        let mut chars = rest.strip_suffix('}').unwrap().chars().peekable();
+        while chars.peek().is_some() {
+            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
+            assert_eq!(chars.next(), Some('"'));
+            let mut val = String::new();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some('n') => val.push('\n'),
+                        Some(other) => val.push(other),
+                        None => panic!("dangling escape in {line}"),
+                    },
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+            labels.insert(key, val);
+            if chars.peek() == Some(&',') {
+                chars.next();
+            }
+        }
+        out.push((name.to_owned(), labels, value));
+    }
+    out
+}
+
+type Series = BTreeMap<(String, String, String), (u64, u64)>;
+
+/// `(table, chain, rule)` and `(table, chain, policy)` counters of one family
+/// (`iptables` or `ip6tables`) from the exporter's text.
+fn exported(text: &str, prefix: &str) -> (Series, Series) {
+    let (mut rules, mut policies) = (Series::new(), Series::new());
+    for (name, l, v) in samples(text) {
+        let v = v as u64;
+        let Some(kind) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let (map, key) = match kind {
+            "_rule_packets_total" | "_rule_bytes_total" => (&mut rules, &l["rule"]),
+            "_default_packets_total" | "_default_bytes_total" => (&mut policies, &l["policy"]),
+            _ => continue,
+        };
+        let entry = map
+            .entry((l["table"].clone(), l["chain"].clone(), key.clone()))
+            .or_default();
+        if kind.contains("packets") {
+            entry.0 = v;
+        } else {
+            entry.1 = v;
+        }
+    }
+    (rules, policies)
+}
+
+/// The same from `iptables-save -c` (identical rules in a chain summed).
+fn saved(ns: &Netns, tool: &str) -> (Series, Series) {
+    let out = ns.command(tool).arg("-c").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (mut rules, mut policies) = (Series::new(), Series::new());
+    let mut table = String::new();
+    let counters = |c: &str| -> (u64, u64) {
+        let (p, b) = c
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split_once(':')
+            .unwrap();
+        (p.parse().unwrap(), b.parse().unwrap())
+    };
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.to_owned();
+        } else if let Some(chain) = line.strip_prefix(':') {
+            let mut f = chain.split(' ');
+            let (name, policy, c) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+            let (p, b) = counters(c);
+            policies.insert((table.clone(), name.into(), policy.into()), (p, b));
+        } else if line.starts_with('[') {
+            let (c, rest) = line.split_once(" -A ").unwrap();
+            let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (p, b) = counters(c);
+            let e = rules
+                .entry((table.clone(), chain.into(), rule.into()))
+                .or_default();
+            e.0 += p;
+            e.1 += b;
+        }
+    }
+    (rules, policies)
+}
+
+/// TCP, UDP and ICMP (v4 and v6) from the scanner to the target.
+fn traffic(lab: &Lab) {
+    lab.scanner.run(|| {
+        for _ in 0..3 {
+            for addr in [IpAddr::V4(TARGET), IpAddr::V6(TARGET6)] {
+                for port in [7000, 9042, 22] {
+                    if let Ok(mut s) = TcpStream::connect_timeout(
+                        &SocketAddr::new(addr, port),
+                        Duration::from_secs(2),
+                    ) {
+                        let _ = s.write_all(b"hello");
+                    }
+                }
+                let udp = UdpSocket::bind(SocketAddr::new(
+                    if addr.is_ipv4() {
+                        Ipv4Addr::UNSPECIFIED.into()
+                    } else {
+                        Ipv6Addr::UNSPECIFIED.into()
+                    },
+                    0,
+                ))
+                .unwrap();
+                udp.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let _ = udp.send_to(b"ping", SocketAddr::new(addr, 5353));
+                let _ = udp.recv_from(&mut [0u8; 64]);
+                let _ = udp.send_to(b"x", SocketAddr::new(addr, 5050));
+            }
+            // ICMP echo requests (the kernel fills in the ICMPv6 checksum).
+            let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
+            let mut echo = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
+            let sum = !echo
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum::<u32>() as u16;
+            echo[2..4].copy_from_slice(&sum.to_be_bytes());
+            let _ = icmp.send_to(&echo, &SocketAddr::new(TARGET.into(), 0).into());
+            let icmp6 = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
+            let _ = icmp6.send_to(
+                &[128, 0, 0, 0, 0x12, 0x34, 0, 1],
+                &SocketAddr::new(TARGET6.into(), 0).into(),
+            );
+        }
+    });
+}
+
+/// Every rule kind the issue lists, user chains, comments with spaces,
+/// quotes and a backslash, and identical rules in one chain. The built-in
+/// chains come from `iptables-restore -c`, which (unlike `iptables -A`)
+/// creates them with policy counters.
+const IPV4_RULES: &str = r#"
+printf '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n' | iptables-restore -c
+iptables -N TCP_IN
+iptables -N LOGDROP
+iptables -P FORWARD DROP
+iptables -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+iptables -A INPUT -m state --state INVALID -j DROP
+iptables -A INPUT -i lo -j ACCEPT
+iptables -A INPUT -s 198.18.0.0/24 -d 198.18.0.2 -i veth-target -p tcp -j TCP_IN
+iptables -A INPUT -p udp --sport 1024:65535 --dport 5353 -m comment --comment 'mdns "probe" \ it' -j ACCEPT
+iptables -A INPUT -p udp -m multiport --dports 53,123,5000:5100 -j REJECT --reject-with icmp-port-unreachable
+iptables -A INPUT -p icmp --icmp-type echo-request -m limit --limit 10/sec --limit-burst 20 -j ACCEPT
+iptables -A INPUT -p icmp -m comment --comment "same rule twice" -j ACCEPT
+iptables -A INPUT -p icmp -m comment --comment "same rule twice" -j ACCEPT
+iptables -A INPUT ! -s 198.18.0.0/24 -j LOGDROP
+iptables -A INPUT -m mark --mark 0x1/0xff -j DROP
+iptables -A TCP_IN -p tcp --tcp-flags SYN,RST,ACK,FIN SYN --dport 7000 -j ACCEPT
+iptables -A TCP_IN -p tcp --syn -m multiport --dports 9042,9160 -j ACCEPT
+iptables -A TCP_IN -p tcp ! --dport 22 -j REJECT --reject-with tcp-reset
+iptables -A TCP_IN -p tcp --dport 22 -j REJECT
+iptables -A TCP_IN -j RETURN
+iptables -A LOGDROP -m limit --limit 5/min -j LOG --log-prefix "fw drop: " --log-level 6
+iptables -A LOGDROP -g TCP_IN
+iptables -A OUTPUT -o veth+ -p tcp --sport 7000 -j ACCEPT
+iptables -A OUTPUT -p tcp -m tcp --sport 9042 -j ACCEPT
+iptables -A OUTPUT -p tcp -m tcp --sport 9042 -j ACCEPT
+iptables -A OUTPUT -p udp --sport 5353
+iptables -t mangle -A PREROUTING -p tcp --dport 7000 -j MARK --set-mark 0x7
+iptables -t mangle -A OUTPUT -p udp --sport 5353 -j MARK --set-xmark 0x2/0xff
+iptables -t mangle -A INPUT -m conntrack ! --ctstate NEW --ctproto tcp --ctorigdstport 7000 -j ACCEPT
+"#;
+
+const IPV6_RULES: &str = r#"
+printf '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n' | ip6tables-restore -c
+ip6tables -N V6_IN
+ip6tables -A INPUT -s 2001:db8::/64 -d 2001:db8::2 -p ipv6-icmp --icmpv6-type echo-request -j ACCEPT
+ip6tables -A INPUT -p ipv6-icmp -j ACCEPT
+ip6tables -A INPUT -p tcp --dport 7000 -m comment --comment "v6 cql" -j V6_IN
+ip6tables -A INPUT -m conntrack --ctstate ESTABLISHED -j ACCEPT
+ip6tables -A INPUT -p tcp -m multiport --dports 9042,9160 -j ACCEPT
+ip6tables -A INPUT -p udp --dport 5353 -j ACCEPT
+ip6tables -A INPUT -p udp -j REJECT --reject-with icmp6-port-unreachable
+ip6tables -A INPUT -p udp -j REJECT --reject-with icmp6-port-unreachable
+ip6tables -A V6_IN -p tcp -m tcp --dport 7000 -j ACCEPT
+ip6tables -A OUTPUT -p tcp --sport 7000 -j LOG --log-prefix 'v6 out'
+"#;
+
+/// Reads the exporter, `iptables-save` and the exporter again until both
+/// reads agree (nothing moved in between), then compares.
+fn assert_matches_save(lab: &Lab, prefix: &str, tool: &str) -> (Series, Series) {
+    for _ in 0..50 {
+        let before = exported(&scrape(&lab.target, FirewallConfig::default()), prefix);
+        let save = saved(&lab.target, tool);
+        let after = exported(&scrape(&lab.target, FirewallConfig::default()), prefix);
+        if before != after {
+            continue;
+        }
+        assert_eq!(
+            before.0.keys().collect::<Vec<_>>(),
+            save.0.keys().collect::<Vec<_>>(),
+            "{tool}: rule labels differ"
+        );
+        assert_eq!(before.0, save.0, "{tool}: rule counters differ");
+        assert_eq!(before.1, save.1, "{tool}: chain policies differ");
+        return before;
+    }
+    panic!("{tool}: counters never held still between two reads");
+}
+
+#[test]
+fn every_label_and_counter_matches_iptables_save() {
+    let lab = Lab::new(&[IpAddr::V4(TARGET), IpAddr::V6(TARGET6)], 1500);
+    script(&lab.target, IPV4_RULES);
+    script(&lab.target, IPV6_RULES);
+    let _listeners = lab.target.listen(&[
+        (IpAddr::V4(TARGET), 7000),
+        (IpAddr::V4(TARGET), 9042),
+        (IpAddr::V6(TARGET6), 7000),
+        (IpAddr::V6(TARGET6), 9042),
+    ]);
+    lab.target.udp_echo(SocketAddr::new(TARGET.into(), 5353));
+    lab.target.udp_echo(SocketAddr::new(TARGET6.into(), 5353));
+    traffic(&lab);
+
+    let (rules, policies) = assert_matches_save(&lab, "iptables", "iptables-save");
+    let (rules6, _) = assert_matches_save(&lab, "ip6tables", "ip6tables-save");
+
+    let key = |table: &str, chain: &str, rule: &str| {
+        (table.to_owned(), chain.to_owned(), rule.to_owned())
+    };
+    // Real traffic went through, and identical rules are one summed series.
+    let dport7000 = rules[&key(
+        "filter",
+        "TCP_IN",
+        "-p tcp -m tcp --dport 7000 --tcp-flags FIN,SYN,RST,ACK SYN -j ACCEPT",
+    )];
+    assert_eq!(dport7000.0, 3, "three SYNs to 7000");
+    assert!(
+        rules[&key(
+            "filter",
+            "INPUT",
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        )]
+            .0
+            > 0
+    );
+    assert!(
+        rules[&key("filter", "INPUT", "-p udp -m udp --sport 1024:65535 --dport 5353 -m comment --comment \"mdns \\\"probe\\\" \\\\ it\" -j ACCEPT")].0 == 3
+    );
+    assert!(rules[&key("filter", "OUTPUT", "-p tcp -m tcp --sport 9042 -j ACCEPT")].0 > 0);
+    assert_eq!(policies[&key("filter", "TCP_IN", "-")], (0, 0));
+    assert_eq!(policies[&key("filter", "FORWARD", "DROP")], (0, 0));
+    assert!(
+        policies[&key("filter", "OUTPUT", "ACCEPT")].0 > 0,
+        "{policies:?}"
+    );
+    assert!(
+        policies[&key("mangle", "PREROUTING", "ACCEPT")].0 > 0,
+        "{policies:?}"
+    );
+    assert!(rules6[&key("filter", "V6_IN", "-p tcp -m tcp --dport 7000 -j ACCEPT")].0 >= 3);
+    assert!(
+        rules6[&key(
+            "filter",
+            "INPUT",
+            "-s 2001:db8::/64 -d 2001:db8::2/128 -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT"
+        )]
+            .0
+            == 3
+    );
+}
+
+#[test]
+fn identical_rules_can_be_split_by_position() {
+    let ns = Netns::new("fw-pos");
+    script(
+        &ns,
+        "iptables -A INPUT -p tcp --dport 22 -j ACCEPT\niptables -A INPUT -p tcp --dport 22 -j ACCEPT\n",
+    );
+    let text = scrape(&ns, FirewallConfig::default());
+    let rule = "iptables_rule_packets_total{chain=\"INPUT\",rule=\"-p tcp -m tcp --dport 22 -j ACCEPT\",table=\"filter\"} 0";
+    assert_eq!(text.lines().filter(|l| *l == rule).count(), 1, "{text}");
+    let text = scrape(
+        &ns,
+        FirewallConfig {
+            rule_position_label: true,
+            ..FirewallConfig::default()
+        },
+    );
+    for position in [1, 2] {
+        let line = format!(
+            "iptables_rule_packets_total{{chain=\"INPUT\",position=\"{position}\",rule=\"-p tcp -m tcp --dport 22 -j ACCEPT\",table=\"filter\"}} 0"
+        );
+        assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+    }
+}
+
+/// The seed's example: its rules give exactly the seed's label sets.
+#[test]
+fn the_seeds_cassandra_ruleset_gives_the_seeds_label_sets() {
+    let ns = Netns::new("fw-seed");
+    let rules = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n\
+                 *filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                 -A INPUT -p tcp -m tcp --dport 7000 -j ACCEPT\n-A INPUT -p tcp -m tcp --dport 9160 -j ACCEPT\n\
+                 -A INPUT -p tcp -m tcp --dport 7199 -j ACCEPT\n-A INPUT -p tcp -m tcp --dport 9042 -j ACCEPT\n\
+                 -A OUTPUT -p tcp -m tcp --sport 7000 -j ACCEPT\n-A OUTPUT -p tcp -m tcp --sport 9160 -j ACCEPT\n\
+                 -A OUTPUT -p tcp -m tcp --sport 7199 -j ACCEPT\n-A OUTPUT -p tcp -m tcp --sport 9042 -j ACCEPT\nCOMMIT\n";
+    let mut child = ns
+        .command("iptables-restore")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let text = scrape(
+        &ns,
+        FirewallConfig {
+            legacy_metric_names: true,
+            ..FirewallConfig::default()
+        },
+    );
+    // The seed's sample lines, labels as the seed prints them.
+    let mut want = Vec::new();
+    for name in [
+        "iptables_default_bytes_total",
+        "iptables_default_packets_toal",
+        "iptables_default_packets_total",
+    ] {
+        for (chain, table) in [
+            ("FORWARD", "filter"),
+            ("FORWARD", "mangle"),
+            ("INPUT", "filter"),
+            ("INPUT", "mangle"),
+            ("OUTPUT", "filter"),
+            ("OUTPUT", "mangle"),
+            ("POSTROUTING", "mangle"),
+            ("PREROUTING", "mangle"),
+        ] {
+            want.push(format!(
+                "{name}{{chain=\"{chain}\",policy=\"ACCEPT\",table=\"{table}\"}} 0"
+            ));
+        }
+    }
+    for name in ["iptables_rule_bytes_total", "iptables_rule_packets_total"] {
+        for (chain, dir) in [("INPUT", "dport"), ("OUTPUT", "sport")] {
+            for port in [7000, 7199, 9042, 9160] {
+                want.push(format!(
+                    "{name}{{chain=\"{chain}\",rule=\"-p tcp -m tcp --{dir} {port} -j ACCEPT\",table=\"filter\"}} 0"
+                ));
+            }
+        }
+    }
+    want.push("iptables_scrape_success 1".into());
+    want.sort();
+    let mut got: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("iptables_") && !l.starts_with("iptables_scrape_duration"))
+        .map(str::to_owned)
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "\n{text}");
+    for help in [
+        "# HELP iptables_default_bytes iptables_exporter: Total bytes matching a chain's default policy.",
+        "# TYPE iptables_default_packets_toal unknown",
+        "# HELP iptables_rule_packets iptables_exporter: Total packets matching a rule.",
+        "# HELP iptables_scrape_duration_seconds iptables_exporter: Duration of scraping iptables.",
+        "# HELP iptables_scrape_success iptables_exporter: Whether scraping iptables succeeded.",
+        "# TYPE iptables_rule_bytes counter",
+    ] {
+        assert!(text.lines().any(|l| l == help), "{help} missing in\n{text}");
+    }
+}
+
+#[test]
+fn native_nft_tables_are_exported_by_handle_and_comment() {
+    let ns = Netns::new("fw-nft");
+    ns.nft(
+        "table inet edge {\n counter ssh_seen { }\n chain input {\n  type filter hook input priority 0; policy accept;\n  \
+         tcp dport 22 counter name ssh_seen\n  tcp dport 22 counter accept comment \"ssh in\"\n  \
+         udp dport 53 counter\n  icmp type echo-request accept\n }\n}\n",
+    );
+    script(&ns, "iptables -A INPUT -p tcp --dport 80 -j ACCEPT");
+    let lo_listener = ns.listen(&[(Ipv4Addr::LOCALHOST, 22)]);
+    ns.run(|| {
+        TcpStream::connect((Ipv4Addr::LOCALHOST, 22))
+            .map(drop)
+            .unwrap()
+    });
+    drop(lo_listener);
+    let text = scrape(&ns, FirewallConfig::default());
+    let handles: Vec<(BTreeMap<String, String>, f64)> = samples(&text)
+        .into_iter()
+        .filter(|(n, _, _)| n == "nftables_rule_packets_total")
+        .map(|(_, l, v)| (l, v))
+        .collect();
+    assert_eq!(handles.len(), 2, "only rules with counters:\n{text}");
+    let ssh = &handles[0];
+    assert_eq!(ssh.0["comment"], "ssh in");
+    assert_eq!(
+        (
+            ssh.0["family"].as_str(),
+            ssh.0["table"].as_str(),
+            ssh.0["chain"].as_str()
+        ),
+        ("inet", "edge", "input")
+    );
+    assert!(ssh.1 >= 1.0, "{text}");
+    assert_eq!(handles[1].0["comment"], "");
+    assert_ne!(ssh.0["handle"], handles[1].0["handle"]);
+    // The named counter is an object of its own, counted like the rule.
+    let named: Vec<Sample> = samples(&text)
+        .into_iter()
+        .filter(|(n, _, _)| n == "nftables_counter_packets_total")
+        .collect();
+    assert_eq!(named.len(), 1, "{text}");
+    assert_eq!(
+        (
+            named[0].1["family"].as_str(),
+            named[0].1["table"].as_str(),
+            named[0].1["counter"].as_str()
+        ),
+        ("inet", "edge", "ssh_seen")
+    );
+    assert_eq!(named[0].2, ssh.1, "{text}");
+    // The iptables-nft table next to it is still an iptables family.
+    assert!(text.contains("iptables_rule_packets_total{chain=\"INPUT\",rule=\"-p tcp -m tcp --dport 80 -j ACCEPT\",table=\"filter\"}"), "{text}");
+}
+
+#[test]
+fn no_tables_at_all_is_a_successful_empty_scrape() {
+    let ns = Netns::new("fw-empty");
+    let text = scrape(&ns, FirewallConfig::default());
+    assert!(
+        text.lines().any(|l| l == "iptables_scrape_success 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "ip6tables_scrape_success 1"),
+        "{text}"
+    );
+    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(series.len(), 4, "only the scrape gauges: {series:?}");
+}
+
+#[test]
+fn rules_changing_during_scrapes_never_break_one() {
+    let ns = Netns::new("fw-churn");
+    script(
+        &ns,
+        "iptables -A INPUT -p tcp --dport 1 -j ACCEPT\niptables -N CHURN",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (stop, name) = (Arc::clone(&stop), ns.name.clone());
+        thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "exec", &name, "bash", "-c"])
+                    .arg("for i in 1 2 3 4 5; do iptables -A CHURN -p udp --dport $i -j DROP; done; iptables -F CHURN")
+                    .status();
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..40 {
+        let text = scrape(&ns, FirewallConfig::default());
+        assert!(
+            text.lines().any(|l| l == "iptables_scrape_success 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("iptables_rule_packets_total{chain=\"INPUT\",rule=\"-p tcp -m tcp --dport 1 -j ACCEPT\",table=\"filter\"} 0"),
+            "{text}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(churn.join().unwrap() > 0);
+}
+
+#[test]
+fn legacy_x_tables_are_reported() {
+    let ns = Netns::new("fw-legacy");
+    script(&ns, "iptables-legacy -A INPUT -p tcp --dport 22 -j ACCEPT");
+    let text = scrape(&ns, FirewallConfig::default());
+    assert!(
+        text.lines().any(|l| l == "scanner_agent_firewall_legacy_table{family=\"ipv4\",table=\"filter\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "iptables_scrape_success 1"),
+        "{text}"
+    );
+}
+
+/// An HTTP GET on loopback inside `ns`.
+fn get(ns: &Netns, port: u16, path: &str) -> Option<String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    ns.run(move || {
+        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+        s.write_all(request.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out.split_once("\r\n\r\n")?.1.to_owned())
+    })
+}
+
+/// `scanner-agent run` without targets, in `ns`, optionally without any
+/// capability; killed and cleaned up on drop.
+struct Daemon {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(ns: &Netns, config: &str, drop_caps: bool) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "scanner-agent-fw-{}-{}",
+            ns.name,
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.yaml"), config).unwrap();
+        let mut cmd = if drop_caps {
+            let mut c = ns.command("setpriv");
+            c.args(["--inh-caps=-all", "--bounding-set=-all", "--", agent()]);
+            c
+        } else {
+            ns.command(agent())
+        };
+        let child = cmd
+            .args(["run", "--config"])
+            .arg(dir.join("config.yaml"))
+            .arg("--state-file")
+            .arg(dir.join("state.json"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+
+    fn stderr(mut self) -> String {
+        let _ = self.child.kill();
+        let mut text = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn await_metrics(ns: &Netns, port: u16, cond: impl Fn(&str) -> bool) -> String {
+    let mut body = String::new();
+    let ok = wait_until(Duration::from_secs(20), || {
+        body = get(ns, port, "/metrics").unwrap_or_default();
+        cond(&body)
+    });
+    assert!(ok, "port {port}:\n{body}");
+    body
+}
+
+#[test]
+fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
+    let ns = Netns::new("fw-daemon");
+    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
+    let _daemon = Daemon::start(
+        &ns,
+        "server:\n  port: 19455\nfirewall:\n  listen: \"127.0.0.1:19456\"\n",
+        false,
+    );
+    let rule = "iptables_rule_packets_total{chain=\"INPUT\",rule=\"-p tcp -m tcp --dport 7000 -j ACCEPT\",table=\"filter\"} 0";
+    let main = await_metrics(&ns, 19455, |b| b.lines().any(|l| l == rule));
+    assert!(main.lines().any(|l| l == "task_queue_size 0"), "{main}");
+    let drop_in = await_metrics(&ns, 19456, |b| b.lines().any(|l| l == rule));
+    assert!(
+        !drop_in.contains("task_queue_size"),
+        "only the firewall families:\n{drop_in}"
+    );
+}
+
+#[test]
+fn without_cap_net_admin_the_scrape_fails_and_the_rest_of_metrics_works() {
+    let ns = Netns::new("fw-nocap");
+    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
+    let daemon = Daemon::start(&ns, "server:\n  port: 19457\n", true);
+    let body = await_metrics(&ns, 19457, |b| b.contains("iptables_scrape_success"));
+    assert!(
+        body.lines().any(|l| l == "iptables_scrape_success 0"),
+        "{body}"
+    );
+    assert!(
+        body.lines().any(|l| l == "ip6tables_scrape_success 0"),
+        "{body}"
+    );
+    assert!(!body.contains("iptables_rule_"), "{body}");
+    assert!(body.lines().any(|l| l == "task_queue_size 0"), "{body}");
+    let log = daemon.stderr();
+    assert!(log.contains("CAP_NET_ADMIN"), "{log}");
+}
