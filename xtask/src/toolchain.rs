@@ -187,11 +187,23 @@ pub const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "curl",
     "prometheus",
+    "prometheus-node-exporter",
+    // nftnl and mnl (the port guard) link against these.
+    "libnftnl-dev",
+    "libmnl-dev",
+    "pkg-config",
 ];
 
 /// Debian packages `cargo xtask bench` drives: the scanners compared with,
 /// and the target's firewall.
-pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2"];
+pub const BENCH_PACKAGES: &[&str] = &[
+    "masscan",
+    "nmap",
+    "nftables",
+    "iproute2",
+    "wrk",
+    "prometheus-node-exporter",
+];
 
 pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let out = Command::new("dpkg-query")
