@@ -246,7 +246,7 @@ fn passthrough_to_a_real_node_exporter() {
     // 404s that say which.
     let (status, _, body) = call(
         &lab,
-        &format!("/api/T2_OTHER/monitoring/prometheus/passthrough/agent-host"),
+        "/api/T2_OTHER/monitoring/prometheus/passthrough/agent-host",
         TOKEN,
     );
     assert_eq!(

@@ -47,3 +47,29 @@ impl GuardSettings {
         self.allow.iter().map(|s| s.0.clone()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn guard_section() {
+        let c =
+            Config::parse("guard:\n  enabled: true\n  allow: [198.18.0.1, \"2001:db8::/64\"]\n")
+                .unwrap();
+        assert!(c.guard.enabled && !c.guard.force);
+        assert_eq!(c.guard.port, 9100);
+        assert_eq!(c.guard.sources(), ["198.18.0.1", "2001:db8::/64"]);
+        for (yaml, says) in [
+            (
+                "guard:\n  allow: [198.18.0.300]\n",
+                "guard.allow: \"198.18.0.300\" is not an IP address or CIDR range",
+            ),
+            ("guard:\n  port: 70000\n", "guard.port: invalid value"),
+            ("guard:\n  ports: [1]\n", "unknown field `ports`"),
+        ] {
+            let e = Config::parse(yaml).expect_err(yaml);
+            assert!(e.contains(says) && e.contains(" line "), "{yaml}: {e}");
+        }
+    }
+}

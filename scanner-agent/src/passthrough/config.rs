@@ -251,3 +251,118 @@ impl Hosts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(yaml: &str) -> String {
+        Config::parse(yaml).expect_err(yaml)
+    }
+
+    #[test]
+    fn siterm_keys_and_further_hosts() {
+        let c = Config::parse(
+            "general:\n  sitename: T2_XX_Example\n  hostname: dtn1\n  node_exporter: \"localhost:9100\"\n  \
+             node_exporter_passthrough: true\npassthrough:\n  timeout: 3\n  hosts:\n    \
+             - {hostname: dtn2, node_exporter: \"httpbox:9100/\", node_exporter_passthrough: true}\n    \
+             - {hostname: dtn3, node_exporter: \"dtn3:9100\"}\n",
+        )
+        .unwrap();
+        let hosts = super::Hosts::from_config(&c);
+        assert_eq!(hosts.sitename.as_deref(), Some("T2_XX_Example"));
+        let uri = |h: &str| hosts.table[h].uri.as_ref().map(ToString::to_string);
+        assert_eq!(
+            uri("dtn1").as_deref(),
+            Some("http://localhost:9100/metrics")
+        );
+        assert_eq!(uri("dtn2").as_deref(), Some("http://httpbox:9100/metrics"));
+        assert!(hosts.table["dtn1"].enabled && hosts.table["dtn2"].enabled);
+        assert!(
+            !hosts.table["dtn3"].enabled,
+            "off when absent, as in SiteRM"
+        );
+        assert_eq!(c.passthrough.timeout.0, 3);
+        assert_eq!(c.passthrough.max_body_bytes.0, 16 << 20);
+        assert_eq!(
+            c.warnings(),
+            [
+                "no targets configured: nothing will be scanned",
+                "the passthrough route answers 401 to everyone: it is never anonymous and no credentials are configured (auth.basic, auth.bearer_tokens or the web config's basic_auth_users)"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejections_name_key_and_line() {
+        for (yaml, says) in [
+            (
+                "general:\n  node_exporter: \"https://h:9100\"\n",
+                "general.node_exporter: \"https://h:9100\": https is not supported",
+            ),
+            (
+                "general:\n  node_exporter: \"http://u:p@h:9100\"\n",
+                "general.node_exporter: \"http://u:p@h:9100\" carries credentials",
+            ),
+            (
+                "general:\n  sitename: \"a/b\"\n",
+                "general.sitename: \"a/b\" is not a name",
+            ),
+            (
+                "general:\n  hostname: \"..\"\n",
+                "general.hostname: \"..\" is not a name",
+            ),
+            ("general:\n  sitname: X\n", "unknown field `sitname`"),
+            (
+                "general:\n  node_exporter_passthrough: yes please\n",
+                "general.node_exporter_passthrough: invalid type",
+            ),
+            (
+                "passthrough:\n  hosts:\n    - {hostname: a, node_exporter: \"ftp://a\"}\n",
+                "passthrough.hosts[0].node_exporter: \"ftp://a\": scheme \"ftp\" is not http",
+            ),
+            (
+                "passthrough:\n  hosts:\n    - {hostname: a}\n",
+                "missing field `node_exporter`",
+            ),
+            (
+                "passthrough:\n  timeout: 0\n",
+                "passthrough.timeout: 0 is out of range",
+            ),
+            (
+                "passthrough:\n  max_body_bytes: -1\n",
+                "passthrough.max_body_bytes: invalid type",
+            ),
+            (
+                "passthrough:\n  hosts:\n    - {hostname: a, node_exporter: a}\n    - {hostname: a, node_exporter: b}\n",
+                "hostname \"a\" is listed twice",
+            ),
+        ] {
+            let e = err(yaml);
+            assert!(e.contains(says), "{yaml}: {e}");
+            assert!(e.contains(" line "), "{yaml}: {e} has no line");
+        }
+        // Checks across keys name them (serde gives no line for those).
+        for (yaml, says) in [
+            (
+                "general:\n  node_exporter_passthrough: true\n  sitename: S\n",
+                "general.node_exporter_passthrough is true but general.node_exporter is not set",
+            ),
+            (
+                "general:\n  node_exporter: \"h:9100\"\n  node_exporter_passthrough: true\n",
+                "general.sitename is not set",
+            ),
+            (
+                "passthrough:\n  hosts:\n    - {hostname: a, node_exporter: a, node_exporter_passthrough: true}\n",
+                "general.sitename is not set",
+            ),
+            (
+                "general:\n  hostname: me\npassthrough:\n  hosts:\n    - {hostname: me, node_exporter: a}\n",
+                "passthrough.hosts lists \"me\", which is this host",
+            ),
+        ] {
+            let e = err(yaml);
+            assert!(e.contains(says), "{yaml}: {e}");
+        }
+    }
+}
