@@ -5,6 +5,7 @@
 //! run's output stays in target/bench/runs/.
 
 mod measure;
+mod passthrough;
 mod report;
 mod testbed;
 mod tools;
@@ -83,7 +84,7 @@ impl Workload {
 
 /// Runs the bench; `agent` is a prebuilt binary to use instead of a fresh
 /// release build (e.g. to compare with an older version).
-pub fn run(quick: bool, agent: Option<PathBuf>) -> Result<()> {
+pub fn run(quick: bool, agent: Option<PathBuf>, passthrough_only: bool) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the bench creates network namespaces and runs raw-socket scanners: run it as root");
     }
@@ -98,12 +99,16 @@ pub fn run(quick: bool, agent: Option<PathBuf>) -> Result<()> {
     fs::create_dir_all(out_dir.join("runs"))?;
 
     let started = Instant::now();
-    let workloads = if quick {
+    let workloads = if passthrough_only {
+        &WORKLOADS[..0]
+    } else if quick {
         &WORKLOADS[..1]
     } else {
         &WORKLOADS[..]
     };
-    let rows = {
+    let rows = if workloads.is_empty() {
+        Vec::new()
+    } else {
         eprintln!("xtask: bench: setting up the namespace testbed");
         let testbed = Testbed::up()?;
         let mut rows = Vec::new();
@@ -117,7 +122,16 @@ pub fn run(quick: bool, agent: Option<PathBuf>) -> Result<()> {
         // The testbed is torn down here (and on every early return above).
     };
 
-    let table = report::markdown(&rows);
+    let mut table = if rows.is_empty() {
+        String::new()
+    } else {
+        report::markdown(&rows)
+    };
+    eprintln!("xtask: bench: node_exporter passthrough");
+    match passthrough::run(&agent, if quick { 5 } else { 15 }, &out_dir) {
+        Ok(t) => table.push_str(&format!("\n{t}")),
+        Err(e) => table.push_str(&format!("\nPassthrough bench failed: {e:#}\n")),
+    }
     print!("{table}");
     fs::write(out_dir.join("results.md"), &table)?;
     eprintln!(

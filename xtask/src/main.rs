@@ -44,6 +44,9 @@ enum Task {
         /// Benchmark this scanner-agent binary instead of building one.
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Only the node_exporter passthrough comparison.
+        #[arg(long)]
+        passthrough_only: bool,
     },
 }
 
@@ -52,7 +55,11 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release).map(drop),
         Task::Run { args } => run_agent(args),
         Task::Test { args } => test(args),
-        Task::Bench { quick, agent } => bench::run(quick, agent),
+        Task::Bench {
+            quick,
+            agent,
+            passthrough_only,
+        } => bench::run(quick, agent, passthrough_only),
     }
 }
 
