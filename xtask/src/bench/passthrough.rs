@@ -95,6 +95,8 @@ pub fn run(agent: &Path, seconds: u32, out_dir: &Path) -> Result<String> {
         in_ns(TARGET, "/usr/bin/prometheus-node-exporter")
             .args([
                 "--web.listen-address=198.18.0.2:9100",
+                // Its default of 40 concurrent scrapes would answer 503 to the rest.
+                "--web.max-requests=0",
                 "--collector.disable-defaults",
                 "--collector.cpu",
                 "--collector.meminfo",
