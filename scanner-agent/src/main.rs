@@ -1,3 +1,4 @@
+mod guard_command;
 mod scan_args;
 
 use std::{
@@ -42,11 +43,43 @@ enum Command {
         #[arg(long, default_value = "/var/lib/scanner-agent/state.json")]
         state_file: PathBuf,
     },
+    /// Close a port to everyone but loopback and the allowed sources, with
+    /// an nftables table of the agent's own (inet scanner_agent_guard).
+    Guard {
+        #[command(subcommand)]
+        action: GuardAction,
+    },
     /// Validate a configuration file without starting anything.
     CheckConfig {
         /// The configuration file (OpenPort Exporter's config.yaml format).
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum GuardAction {
+    /// Install the table, or replace it atomically.
+    Apply {
+        /// The port to guard (TCP).
+        #[arg(long)]
+        port: u16,
+        /// An address or CIDR range allowed to reach the port (repeat for more).
+        #[arg(long)]
+        allow: Vec<String>,
+        /// Print the ruleset (nft syntax) without applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow guarding port 22 or the agent's own listening port.
+        #[arg(long)]
+        force: bool,
+        /// The agent's configuration, for its listening port (server.port).
+        #[arg(long, default_value = "/etc/scanner-agent/config.yaml")]
+        config: PathBuf,
+    },
+    /// Delete the table (nothing happens if there is none).
+    Remove,
+    /// Whether the table is installed.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +100,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Scan(args) => run_scan(*args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Guard { action } => guard_command::run(action),
         Command::Run { config, state_file } => match daemon::run(&config, Some(&state_file)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e @ (DaemonError::Config(_) | DaemonError::Listen { .. })) => usage_error(e),

@@ -259,15 +259,18 @@ fn healthz_fails_when_the_capture_path_is_gone() {
 #[test]
 fn a_full_queue_answers_503_at_once() {
     const PORT: u16 = 19934;
-    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
-    // One worker busy for minutes (65535 ports at 500 probes/s), a queue of one:
-    // the /30's other tasks fill it.
+    // Four hosts that exist (a missing one fails fast on neighbour
+    // resolution and would free the worker), one worker busy for minutes
+    // (65535 ports at 500 probes/s) and a queue of one: the tasks that
+    // come due after the first (start times are jittered) fill it.
+    let hosts = [4, 5, 6, 7].map(|h| Ipv4Addr::new(198, 18, 0, h));
+    let lab = Lab::new(&hosts, 1500);
     let _daemon = Daemon::start(
         &lab,
         "full",
         &format!(
             "server:\n  port: {PORT}\nscanning:\n  max_cidr_size: 32\n  worker_count: 1\n  task_queue_size: 1\n  \
-             min_rate: 500\n  max_rate: 500\nauth:\n  bearer_tokens: [tok]\ntargets:\n  - 198.18.0.0/30\n"
+             min_rate: 500\n  max_rate: 500\nauth:\n  bearer_tokens: [tok]\ntargets:\n  - 198.18.0.4/30\n"
         ),
     );
     let call = |path: &str| {
@@ -281,7 +284,7 @@ fn a_full_queue_answers_503_at_once() {
         "the queue never filled",
     );
     assert!(full.contains("task queue is full"), "{full}");
-    let query = call("/query?ip=198.18.0.2&ports=22");
+    let query = call("/query?ip=198.18.0.5&ports=22");
     assert!(query.starts_with("503 "), "{query}");
     assert!(query.to_lowercase().contains("queue"), "{query}");
 }

@@ -7,6 +7,7 @@
 
 mod firewall;
 mod measure;
+mod passthrough;
 mod report;
 mod testbed;
 mod tools;
@@ -83,9 +84,17 @@ impl Workload {
     }
 }
 
+/// Which parts of the bench to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Only {
+    Everything,
+    Firewall,
+    Passthrough,
+}
+
 /// Runs the bench; `agent` is a prebuilt binary to use instead of a fresh
 /// release build (e.g. to compare with an older version).
-pub fn run(quick: bool, agent: Option<PathBuf>, firewall_only: bool) -> Result<()> {
+pub fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the bench creates network namespaces and runs raw-socket scanners: run it as root");
     }
@@ -100,18 +109,22 @@ pub fn run(quick: bool, agent: Option<PathBuf>, firewall_only: bool) -> Result<(
     fs::create_dir_all(out_dir.join("runs"))?;
 
     let started = Instant::now();
-    if firewall_only {
+    if only == Only::Firewall {
         let table = firewall::run(&agent, quick, &out_dir)?;
         print!("{table}");
         fs::write(out_dir.join("firewall.md"), &table)?;
         return Ok(());
     }
-    let workloads = if quick {
+    let workloads = if only == Only::Passthrough {
+        &WORKLOADS[..0]
+    } else if quick {
         &WORKLOADS[..1]
     } else {
         &WORKLOADS[..]
     };
-    let rows = {
+    let rows = if workloads.is_empty() {
+        Vec::new()
+    } else {
         eprintln!("xtask: bench: setting up the namespace testbed");
         let testbed = Testbed::up()?;
         let mut rows = Vec::new();
@@ -125,7 +138,16 @@ pub fn run(quick: bool, agent: Option<PathBuf>, firewall_only: bool) -> Result<(
         // The testbed is torn down here (and on every early return above).
     };
 
-    let table = report::markdown(&rows);
+    let mut table = if rows.is_empty() {
+        String::new()
+    } else {
+        report::markdown(&rows)
+    };
+    eprintln!("xtask: bench: node_exporter passthrough");
+    match passthrough::run(&agent, if quick { 5 } else { 15 }, &out_dir) {
+        Ok(t) => table.push_str(&format!("\n{t}")),
+        Err(e) => table.push_str(&format!("\nPassthrough bench failed: {e:#}\n")),
+    }
     print!("{table}");
     fs::write(out_dir.join("results.md"), &table)?;
     let firewall = firewall::run(&agent, quick, &out_dir)?;

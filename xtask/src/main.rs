@@ -55,8 +55,11 @@ enum Task {
         #[arg(long)]
         agent: Option<PathBuf>,
         /// Only the firewall counters' scrape latency against iptables-save.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "passthrough_only")]
         firewall: bool,
+        /// Only the node_exporter passthrough comparison.
+        #[arg(long)]
+        passthrough_only: bool,
     },
 }
 
@@ -70,7 +73,15 @@ fn main() -> Result<()> {
             quick,
             agent,
             firewall,
-        } => bench::run(quick, agent, firewall),
+            passthrough_only,
+        } => {
+            let only = match (firewall, passthrough_only) {
+                (true, _) => bench::Only::Firewall,
+                (_, true) => bench::Only::Passthrough,
+                _ => bench::Only::Everything,
+            };
+            bench::run(quick, agent, only)
+        }
     }
 }
 
@@ -139,7 +150,7 @@ fn test(args: Vec<String>) -> Result<()> {
     }
     toolchain::ensure_packages(toolchain::BUILD_PACKAGES)?;
     toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
-    let prometheus = toolchain::ensure_prometheus()?;
+    let unpacked = toolchain::ensure_unpacked()?;
     let tools = toolchain::ensure()?;
     run(cmd("cargo").args(["fmt", "--all", "--check"]))?;
     let mut lint = cmd("cargo");
@@ -149,6 +160,6 @@ fn test(args: Vec<String>) -> Result<()> {
     let mut c = cmd("cargo");
     c.arg("test").args(args);
     tools.apply(&mut c);
-    toolchain::prepend_path(&mut c, &prometheus);
+    toolchain::prepend_path(&mut c, &unpacked);
     run(&mut c)
 }

@@ -208,56 +208,68 @@ pub const TEST_PACKAGES: &[&str] = &[
     "rpm",
 ];
 
-/// The directory holding `prometheus` and `promtool` (for the end-to-end
-/// and alert-rule tests), taken from Debian's `prometheus` package without
-/// installing it: installing it would enable and start a Prometheus server
-/// on the test machine (its postinst does, wherever policy-rc.d allows).
-pub fn ensure_prometheus() -> Result<PathBuf> {
-    let dir = data_dir().join("prometheus");
-    let promtool = dir.join("promtool");
+/// Programs the tests and benches run from Debian packages that must not be
+/// installed: their postinst enables and starts the service (a Prometheus
+/// server, a node_exporter on :9100) wherever policy-rc.d allows.
+const UNPACKED: &[(&str, &[&str])] = &[
+    ("prometheus", &["prometheus", "promtool"]),
+    ("prometheus-node-exporter", &["prometheus-node-exporter"]),
+];
+
+/// The directory holding the [`UNPACKED`] programs, taken out of their
+/// packages with `apt-get download` and `dpkg-deb -x`; put it on PATH.
+pub fn ensure_unpacked() -> Result<PathBuf> {
+    let dir = data_dir().join("unpacked");
     let runs = |p: &Path| {
         Command::new(p)
             .arg("--version")
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if runs(&promtool) {
-        return Ok(dir);
-    }
-    let download = data_dir().join("prometheus-deb");
-    let _ = std::fs::remove_dir_all(&download);
-    std::fs::create_dir_all(&download)?;
-    eprintln!("xtask: fetching prometheus and promtool from Debian's package (not installing it)");
-    let mut fetch = cmd("apt-get");
-    fetch
-        .args(["download", "-qq", "prometheus"])
-        .current_dir(&download);
-    if run(&mut fetch).is_err() && is_root() {
-        // Package lists may be missing on a fresh machine.
-        run(cmd("apt-get").args(["update", "-qq"]))?;
-        run(&mut fetch)?;
-    }
-    let deb = std::fs::read_dir(&download)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download prometheus left no .deb")?;
-    let tree = download.join("tree");
-    run(cmd("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
-    std::fs::create_dir_all(&dir)?;
-    for program in ["prometheus", "promtool"] {
-        std::fs::rename(tree.join("usr/bin").join(program), dir.join(program))
-            .with_context(|| format!("the prometheus package holds no usr/bin/{program}"))?;
-    }
-    std::fs::remove_dir_all(&download)?;
-    if !runs(&promtool) {
-        bail!("{} does not run", promtool.display());
+    for (package, programs) in UNPACKED {
+        if programs.iter().all(|p| runs(&dir.join(p))) {
+            continue;
+        }
+        let download = data_dir().join("download");
+        let _ = std::fs::remove_dir_all(&download);
+        std::fs::create_dir_all(&download)?;
+        eprintln!(
+            "xtask: unpacking {} from Debian's {package} (not installing it)",
+            programs.join(", ")
+        );
+        let mut fetch = cmd("apt-get");
+        fetch
+            .args(["download", "-qq", package])
+            .current_dir(&download);
+        if run(&mut fetch).is_err() && is_root() {
+            // Package lists may be missing on a fresh machine.
+            run(cmd("apt-get").args(["update", "-qq"]))?;
+            run(&mut fetch)?;
+        }
+        let deb = std::fs::read_dir(&download)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .with_context(|| format!("apt-get download {package} left no .deb"))?;
+        let tree = download.join("tree");
+        run(cmd("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+        std::fs::create_dir_all(&dir)?;
+        for program in *programs {
+            let to = dir.join(program);
+            std::fs::rename(tree.join("usr/bin").join(program), &to)
+                .with_context(|| format!("{package} holds no usr/bin/{program}"))?;
+            if !runs(&to) {
+                bail!("{} does not run", to.display());
+            }
+        }
+        std::fs::remove_dir_all(&download)?;
     }
     Ok(dir)
 }
 
 /// Debian packages `cargo xtask bench` drives: the scanners compared with,
-/// the target's firewall, and `iptables-save` for the firewall reader's bench.
-pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2", "iptables"];
+/// the target's firewall, `iptables-save` for the firewall reader's bench,
+/// and `wrk` for the passthrough's (node_exporter comes from `ensure_unpacked`).
+pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2", "iptables", "wrk"];
 
 pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let out = Command::new("dpkg-query")

@@ -46,6 +46,15 @@ pub struct Config {
     /// Addresses, ranges or hostnames to scan. None by default.
     #[serde(default)]
     pub targets: Vec<Target>,
+    /// SiteRM `main.yaml`'s keys for this host's node_exporter passthrough.
+    #[serde(default)]
+    pub general: crate::passthrough::General,
+    /// Further hosts the passthrough fronts, its timeout and size limit.
+    #[serde(default)]
+    pub passthrough: crate::passthrough::Settings,
+    /// The port guard installed at start.
+    #[serde(default)]
+    pub guard: crate::guard::GuardSettings,
     /// Warnings found while reading the files the configuration names.
     #[serde(skip)]
     web_warnings: Vec<String>,
@@ -416,7 +425,9 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml::from_str(text).map_err(yaml_error)
+        let config = serde_yaml::from_str(text).map_err(yaml_error)?;
+        crate::passthrough::config::check(&config)?;
+        Ok(config)
     }
 
     /// Reads the web config and checks the TLS files; relative paths are
@@ -473,6 +484,7 @@ impl Config {
         {
             w.push("auth.basic.password is a plain password; prefer a bcrypt hash".into());
         }
+        w.extend(crate::passthrough::config::warnings(self));
         w
     }
 }

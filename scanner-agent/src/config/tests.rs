@@ -328,6 +328,7 @@ fn the_example_config_is_what_the_readme_documents() {
         "firewall.",
         "general.",
         "guard.",
+        "passthrough.",
     ];
     let documented: Vec<&str> = README
         .lines()

@@ -9,10 +9,11 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::State,
+    body::Body,
+    extract::{Path, Request, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode, header},
     middleware,
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::get,
 };
 
@@ -20,7 +21,11 @@ use axum_server::tls_rustls::RustlsConfig;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{DaemonError, Shared, auth, query, reload};
-use crate::{exposition, tls::TlsSettings};
+use crate::{
+    exposition,
+    passthrough::{self, handler::Target},
+    tls::TlsSettings,
+};
 
 pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
     let live = shared.live();
@@ -49,6 +54,7 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
             .route("/healthz", get(healthz))
             .route("/query", get(query::enqueue))
             .route("/query/{id}", get(query::status))
+            .route(passthrough::ROUTE, get(passthrough))
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&shared),
                 auth::require,
@@ -125,4 +131,26 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         StatusCode::OK
     };
     (status, Json(body))
+}
+
+async fn passthrough(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    request: Request<Body>,
+) -> Response {
+    let live = shared.live();
+    let target = path
+        .as_ref()
+        .ok()
+        .map(|Path((sitename, hostname))| Target { sitename, hostname });
+    shared
+        .passthrough
+        .serve(
+            &live.config.auth,
+            &live.passthrough,
+            &live.config.passthrough,
+            target,
+            request,
+        )
+        .await
 }

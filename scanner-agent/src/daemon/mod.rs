@@ -3,7 +3,7 @@
 //! `worker_count` workers scan them through one shared XDP program, and the
 //! results become the OpenPort Exporter's metrics, served over HTTP.
 
-mod auth;
+pub(crate) mod auth;
 mod http;
 mod query;
 mod reload;
@@ -33,7 +33,7 @@ use crate::{
     config::{Config, Ports},
     engine::Budget,
     metrics::{AgentMetrics, ExporterMetrics, ModeLabels, TaskLabels},
-    privileges,
+    passthrough, privileges,
     probes::Protocol,
     route::{self, Route},
     scan::ScanError,
@@ -59,6 +59,8 @@ pub enum DaemonError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Firewall(#[from] crate::firewall::FirewallError),
+    #[error("guard: {0}")]
+    Guard(#[from] crate::guard::GuardError),
 }
 
 /// One unit of work: a subnet scanned on some ports for one protocol,
@@ -91,6 +93,8 @@ pub(crate) struct Live {
     allowed: Vec<Task>,
     /// `max_rate` for all tasks together (none when `max_rate` is 0).
     budget: Option<Budget>,
+    /// The node_exporter passthrough's host table.
+    passthrough: passthrough::Hosts,
 }
 
 impl Live {
@@ -100,6 +104,7 @@ impl Live {
         let budget = (config.scanning.max_rate > 0)
             .then(|| Arc::new(Mutex::new(Pacer::new(config.scanning.max_rate as f64))));
         Ok(Self {
+            passthrough: passthrough::Hosts::from_config(&config),
             config,
             jobs,
             allowed,
@@ -135,6 +140,7 @@ pub(crate) struct Shared {
     last_completed: Mutex<Option<SystemTime>>,
     queries: Mutex<query::Book>,
     state_file: Option<PathBuf>,
+    passthrough: passthrough::Proxy,
 }
 
 impl Shared {
@@ -234,6 +240,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let config = Config::load(config_path)?;
     config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
     let live = Live::new(config)?;
+    apply_guard(&live.config)?;
     let s = &live.config.scanning;
     let (workers, queue_capacity) = (s.worker_count.0, s.task_queue_size.0 as usize);
 
@@ -241,6 +248,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let metrics = ExporterMetrics::register(&mut registry, s.duration_metrics);
     let agent = AgentMetrics::register(&mut registry);
     crate::firewall::start(&live.config.firewall, &mut registry)?;
+    let passthrough = passthrough::Proxy::new(&mut registry);
     let (queue, rx) = mpsc::sync_channel(queue_capacity);
     let shared = Arc::new(Shared {
         live: RwLock::new(Arc::new(live)),
@@ -258,6 +266,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         last_completed: Mutex::new(None),
         queries: Mutex::new(query::Book::default()),
         state_file: state_file.map(Path::to_path_buf),
+        passthrough,
     });
     shared.prepare(&shared.live())?;
     reload::record(&shared.agent, true);
@@ -320,4 +329,21 @@ fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
             })
         })
         .collect())
+}
+
+/// Installs `guard:` when enabled; a table from an earlier run stays
+/// either way (a firewall must not open up because the agent restarted).
+fn apply_guard(config: &Config) -> Result<(), DaemonError> {
+    let g = &config.guard;
+    if !g.enabled {
+        return Ok(());
+    }
+    let guard = crate::guard::Guard::new(g.port, &g.sources(), config.server.port, g.force)?;
+    guard.apply()?;
+    tracing::info!(
+        port = guard.port,
+        allowed = guard.allow.len(),
+        "port guard applied"
+    );
+    Ok(())
 }

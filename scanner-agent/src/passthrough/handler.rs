@@ -1,0 +1,235 @@
+//! The route's checks, in the original's order (after authentication, which
+//! comes first and is never optional here), then one GET of the registered
+//! URL. Nothing from the request reaches the upstream but `Accept` and
+//! `Accept-Encoding`: not the path, not the query, not the Host header.
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderValue, Request, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::Uri;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+use super::{
+    body::Capped,
+    config::{Hosts, Settings},
+    metrics::{Outcome, PassthroughMetrics},
+};
+use crate::{config::Auth, daemon::auth};
+
+pub const ROUTE: &str = "/api/{sitename}/monitoring/prometheus/passthrough/{hostname}";
+
+/// The upstream client (with a pool of kept-alive connections) and the metrics.
+pub struct Proxy {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    pub metrics: PassthroughMetrics,
+}
+
+/// What one request is about: the route's two segments, decoded.
+pub struct Target<'a> {
+    pub sitename: &'a str,
+    pub hostname: &'a str,
+}
+
+impl Proxy {
+    pub fn new(registry: &mut Registry) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            client,
+            metrics: PassthroughMetrics::register(registry),
+        }
+    }
+
+    pub async fn serve(
+        &self,
+        auth: &Auth,
+        hosts: &Hosts,
+        settings: &Settings,
+        target: Option<Target<'_>>,
+        request: Request<Body>,
+    ) -> Response {
+        let (status, outcome, message) = match self.check(auth, hosts, target, &request) {
+            Ok(uri) => return self.fetch(uri, settings, request.headers()).await,
+            Err(e) => e,
+        };
+        self.metrics.count(outcome);
+        let mut response = (status, format!("{message}\n")).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"scanner-agent\""),
+            );
+        }
+        response
+    }
+
+    /// The registered URL, or why the request gets none.
+    fn check(
+        &self,
+        auth: &Auth,
+        hosts: &Hosts,
+        target: Option<Target<'_>>,
+        request: &Request<Body>,
+    ) -> Result<Uri, (StatusCode, Outcome, String)> {
+        // The global middleware lets everything through when no credentials
+        // are configured; this route never does.
+        if !auth.configured() || !auth::allows(auth, request.headers().get(header::AUTHORIZATION)) {
+            let why = if auth.configured() {
+                "authentication required"
+            } else {
+                "authentication required: the passthrough is never anonymous and no credentials are configured"
+            };
+            return Err((StatusCode::UNAUTHORIZED, Outcome::unauthorized, why.into()));
+        }
+        let not_found = |outcome, message| Err((StatusCode::NOT_FOUND, outcome, message));
+        let Some(target) = target else {
+            return not_found(Outcome::unknown_host, "Host not found".into());
+        };
+        if hosts.sitename.as_deref() != Some(target.sitename) {
+            return not_found(
+                Outcome::unknown_site,
+                format!("Site {:?} not found", target.sitename),
+            );
+        }
+        if request.uri().query().is_some() {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Outcome::query_rejected,
+                "query parameters are not accepted by the passthrough".into(),
+            ));
+        }
+        let Some(host) = hosts.table.get(target.hostname) else {
+            return not_found(
+                Outcome::unknown_host,
+                format!("Host {:?} not found", target.hostname),
+            );
+        };
+        match (&host.uri, host.enabled) {
+            (Some(uri), true) => Ok(uri.clone()),
+            _ => not_found(
+                Outcome::disabled,
+                format!(
+                    "Host {:?} does not have node_exporter passthrough enabled",
+                    target.hostname
+                ),
+            ),
+        }
+    }
+
+    /// One GET of `uri`, passed on as it streams in.
+    async fn fetch(&self, uri: Uri, settings: &Settings, headers: &HeaderMap) -> Response {
+        let timeout = Duration::from_secs(settings.timeout.0);
+        let deadline = Instant::now() + timeout;
+        let mut upstream = hyper::Request::get(uri.clone());
+        for name in [header::ACCEPT, header::ACCEPT_ENCODING] {
+            for value in headers.get_all(&name) {
+                upstream = upstream.header(&name, value);
+            }
+        }
+        let upstream = match upstream.body(Empty::new()) {
+            Ok(r) => r,
+            Err(e) => return self.fail(StatusCode::BAD_GATEWAY, Outcome::unreachable, e),
+        };
+        let started = Instant::now();
+        let answer = tokio::time::timeout_at(deadline, self.client.request(upstream)).await;
+        let response = match answer {
+            Err(_) => {
+                return self.fail(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Outcome::timeout,
+                    format_args!(
+                        "node_exporter at {uri} did not answer within {} s",
+                        timeout.as_secs()
+                    ),
+                );
+            }
+            Ok(Err(e)) => {
+                return self.fail(
+                    StatusCode::BAD_GATEWAY,
+                    Outcome::unreachable,
+                    format_args!("Error connecting to node_exporter at {uri}: {}", chain(&e)),
+                );
+            }
+            Ok(Ok(r)) => r,
+        };
+        self.metrics
+            .upstream_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let status = response.status();
+        if !status.is_success() {
+            // The status only: a redirect's Location is never passed on.
+            return self.fail(
+                status,
+                Outcome::upstream_error,
+                format_args!("node_exporter at {uri} answered {status}"),
+            );
+        }
+        let limit = settings.max_body_bytes.0;
+        let announced = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit) {
+            return self.fail(
+                StatusCode::BAD_GATEWAY,
+                Outcome::too_large,
+                format_args!(
+                    "node_exporter at {uri} announced a body larger than passthrough.max_body_bytes ({limit})"
+                ),
+            );
+        }
+        self.metrics.count(Outcome::ok);
+        let (head, incoming) = response.into_parts();
+        let mut out = Response::new(Body::new(Capped::new(
+            incoming,
+            limit,
+            deadline,
+            self.metrics.clone(),
+        )));
+        for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+            if let Some(value) = head.headers.get(&name) {
+                out.headers_mut().insert(name, value.clone());
+            }
+        }
+        out
+    }
+
+    fn fail(
+        &self,
+        status: StatusCode,
+        outcome: Outcome,
+        message: impl std::fmt::Display,
+    ) -> Response {
+        self.metrics.count(outcome);
+        tracing::warn!("passthrough: {message}");
+        (status, format!("{message}\n")).into_response()
+    }
+}
+
+/// An error with its causes, which hyper keeps apart ("client error (Connect)"
+/// says little without "Connection refused").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
