@@ -47,6 +47,24 @@ fn scrape(ns: &Netns, config: FirewallConfig) -> String {
     })
 }
 
+/// A collector kept across scrapes, as the daemon keeps its own: scrapes
+/// after the first read the structure again only when the ruleset
+/// generation moved, and otherwise counters only.
+struct Scraper(Arc<Registry>);
+
+impl Scraper {
+    fn new(config: FirewallConfig) -> Self {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(FirewallCollector::new(&config)));
+        Self(Arc::new(registry))
+    }
+
+    fn scrape(&self, ns: &Netns) -> String {
+        let registry = Arc::clone(&self.0);
+        ns.run(move || encode_text(&registry))
+    }
+}
+
 /// One sample: metric name, labels (unescaped), value.
 type Sample = (String, BTreeMap<String, String>, f64);
 
@@ -251,11 +269,14 @@ ip6tables -A OUTPUT -p tcp --sport 7000 -j LOG --log-prefix 'v6 out'
 
 /// Reads the exporter, `iptables-save` and the exporter again until both
 /// reads agree (nothing moved in between), then compares.
+/// The first read of a collector parses everything, the second only reads
+/// counters (the ruleset is unchanged): both must agree with `iptables-save`.
 fn assert_matches_save(lab: &Lab, prefix: &str, tool: &str) -> (Series, Series) {
     for _ in 0..50 {
-        let before = exported(&scrape(&lab.target, FirewallConfig::default()), prefix);
+        let scraper = Scraper::new(FirewallConfig::default());
+        let before = exported(&scraper.scrape(&lab.target), prefix);
         let save = saved(&lab.target, tool);
-        let after = exported(&scrape(&lab.target, FirewallConfig::default()), prefix);
+        let after = exported(&scraper.scrape(&lab.target), prefix);
         if before != after {
             continue;
         }
@@ -332,6 +353,75 @@ fn every_label_and_counter_matches_iptables_save() {
             .0
             == 3
     );
+}
+
+/// Rule texts are kept between scrapes while the ruleset is unchanged; any
+/// change, even one that keeps the number of rules and a rule's handle,
+/// must show in the next scrape without a stale label.
+#[test]
+fn a_changed_ruleset_never_shows_stale_labels() {
+    let ns = Netns::new("fw-change");
+    script(
+        &ns,
+        "iptables -A INPUT -p tcp --dport 1 -j ACCEPT\niptables -A INPUT -p tcp --dport 2 -j ACCEPT\niptables -A INPUT -p tcp --dport 3 -j ACCEPT\n",
+    );
+    ns.nft(
+        "table inet edge {\n chain input {\n  type filter hook input priority 0;\n  tcp dport 22 counter comment \"old\"\n }\n}\n",
+    );
+    let scraper = Scraper::new(FirewallConfig::default());
+    let rules = |text: &str| exported(text, "iptables").0;
+    let comments = |text: &str| -> Vec<(String, String)> {
+        samples(text)
+            .into_iter()
+            .filter(|(n, _, _)| n == "nftables_rule_packets_total")
+            .map(|(_, l, _)| (l["handle"].clone(), l["comment"].clone()))
+            .collect()
+    };
+    let first = scraper.scrape(&ns);
+    assert_eq!(rules(&first), saved(&ns, "iptables-save").0);
+    assert_eq!(rules(&scraper.scrape(&ns)), rules(&first), "unchanged");
+    let [(handle, comment)] = &comments(&first)[..] else {
+        panic!("{first}")
+    };
+    assert_eq!(comment, "old");
+
+    // Same number of rules; the first one's text changes in place (iptables
+    // -R and nft replace keep the rule's handle).
+    script(&ns, "iptables -R INPUT 1 -p udp --dport 1 -j DROP");
+    ns.nft(&format!(
+        "replace rule inet edge input handle {handle} tcp dport 22 counter comment \"new\"\n"
+    ));
+    let text = scraper.scrape(&ns);
+    let after_replace = rules(&text);
+    assert_eq!(after_replace, saved(&ns, "iptables-save").0);
+    assert!(
+        after_replace.contains_key(&(
+            "filter".into(),
+            "INPUT".into(),
+            "-p udp -m udp --dport 1 -j DROP".into()
+        )),
+        "{text}"
+    );
+    assert_eq!(after_replace.len(), 3, "{text}");
+    assert_eq!(
+        comments(&text),
+        [(handle.clone(), "new".to_owned())],
+        "{text}"
+    );
+    assert!(!text.contains("\"old\""), "{text}");
+
+    // One rule deleted, another added: again three rules.
+    script(
+        &ns,
+        "iptables -D INPUT 2\niptables -A INPUT -p tcp --dport 4 -j REJECT",
+    );
+    let text = scraper.scrape(&ns);
+    let after_swap = rules(&text);
+    assert_eq!(after_swap, saved(&ns, "iptables-save").0);
+    assert_eq!(after_swap.len(), 3, "{text}");
+    assert!(!text.contains("--dport 2 "), "{text}");
+    assert!(text.contains("--dport 4 -j REJECT"), "{text}");
+    assert_eq!(rules(&scraper.scrape(&ns)), after_swap, "unchanged again");
 }
 
 #[test]
@@ -534,8 +624,11 @@ fn rules_changing_during_scrapes_never_break_one() {
             n
         })
     };
+    // One collector throughout: each scrape either finds the generation it
+    // knows or reads the structure anew, never a mix.
+    let scraper = Scraper::new(FirewallConfig::default());
     for _ in 0..40 {
-        let text = scrape(&ns, FirewallConfig::default());
+        let text = scraper.scrape(&ns);
         assert!(
             text.lines().any(|l| l == "iptables_scrape_success 1"),
             "{text}"

@@ -1,17 +1,18 @@
-//! The prometheus-client collector: at each scrape it reads the ruleset over
-//! netlink and encodes iptables_exporter's families (`iptables_*` for
-//! iptables-nft's `ip` tables, `ip6tables_*` for its `ip6` tables) and
-//! `nftables_*` for every other table.
+//! The prometheus-client collector: at each scrape it reads the counters
+//! over netlink (and the ruleset's structure when its generation moved),
+//! adds them up per series of the kept [`Layout`] and encodes
+//! iptables_exporter's families (`iptables_*` for iptables-nft's `ip`
+//! tables, `ip6tables_*` for its `ip6` tables) and `nftables_*` for every
+//! other table.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
     sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeMetric, LabelSetEncoder},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
         MetricType,
         counter::ConstCounter,
@@ -20,54 +21,12 @@ use prometheus_client::{
 };
 
 use super::{
-    FirewallConfig, FirewallError, legacy, netlink, render,
-    ruleset::{Chain, Counters, Family, Rule, Ruleset},
+    FirewallConfig, FirewallError,
+    layout::{Layout, Series, Xtables},
+    legacy,
+    netlink::{self, Read},
+    ruleset::Counters,
 };
-
-/// A chain policy series (labels in the order the original printed them).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-struct PolicyLabels {
-    chain: String,
-    policy: String,
-    table: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-struct RuleLabels {
-    chain: String,
-    rule: String,
-    table: String,
-    /// Only with `rule_position_label`: the label is absent otherwise, so
-    /// the default label set is exactly the original's.
-    position: Option<usize>,
-}
-
-impl EncodeLabelSet for RuleLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        ("chain", self.chain.as_str()).encode(encoder.encode_label())?;
-        if let Some(position) = self.position {
-            ("position", position.to_string()).encode(encoder.encode_label())?;
-        }
-        ("rule", self.rule.as_str()).encode(encoder.encode_label())?;
-        ("table", self.table.as_str()).encode(encoder.encode_label())
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-struct NftRuleLabels {
-    family: String,
-    table: String,
-    chain: String,
-    handle: String,
-    comment: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-struct NamedCounterLabels {
-    family: String,
-    table: String,
-    counter: String,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct LegacyLabels {
@@ -75,18 +34,14 @@ struct LegacyLabels {
     table: String,
 }
 
-/// The counters of one iptables family (IPv4 or IPv6), duplicates summed.
-#[derive(Default)]
-struct XtablesCounters {
-    policies: BTreeMap<PolicyLabels, Counters>,
-    rules: BTreeMap<RuleLabels, Counters>,
-}
-
 /// Reads the firewall at each scrape.
 #[derive(Debug)]
 pub struct FirewallCollector {
     position_label: bool,
     legacy_names: bool,
+    /// The layout of the last generation read; the lock also keeps
+    /// concurrent scrapes of this collector from reading twice at once.
+    layout: Mutex<Option<Layout>>,
     /// The last failure logged and when, so a broken setup logs once in a while, not per scrape.
     last_error: Mutex<Option<(String, Instant)>>,
 }
@@ -98,7 +53,40 @@ impl FirewallCollector {
         Self {
             position_label: config.rule_position_label,
             legacy_names: config.legacy_metric_names,
+            layout: Mutex::new(None),
             last_error: Mutex::new(None),
+        }
+    }
+
+    /// The current values, with `layout` made current first.
+    fn read(&self, layout: &mut Option<Layout>) -> Result<Vec<Counters>, FirewallError> {
+        let known = layout.as_ref().map(|l| (l.generation, l.chains.as_slice()));
+        let mut read = netlink::read(known)?;
+        if let (Read::Counters(counts), Some(current)) = (&read, layout.as_ref()) {
+            match current.values(counts) {
+                Some(values) => return Ok(values),
+                // Never expected (the generation held): a read that does not
+                // fit its generation's layout. Start again from the structure.
+                None => read = netlink::read(None)?,
+            }
+        }
+        match read {
+            Read::Full {
+                generation,
+                ruleset,
+                counts,
+            } => {
+                let fresh = layout.insert(Layout::new(
+                    generation,
+                    ruleset,
+                    &counts,
+                    self.position_label,
+                ));
+                fresh
+                    .values(&counts)
+                    .ok_or(FirewallError::Malformed("ruleset"))
+            }
+            Read::Counters(_) => Err(FirewallError::Malformed("ruleset")),
         }
     }
 
@@ -128,157 +116,17 @@ impl FirewallCollector {
     }
 }
 
-/// The built-in chains of each iptables table.
-fn builtin_chains(table: &str) -> &'static [&'static str] {
-    match table {
-        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
-        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-        "mangle" => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
-        "raw" => &["PREROUTING", "OUTPUT"],
-        "security" => &["INPUT", "FORWARD", "OUTPUT"],
-        _ => &[],
-    }
-}
-
-fn iptables_layout(table: &str, chain: &str) -> bool {
-    builtin_chains(table).contains(&chain)
-}
-
-/// The `ip`/`ip6` tables iptables-nft manages: those `nft` flags as such
-/// (they hold xtables compat expressions), and those named like an
-/// iptables table whose base chains are all iptables' built-in ones (a
-/// table whose rules are all native, which `nft` does not flag).
-pub(super) fn xtables_tables(ruleset: &Ruleset) -> BTreeSet<(Family, String)> {
-    let is_ip = |f: Family| f == Family::IPV4 || f == Family::IPV6;
-    let mut layout: BTreeMap<(Family, &str), bool> = BTreeMap::new();
-    for chain in ruleset.chains.iter().filter(|c| is_ip(c.family)) {
-        let ok =
-            iptables_layout(&chain.table, "INPUT") || iptables_layout(&chain.table, "PREROUTING");
-        let ok = ok && (chain.hook.is_none() || iptables_layout(&chain.table, &chain.name));
-        *layout.entry((chain.family, &chain.table)).or_insert(true) &= ok;
-    }
-    let mut tables: BTreeSet<(Family, String)> = layout
-        .into_iter()
-        .filter(|(_, ok)| *ok)
-        .map(|((family, table), _)| (family, table.to_owned()))
-        .collect();
-    for rule in ruleset
-        .rules
-        .iter()
-        .filter(|r| is_ip(r.family) && r.has_xt())
-    {
-        tables.insert((rule.family, rule.table.clone()));
-    }
-    tables
-}
-
-fn policy_name(chain: &Chain) -> String {
-    match (chain.hook, chain.policy) {
-        (None, _) => "-".into(),
-        (Some(_), Some(0)) => "DROP".into(),
-        (Some(_), _) => "ACCEPT".into(),
-    }
-}
-
-impl FirewallCollector {
-    fn xtables(
-        &self,
-        ruleset: &Ruleset,
-        managed: &BTreeSet<(Family, String)>,
-        family: Family,
-    ) -> XtablesCounters {
-        let is_managed = |t: &str| managed.contains(&(family, t.to_owned()));
-        let mut out = XtablesCounters::default();
-        for chain in ruleset
-            .chains
-            .iter()
-            .filter(|c| c.family == family && is_managed(&c.table))
-        {
-            let labels = PolicyLabels {
-                chain: chain.name.clone(),
-                policy: policy_name(chain),
-                table: chain.table.clone(),
-            };
-            // User-defined chains have no policy; iptables-save shows them as [0:0].
-            let counters = if chain.hook.is_some() {
-                chain.counters.unwrap_or_default()
-            } else {
-                Counters::default()
-            };
-            *out.policies.entry(labels).or_default() += counters;
-        }
-        // iptables-nft creates built-in chains only when first used, yet
-        // iptables-save lists them all, with policy ACCEPT and no traffic.
-        for (_, table) in managed.iter().filter(|(f, _)| *f == family) {
-            for chain in builtin_chains(table) {
-                let present = ruleset
-                    .chains
-                    .iter()
-                    .any(|c| c.family == family && c.table == *table && c.name == *chain);
-                if !present {
-                    let labels = PolicyLabels {
-                        chain: (*chain).to_owned(),
-                        policy: "ACCEPT".into(),
-                        table: table.clone(),
-                    };
-                    out.policies.entry(labels).or_default();
-                }
-            }
-        }
-        let mut positions: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-        for rule in ruleset
-            .rules
-            .iter()
-            .filter(|r| r.family == family && is_managed(&r.table))
-        {
-            let position = positions
-                .entry((rule.table.as_str(), rule.chain.as_str()))
-                .or_default();
-            *position += 1;
-            let labels = RuleLabels {
-                chain: rule.chain.clone(),
-                rule: render::iptables_rule(rule),
-                table: rule.table.clone(),
-                position: self.position_label.then_some(*position),
-            };
-            *out.rules.entry(labels).or_default() += rule.counters().unwrap_or_default();
-        }
-        out
-    }
-}
-
-fn nftables(
-    ruleset: &Ruleset,
-    managed: &BTreeSet<(Family, String)>,
-) -> BTreeMap<NftRuleLabels, Counters> {
-    let is_managed = |r: &Rule| managed.contains(&(r.family, r.table.clone()));
-    ruleset
-        .rules
-        .iter()
-        .filter(|r| !is_managed(r))
-        .filter_map(|r| {
-            let labels = NftRuleLabels {
-                family: r.family.name(),
-                table: r.table.clone(),
-                chain: r.chain.clone(),
-                handle: r.handle.to_string(),
-                comment: r.comment.clone().unwrap_or_default(),
-            };
-            Some((labels, r.counters()?))
-        })
-        .collect()
-}
-
 fn counter_family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    series: &BTreeMap<L, Counters>,
+    series: &Series<L>,
+    values: &[Counters],
     value: fn(&Counters) -> u64,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, counters) in series {
-        ConstCounter::new(value(counters)).encode(family.encode_family(labels)?)?;
+    for (labels, counters) in series.with(values) {
+        ConstCounter::new(value(&counters)).encode(family.encode_family(labels)?)?;
     }
     Ok(())
 }
@@ -297,24 +145,26 @@ fn gauge(
 fn encode_xtables(
     encoder: &mut DescriptorEncoder<'_>,
     prefix: &str,
-    counters: Option<&XtablesCounters>,
+    read: Option<(&Xtables, &[Counters])>,
     legacy_names: bool,
     took: Duration,
 ) -> Result<(), std::fmt::Error> {
     let help = |what: &str| format!("iptables_exporter: {what}");
-    if let Some(c) = counters {
+    if let Some((series, values)) = read {
         counter_family(
             encoder,
             &format!("{prefix}_default_bytes"),
             &help("Total bytes matching a chain's default policy."),
-            &c.policies,
+            &series.policies,
+            values,
             |c| c.bytes,
         )?;
         counter_family(
             encoder,
             &format!("{prefix}_default_packets"),
             &help("Total packets matching a chain's default policy."),
-            &c.policies,
+            &series.policies,
+            values,
             |c| c.packets,
         )?;
         if legacy_names {
@@ -326,7 +176,7 @@ fn encode_xtables(
                 None,
                 MetricType::Unknown,
             )?;
-            for (labels, counters) in &c.policies {
+            for (labels, counters) in series.policies.with(values) {
                 let gauge: Gauge<i64> = Gauge::default();
                 gauge.set(i64::try_from(counters.packets).unwrap_or(i64::MAX));
                 gauge.encode(family.encode_family(labels)?)?;
@@ -336,14 +186,16 @@ fn encode_xtables(
             encoder,
             &format!("{prefix}_rule_bytes"),
             &help("Total bytes matching a rule."),
-            &c.rules,
+            &series.rules,
+            values,
             |c| c.bytes,
         )?;
         counter_family(
             encoder,
             &format!("{prefix}_rule_packets"),
             &help("Total packets matching a rule."),
-            &c.rules,
+            &series.rules,
+            values,
             |c| c.packets,
         )?;
     }
@@ -354,7 +206,7 @@ fn encode_xtables(
         took.as_secs_f64(),
     )?;
 
-    let success = ConstGauge::new(i64::from(counters.is_some()));
+    let success = ConstGauge::new(i64::from(read.is_some()));
     success.encode(encoder.encode_descriptor(
         &format!("{prefix}_scrape_success"),
         &help(&format!("Whether scraping {prefix} succeeded.")),
@@ -366,73 +218,64 @@ fn encode_xtables(
 impl Collector for FirewallCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let started = Instant::now();
-        let read = netlink::read_ruleset();
-        let named: Option<BTreeMap<NamedCounterLabels, Counters>> = read.as_ref().ok().map(|r| {
-            r.counters
-                .iter()
-                .map(|c| {
-                    let labels = NamedCounterLabels {
-                        family: c.family.name(),
-                        table: c.table.clone(),
-                        counter: c.name.clone(),
-                    };
-                    (labels, c.counters)
-                })
-                .collect()
-        });
-        let (v4, v6, nft) = match &read {
-            Ok(ruleset) => {
+        let mut layout = self.layout.lock().unwrap_or_else(PoisonError::into_inner);
+        let values = match self.read(&mut layout) {
+            Ok(values) => {
                 self.recovered();
-                let managed = xtables_tables(ruleset);
-                (
-                    Some(self.xtables(ruleset, &managed, Family::IPV4)),
-                    Some(self.xtables(ruleset, &managed, Family::IPV6)),
-                    Some(nftables(ruleset, &managed)),
-                )
+                Some(values)
             }
             Err(e) => {
-                self.log_failure(e);
-                (None, None, None)
+                self.log_failure(&e);
+                None
             }
         };
         let took = started.elapsed();
+        let read = layout.as_ref().zip(values.as_deref());
         encode_xtables(
             &mut encoder,
             "iptables",
-            v4.as_ref(),
+            read.map(|(l, v)| (&l.iptables, v)),
             self.legacy_names,
             took,
         )?;
-        encode_xtables(&mut encoder, "ip6tables", v6.as_ref(), false, took)?;
-        if let Some(nft) = &nft {
+        encode_xtables(
+            &mut encoder,
+            "ip6tables",
+            read.map(|(l, v)| (&l.ip6tables, v)),
+            false,
+            took,
+        )?;
+        if let Some((layout, values)) = read {
             counter_family(
                 &mut encoder,
                 "nftables_rule_bytes",
                 "Total bytes counted by an nftables rule's counter (tables not managed by iptables-nft).",
-                nft,
+                &layout.nftables,
+                values,
                 |c| c.bytes,
             )?;
             counter_family(
                 &mut encoder,
                 "nftables_rule_packets",
                 "Total packets counted by an nftables rule's counter (tables not managed by iptables-nft).",
-                nft,
+                &layout.nftables,
+                values,
                 |c| c.packets,
             )?;
-        }
-        if let Some(named) = &named {
             counter_family(
                 &mut encoder,
                 "nftables_counter_bytes",
                 "Total bytes counted by a named nftables counter object.",
-                named,
+                &layout.named,
+                values,
                 |c| c.bytes,
             )?;
             counter_family(
                 &mut encoder,
                 "nftables_counter_packets",
                 "Total packets counted by a named nftables counter object.",
-                named,
+                &layout.named,
+                values,
                 |c| c.packets,
             )?;
         }

@@ -1,19 +1,23 @@
 //! Firewall counters: a drop-in for iptables_exporter that reads nftables
 //! over netlink at scrape time instead of running `iptables-save`.
 //!
-//! Data flow: [`netlink`] (one consistent dump of chains and rules) ->
-//! [`ruleset`] (plain Rust values) -> [`render`] (iptables-save's rule text,
-//! with [`xt_match`]/[`xt_target`] for xtables extensions) -> [`collector`]
-//! (the `iptables_*`, `ip6tables_*` and `nftables_*` families); [`listener`]
+//! Data flow: [`netlink`] (one consistent read of chains, rules and counter
+//! objects: their structure as [`ruleset`]'s plain Rust values when the
+//! ruleset generation is new, their counter values always) -> [`layout`]
+//! (the label sets, with [`render`] giving iptables-save's rule text and
+//! [`xt_match`]/[`xt_target`] the xtables extensions; kept while the
+//! generation holds) -> [`collector`] (adds up the values and encodes the
+//! `iptables_*`, `ip6tables_*` and `nftables_*` families); [`listener`]
 //! serves them on a separate drop-in port when asked; [`legacy`] notices
 //! hosts still on x_tables.
 
 mod collector;
+mod layout;
 mod legacy;
 mod listener;
 mod netlink;
 mod render;
-pub mod ruleset;
+mod ruleset;
 mod xt_match;
 mod xt_target;
 
@@ -113,16 +117,6 @@ impl Default for FirewallConfig {
             legacy_metric_names: false,
         }
     }
-}
-
-/// Reads every chain and rule of every nftables table once.
-pub fn read_ruleset() -> Result<ruleset::Ruleset, FirewallError> {
-    netlink::read_ruleset()
-}
-
-/// `iptables-save`'s text for an iptables-nft rule (after `-A CHAIN `).
-pub fn iptables_rule_text(rule: &ruleset::Rule) -> String {
-    render::iptables_rule(rule)
 }
 
 /// Wires the firewall counters into the daemon: registers the collector in

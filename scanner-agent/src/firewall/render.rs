@@ -168,7 +168,7 @@ pub(super) fn iptables_rule(rule: &Rule) -> String {
                 }
                 Some(v) => verdict_target(&mut cmd, *v, chain.as_deref()),
             },
-            Expr::Counter(_) => {}
+            Expr::Counter => {}
             Expr::Limit {
                 rate, unit, burst, ..
             } => {
@@ -704,7 +704,7 @@ mod tests {
             cmp(CMP_EQ, &[6]),
             payload(BASE_TRANSPORT, 2, 2),
             cmp(CMP_EQ, &7000u16.to_be_bytes()),
-            Expr::Counter(Default::default()),
+            Expr::Counter,
             verdict(NF_ACCEPT),
         ]);
         assert_eq!(iptables_rule(&r), "-p tcp -m tcp --dport 7000 -j ACCEPT");

@@ -1,6 +1,8 @@
 //! The nftables ruleset as read over netlink, in plain owned Rust values:
-//! what `netlink` produces and `render`/`collector` consume, so everything
-//! past the FFI boundary is ordinary, unit-testable code.
+//! what `netlink` produces and `layout`/`render` consume, so everything
+//! past the FFI boundary is ordinary, unit-testable code. It is the
+//! structure only: counter values change at every scrape and travel apart,
+//! in dump order (see `netlink::Counts`).
 
 /// An nftables family (`NFPROTO_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,8 +53,6 @@ pub struct Chain {
     pub hook: Option<u32>,
     /// `NF_DROP` (0) or `NF_ACCEPT` (1), base chains only.
     pub policy: Option<u32>,
-    /// The policy counters, when the chain keeps them (iptables-nft's do).
-    pub counters: Option<Counters>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,12 +67,9 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// The rule's counter, if it has one.
-    pub fn counters(&self) -> Option<Counters> {
-        self.exprs.iter().find_map(|e| match e {
-            Expr::Counter(c) => Some(*c),
-            _ => None,
-        })
+    /// Whether the rule has a counter (the values are read apart).
+    pub fn has_counter(&self) -> bool {
+        self.exprs.iter().any(|e| matches!(e, Expr::Counter))
     }
 
     /// Whether the rule carries xtables compat expressions: `nft` calls such
@@ -124,7 +121,7 @@ pub enum Expr {
         chain: Option<String>,
         data: Vec<u8>,
     },
-    Counter(Counters),
+    Counter,
     Limit {
         rate: u64,
         unit: u64,
@@ -157,7 +154,6 @@ pub struct NamedCounter {
     pub family: Family,
     pub table: String,
     pub name: String,
-    pub counters: Counters,
 }
 
 /// Everything read in one consistent dump.

@@ -1,0 +1,377 @@
+//! Everything a scrape exports except the values: each family's label
+//! sets (rule texts rendered, identical ones merged, sorted as encoded),
+//! and for every chain, rule and named counter of a read, in dump order,
+//! its kernel handle and the series its counters add to.
+//!
+//! A layout is built from one full read and reused while the ruleset
+//! generation holds, so a scrape of an unchanged ruleset only reads
+//! counters and adds them up. A new generation replaces it whole: its size
+//! follows the ruleset's, never the number of scrapes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
+
+use super::{
+    netlink::{Counts, Generation, Handled},
+    render,
+    ruleset::{Chain, Counters, Family, Ruleset},
+};
+
+/// A chain policy series (labels in the order the original printed them).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub(super) struct PolicyLabels {
+    chain: String,
+    policy: String,
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct RuleLabels {
+    chain: String,
+    rule: String,
+    table: String,
+    /// Only with `rule_position_label`: the label is absent otherwise, so
+    /// the default label set is exactly the original's.
+    position: Option<usize>,
+}
+
+impl EncodeLabelSet for RuleLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("chain", self.chain.as_str()).encode(encoder.encode_label())?;
+        if let Some(position) = self.position {
+            ("position", position).encode(encoder.encode_label())?;
+        }
+        ("rule", self.rule.as_str()).encode(encoder.encode_label())?;
+        ("table", self.table.as_str()).encode(encoder.encode_label())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub(super) struct NftRuleLabels {
+    family: String,
+    table: String,
+    chain: String,
+    handle: String,
+    comment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub(super) struct NamedCounterLabels {
+    family: String,
+    table: String,
+    counter: String,
+}
+
+/// One family's series: label sets in encoding order; series `i` has the
+/// value at `first + i` of [`Layout::values`].
+#[derive(Debug)]
+pub(super) struct Series<L> {
+    pub labels: Vec<L>,
+    first: usize,
+}
+
+impl<L> Series<L> {
+    /// Each label set with its value.
+    pub fn with<'a>(&'a self, values: &'a [Counters]) -> impl Iterator<Item = (&'a L, Counters)> {
+        let values = &values[self.first..self.first + self.labels.len()];
+        self.labels.iter().zip(values.iter().copied())
+    }
+}
+
+/// The series of one iptables family (IPv4 or IPv6).
+#[derive(Debug)]
+pub(super) struct Xtables {
+    pub policies: Series<PolicyLabels>,
+    pub rules: Series<RuleLabels>,
+}
+
+/// A chain, rule or named counter of the dump: its handle, checked at
+/// every read, and the series its counters add to.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    handle: u64,
+    series: Option<usize>,
+}
+
+#[derive(Debug)]
+pub(super) struct Layout {
+    pub generation: Generation,
+    /// Whose rules each read dumps, in this order.
+    pub chains: Vec<Chain>,
+    chain_slots: Vec<Slot>,
+    rule_slots: Vec<Slot>,
+    named_slots: Vec<Slot>,
+    pub iptables: Xtables,
+    pub ip6tables: Xtables,
+    pub nftables: Series<NftRuleLabels>,
+    pub named: Series<NamedCounterLabels>,
+    series: usize,
+}
+
+impl Layout {
+    /// The layout of a full read (`counts` from the same read).
+    pub fn new(
+        generation: Generation,
+        ruleset: Ruleset,
+        counts: &Counts,
+        position_label: bool,
+    ) -> Self {
+        let slots = |handled: &[Handled]| -> Vec<Slot> {
+            handled
+                .iter()
+                .map(|h| Slot {
+                    handle: h.handle,
+                    series: None,
+                })
+                .collect()
+        };
+        let mut builder = Builder {
+            chain_slots: slots(&counts.chains),
+            rule_slots: slots(&counts.rules),
+            named_slots: slots(&counts.named),
+            series: 0,
+        };
+        let managed = xtables_tables(&ruleset);
+        let iptables = builder.xtables(&ruleset, &managed, Family::IPV4, position_label);
+        let ip6tables = builder.xtables(&ruleset, &managed, Family::IPV6, position_label);
+        let nftables = builder.nftables(&ruleset, &managed);
+        let named = builder.series(
+            &ruleset.counters,
+            |_| true,
+            |c| NamedCounterLabels {
+                family: c.family.name(),
+                table: c.table.clone(),
+                counter: c.name.clone(),
+            },
+            Target::Named,
+        );
+        Self {
+            generation,
+            chains: ruleset.chains,
+            chain_slots: builder.chain_slots,
+            rule_slots: builder.rule_slots,
+            named_slots: builder.named_slots,
+            iptables,
+            ip6tables,
+            nftables,
+            named,
+            series: builder.series,
+        }
+    }
+
+    /// Every series' value: the counters of `counts` added up. `None` when
+    /// `counts` is not a read of this layout's structure.
+    pub fn values(&self, counts: &Counts) -> Option<Vec<Counters>> {
+        let mut values = vec![Counters::default(); self.series];
+        for (slots, handled) in [
+            (&self.chain_slots, &counts.chains),
+            (&self.rule_slots, &counts.rules),
+            (&self.named_slots, &counts.named),
+        ] {
+            if slots.len() != handled.len() {
+                return None;
+            }
+            for (slot, read) in slots.iter().zip(handled) {
+                if slot.handle != read.handle {
+                    return None;
+                }
+                if let Some(series) = slot.series {
+                    values[series] += read.counters.unwrap_or_default();
+                }
+            }
+        }
+        Some(values)
+    }
+}
+
+/// Which slots a family's members are.
+#[derive(Clone, Copy)]
+enum Target {
+    Chains,
+    Rules,
+    Named,
+}
+
+struct Builder {
+    chain_slots: Vec<Slot>,
+    rule_slots: Vec<Slot>,
+    named_slots: Vec<Slot>,
+    series: usize,
+}
+
+impl Builder {
+    /// A family of the members of `items` that pass `member`, by labels;
+    /// members with the same labels share (and add up in) one series.
+    fn series<'a, T, L: Ord>(
+        &mut self,
+        items: &'a [T],
+        member: impl Fn(&T) -> bool,
+        mut labels: impl FnMut(&'a T) -> L,
+        target: Target,
+    ) -> Series<L> {
+        let mut by_labels: BTreeMap<L, Vec<usize>> = BTreeMap::new();
+        for (index, item) in items.iter().enumerate().filter(|(_, i)| member(i)) {
+            by_labels.entry(labels(item)).or_default().push(index);
+        }
+        self.series_of(by_labels, target)
+    }
+
+    fn series_of<L>(&mut self, by_labels: BTreeMap<L, Vec<usize>>, target: Target) -> Series<L> {
+        let first = self.series;
+        let slots = match target {
+            Target::Chains => &mut self.chain_slots,
+            Target::Rules => &mut self.rule_slots,
+            Target::Named => &mut self.named_slots,
+        };
+        let labels = by_labels
+            .into_iter()
+            .enumerate()
+            .map(|(offset, (labels, members))| {
+                for member in members {
+                    slots[member].series = Some(first + offset);
+                }
+                labels
+            })
+            .collect::<Vec<_>>();
+        self.series += labels.len();
+        Series { labels, first }
+    }
+
+    fn xtables(
+        &mut self,
+        ruleset: &Ruleset,
+        managed: &BTreeSet<(Family, String)>,
+        family: Family,
+        position_label: bool,
+    ) -> Xtables {
+        let is_managed = |table: &str| managed.contains(&(family, table.to_owned()));
+        let mut policies: BTreeMap<PolicyLabels, Vec<usize>> = BTreeMap::new();
+        for (index, chain) in ruleset.chains.iter().enumerate() {
+            if chain.family != family || !is_managed(&chain.table) {
+                continue;
+            }
+            let labels = PolicyLabels {
+                chain: chain.name.clone(),
+                policy: policy_name(chain),
+                table: chain.table.clone(),
+            };
+            let members = policies.entry(labels).or_default();
+            // User-defined chains have no policy; iptables-save shows them as [0:0].
+            if chain.hook.is_some() {
+                members.push(index);
+            }
+        }
+        // iptables-nft creates built-in chains only when first used, yet
+        // iptables-save lists them all, with policy ACCEPT and no traffic.
+        for (_, table) in managed.iter().filter(|(f, _)| *f == family) {
+            for chain in builtin_chains(table) {
+                let present = ruleset
+                    .chains
+                    .iter()
+                    .any(|c| c.family == family && c.table == *table && c.name == *chain);
+                if !present {
+                    let labels = PolicyLabels {
+                        chain: (*chain).to_owned(),
+                        policy: "ACCEPT".into(),
+                        table: table.clone(),
+                    };
+                    policies.entry(labels).or_default();
+                }
+            }
+        }
+        let policies = self.series_of(policies, Target::Chains);
+
+        let mut positions: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        let rules = self.series(
+            &ruleset.rules,
+            |r| r.family == family && is_managed(&r.table),
+            |rule| {
+                let position = positions
+                    .entry((rule.table.as_str(), rule.chain.as_str()))
+                    .or_default();
+                *position += 1;
+                RuleLabels {
+                    chain: rule.chain.clone(),
+                    rule: render::iptables_rule(rule),
+                    table: rule.table.clone(),
+                    position: position_label.then_some(*position),
+                }
+            },
+            Target::Rules,
+        );
+        Xtables { policies, rules }
+    }
+
+    /// Rules with a counter in every table iptables-nft does not manage.
+    fn nftables(
+        &mut self,
+        ruleset: &Ruleset,
+        managed: &BTreeSet<(Family, String)>,
+    ) -> Series<NftRuleLabels> {
+        self.series(
+            &ruleset.rules,
+            |r| r.has_counter() && !managed.contains(&(r.family, r.table.clone())),
+            |r| NftRuleLabels {
+                family: r.family.name(),
+                table: r.table.clone(),
+                chain: r.chain.clone(),
+                handle: r.handle.to_string(),
+                comment: r.comment.clone().unwrap_or_default(),
+            },
+            Target::Rules,
+        )
+    }
+}
+
+/// The built-in chains of each iptables table.
+fn builtin_chains(table: &str) -> &'static [&'static str] {
+    match table {
+        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
+        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        "mangle" => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+        "raw" => &["PREROUTING", "OUTPUT"],
+        "security" => &["INPUT", "FORWARD", "OUTPUT"],
+        _ => &[],
+    }
+}
+
+fn iptables_layout(table: &str, chain: &str) -> bool {
+    builtin_chains(table).contains(&chain)
+}
+
+/// The `ip`/`ip6` tables iptables-nft manages: those `nft` flags as such
+/// (they hold xtables compat expressions), and those named like an
+/// iptables table whose base chains are all iptables' built-in ones (a
+/// table whose rules are all native, which `nft` does not flag).
+fn xtables_tables(ruleset: &Ruleset) -> BTreeSet<(Family, String)> {
+    let is_ip = |f: Family| f == Family::IPV4 || f == Family::IPV6;
+    let mut layout: BTreeMap<(Family, &str), bool> = BTreeMap::new();
+    for chain in ruleset.chains.iter().filter(|c| is_ip(c.family)) {
+        let ok =
+            iptables_layout(&chain.table, "INPUT") || iptables_layout(&chain.table, "PREROUTING");
+        let ok = ok && (chain.hook.is_none() || iptables_layout(&chain.table, &chain.name));
+        *layout.entry((chain.family, &chain.table)).or_insert(true) &= ok;
+    }
+    let mut tables: BTreeSet<(Family, String)> = layout
+        .into_iter()
+        .filter(|(_, ok)| *ok)
+        .map(|((family, table), _)| (family, table.to_owned()))
+        .collect();
+    for rule in ruleset
+        .rules
+        .iter()
+        .filter(|r| is_ip(r.family) && r.has_xt())
+    {
+        tables.insert((rule.family, rule.table.clone()));
+    }
+    tables
+}
+
+fn policy_name(chain: &Chain) -> String {
+    match (chain.hook, chain.policy) {
+        (None, _) => "-".into(),
+        (Some(_), Some(0)) => "DROP".into(),
+        (Some(_), _) => "ACCEPT".into(),
+    }
+}
