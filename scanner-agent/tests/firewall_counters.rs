@@ -659,7 +659,12 @@ fn legacy_x_tables_are_reported() {
 
 /// An HTTP GET on loopback inside `ns`.
 fn get(ns: &Netns, port: u16, path: &str) -> Option<String> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    get_with(ns, port, path, "")
+}
+
+/// A GET with extra header lines; the body.
+fn get_with(ns: &Netns, port: u16, path: &str, headers: &str) -> Option<String> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n");
     ns.run(move || {
         let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
         s.write_all(request.as_bytes()).ok()?;
@@ -749,6 +754,27 @@ fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
         !drop_in.contains("task_queue_size"),
         "only the firewall families:\n{drop_in}"
     );
+}
+
+/// The drop-in port is protected like every other endpoint.
+#[test]
+fn the_drop_in_listener_requires_the_agents_authentication() {
+    let ns = Netns::new("fw-auth");
+    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
+    let _daemon = Daemon::start(
+        &ns,
+        "server:\n  port: 19458\nfirewall:\n  listen: \"127.0.0.1:19459\"\nauth:\n  bearer_tokens: [tok]\n",
+        false,
+    );
+    let token = "Authorization: Bearer tok\r\n";
+    let mut body = String::new();
+    let up = wait_until(Duration::from_secs(20), || {
+        body = get_with(&ns, 19459, "/metrics", token).unwrap_or_default();
+        body.contains("iptables_rule_packets_total{")
+    });
+    assert!(up, "{body}");
+    let anonymous = get(&ns, 19459, "/metrics").unwrap_or_default();
+    assert_eq!(anonymous, "authentication required\n");
 }
 
 #[test]

@@ -23,13 +23,13 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use super::{DaemonError, Shared, auth, query, reload};
 use crate::{
     exposition,
+    firewall::ListenAddress,
     passthrough::{self, handler::Target},
     tls::TlsSettings,
 };
 
 pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
     let live = shared.live();
-    let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, live.config.server.port));
     let tls = live
         .config
         .server
@@ -38,39 +38,71 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
         .map(TlsSettings::server_config)
         .transpose()?
         .map(RustlsConfig::from_config);
-    let listener = std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| DaemonError::Listen { addr, source })?;
+    let main = bind(SocketAddr::from((
+        Ipv6Addr::UNSPECIFIED,
+        live.config.server.port,
+    )))?;
+    // iptables_exporter's port, for scrape configs that still point there:
+    // the same authentication and TLS as the main port.
+    let firewall = match (&shared.firewall_registry, live.config.firewall.listen) {
+        (Some(_), Some(ListenAddress(addr))) => Some(bind(addr)?),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let hangups = signal(SignalKind::hangup())?;
         tokio::spawn(reload_on_hangup(hangups, Arc::clone(&shared), tls.clone()));
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(%addr, scheme, "serving /metrics, /healthz and /query");
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/query", get(query::enqueue))
             .route("/query/{id}", get(query::status))
-            .route(passthrough::ROUTE, get(passthrough))
-            .layer(middleware::from_fn_with_state(
-                Arc::clone(&shared),
-                auth::require,
-            ))
-            .with_state(shared)
-            .into_make_service_with_connect_info::<SocketAddr>();
-        match tls {
-            Some(tls) => {
-                axum_server::from_tcp_rustls(listener, tls)?
-                    .serve(app)
-                    .await?
-            }
-            None => axum_server::from_tcp(listener)?.serve(app).await?,
+            .route(passthrough::ROUTE, get(passthrough));
+        if let Some(listener) = firewall {
+            let app = Router::new().route("/metrics", get(firewall_metrics));
+            tokio::spawn(run(listener, app, Arc::clone(&shared), tls.clone()));
         }
-        Ok(())
+        run(main, app, shared, tls).await
     })
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| DaemonError::Listen { addr, source })
+}
+
+/// Serves `app` behind the authentication, over TLS when configured.
+async fn run(
+    listener: std::net::TcpListener,
+    app: Router<Arc<Shared>>,
+    shared: Arc<Shared>,
+    tls: Option<RustlsConfig>,
+) -> Result<(), DaemonError> {
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "serving HTTP");
+    let app = app
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            auth::require,
+        ))
+        .with_state(shared)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some(tls) => {
+            axum_server::from_tcp_rustls(listener, tls)?
+                .serve(app)
+                .await
+        }
+        None => axum_server::from_tcp(listener)?.serve(app).await,
+    };
+    if let Err(e) = &served {
+        tracing::error!(%addr, "HTTP server stopped: {e}");
+    }
+    Ok(served?)
 }
 
 /// Reloads the configuration on every SIGHUP, and with it the TLS
@@ -104,6 +136,16 @@ async fn reload_on_hangup(mut hangups: Signal, shared: Arc<Shared>, tls: Option<
 async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
     let (content_type, body) = exposition::encode(&shared.registry, &headers);
     ([(header::CONTENT_TYPE, content_type)], body)
+}
+
+async fn firewall_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    match &shared.firewall_registry {
+        Some(registry) => {
+            let (content_type, body) = exposition::encode(registry, &headers);
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -57,8 +57,6 @@ pub enum DaemonError {
     Runtime(#[from] std::io::Error),
     #[error("server.tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
-    #[error(transparent)]
-    Firewall(#[from] crate::firewall::FirewallError),
     #[error("guard: {0}")]
     Guard(#[from] crate::guard::GuardError),
 }
@@ -129,6 +127,8 @@ pub(crate) struct Shared {
     /// None until there is something to scan.
     capture: Mutex<Option<Capture>>,
     registry: Registry,
+    /// The firewall counters alone, for their drop-in listener.
+    firewall_registry: Option<Registry>,
     metrics: ExporterMetrics,
     agent: AgentMetrics,
     /// The XDP counters at the last update, to add only what is new.
@@ -247,7 +247,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let mut registry = Registry::default();
     let metrics = ExporterMetrics::register(&mut registry, s.duration_metrics);
     let agent = AgentMetrics::register(&mut registry);
-    crate::firewall::start(&live.config.firewall, &mut registry)?;
+    let firewall_registry = crate::firewall::start(&live.config.firewall, &mut registry);
     let passthrough = passthrough::Proxy::new(&mut registry);
     let (queue, rx) = mpsc::sync_channel(queue_capacity);
     let shared = Arc::new(Shared {
@@ -256,6 +256,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         config_path: config_path.to_owned(),
         capture: Mutex::new(None),
         registry,
+        firewall_registry,
         metrics,
         agent,
         xdp_seen: Mutex::new(XdpCounters::default()),

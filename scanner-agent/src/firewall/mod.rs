@@ -7,14 +7,13 @@
 //! (the label sets, with [`render`] giving iptables-save's rule text and
 //! [`xt_match`]/[`xt_target`] the xtables extensions; kept while the
 //! generation holds) -> [`collector`] (adds up the values and encodes the
-//! `iptables_*`, `ip6tables_*` and `nftables_*` families); [`listener`]
-//! serves them on a separate drop-in port when asked; [`legacy`] notices
-//! hosts still on x_tables.
+//! `iptables_*`, `ip6tables_*` and `nftables_*` families); [`legacy`]
+//! notices hosts still on x_tables. The daemon's HTTP server serves them,
+//! also on the separate drop-in port when asked.
 
 mod collector;
 mod layout;
 mod legacy;
-mod listener;
 mod netlink;
 mod render;
 mod ruleset;
@@ -42,10 +41,6 @@ pub enum FirewallError {
     Malformed(&'static str),
     #[error("out of memory allocating a libnftnl object")]
     OutOfMemory,
-    #[error("firewall.listen: cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: io::Error },
-    #[error("cannot start the firewall listener: {0}")]
-    Runtime(io::Error),
 }
 
 impl FirewallError {
@@ -121,15 +116,19 @@ impl Default for FirewallConfig {
 
 /// Wires the firewall counters into the daemon: registers the collector in
 /// `registry` when enabled, and starts the drop-in listener when configured.
-pub fn start(config: &FirewallConfig, registry: &mut Registry) -> Result<(), FirewallError> {
+/// Registers the counters in the agent's `registry` (when enabled) and
+/// returns a registry of their own for the drop-in listener (when one is
+/// configured).
+pub fn start(config: &FirewallConfig, registry: &mut Registry) -> Option<Registry> {
     if config.enabled {
         registry.register_collector(Box::new(FirewallCollector::new(config)));
     }
-    if let Some(ListenAddress(addr)) = config.listen {
-        listener::spawn(addr, config)?;
-    }
     legacy::warn_if_present();
-    Ok(())
+    config.listen.map(|_| {
+        let mut own = Registry::default();
+        own.register_collector(Box::new(FirewallCollector::new(config)));
+        own
+    })
 }
 
 #[cfg(test)]
