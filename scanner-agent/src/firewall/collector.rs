@@ -6,7 +6,7 @@
 //! other table.
 
 use std::{
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -34,16 +34,17 @@ struct LegacyLabels {
     table: String,
 }
 
-/// Reads the firewall at each scrape.
-#[derive(Debug)]
+/// Reads the firewall at each scrape. Clones share one layout, so the
+/// agent's `/metrics` and the drop-in listener keep one cache between them.
+#[derive(Clone, Debug)]
 pub struct FirewallCollector {
     position_label: bool,
     legacy_names: bool,
     /// The layout of the last generation read; the lock also keeps
     /// concurrent scrapes of this collector from reading twice at once.
-    layout: Mutex<Option<Layout>>,
+    layout: Arc<Mutex<Option<Layout>>>,
     /// The last failure logged and when, so a broken setup logs once in a while, not per scrape.
-    last_error: Mutex<Option<(String, Instant)>>,
+    last_error: Arc<Mutex<Option<(String, Instant)>>>,
 }
 
 const REPEAT_ERROR_AFTER: Duration = Duration::from_secs(300);
@@ -53,8 +54,8 @@ impl FirewallCollector {
         Self {
             position_label: config.rule_position_label,
             legacy_names: config.legacy_metric_names,
-            layout: Mutex::new(None),
-            last_error: Mutex::new(None),
+            layout: Arc::default(),
+            last_error: Arc::default(),
         }
     }
 

@@ -120,13 +120,14 @@ impl Default for FirewallConfig {
 /// returns a registry of their own for the drop-in listener (when one is
 /// configured).
 pub fn start(config: &FirewallConfig, registry: &mut Registry) -> Option<Registry> {
+    let collector = FirewallCollector::new(config);
     if config.enabled {
-        registry.register_collector(Box::new(FirewallCollector::new(config)));
+        registry.register_collector(Box::new(collector.clone()));
     }
     legacy::warn_if_present();
     config.listen.map(|_| {
         let mut own = Registry::default();
-        own.register_collector(Box::new(FirewallCollector::new(config)));
+        own.register_collector(Box::new(collector));
         own
     })
 }

@@ -582,7 +582,7 @@ pub(super) fn v6_mask_suffix(mask: [u8; 16], full: bool) -> String {
 }
 
 /// An IPv6 address as glibc's `inet_ntop` writes it (which differs from
-/// Rust's for IPv4-compatible addresses such as `::1.2.3.4`).
+/// Rust's for IPv4-compatible addresses such as `::198.18.0.4`).
 pub(super) fn v6_addr(bytes: [u8; 16]) -> String {
     let addr = std::net::Ipv6Addr::from(bytes);
     let seg = addr.segments();
@@ -736,7 +736,7 @@ mod tests {
 
     #[test]
     fn masks_and_addresses_print_like_libxtables() {
-        assert_eq!(v4_mask_suffix([255, 0, 255, 0], true), "/255.0.255.0");
+        assert_eq!(v4_mask_suffix([255, 255, 0, 255], true), "/255.255.0.255");
         assert_eq!(v4_mask_suffix([255; 4], true), "/32");
         assert_eq!(v4_mask_suffix([255; 4], false), "");
         let mut m = [0u8; 16];
@@ -744,8 +744,8 @@ mod tests {
         m[4..6].fill(0xff);
         assert_eq!(v6_mask_suffix(m, true), "/ffff:0:ffff::");
         let mut a = [0u8; 16];
-        a[12..].copy_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(v6_addr(a), "::1.2.3.4");
+        a[12..].copy_from_slice(&[198, 18, 0, 4]);
+        assert_eq!(v6_addr(a), "::198.18.0.4");
     }
 
     #[test]
