@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use common::{
     Lab,
-    daemon::{Daemon, PORT, await_body, get, metric, request},
+    daemon::{Daemon, PORT, await_body, fetch, get, metric, request},
     wait_until,
 };
 
@@ -35,7 +35,7 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
     };
 
     let mut body = await_body(
-        || get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default(),
+        || fetch(&lab, PORT, "/metrics", ""),
         |body| metric(body, open22) == Some(1.0),
         "no scan result in /metrics",
     );
@@ -90,7 +90,7 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
     // Close 25: the next scan reports it 0 and counts one open_to_closed.
     listeners.retain(|l| l.local_addr().unwrap().port() != 25);
     body = await_body(
-        || get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default(),
+        || fetch(&lab, PORT, "/metrics", ""),
         |body| metric(body, open25) == Some(0.0),
         "port 25 never went to 0",
     );
@@ -106,7 +106,7 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
     );
     // One scan later the closed port's series is gone.
     await_body(
-        || get(&lab, "/metrics").map(|(_, b)| b).unwrap_or_default(),
+        || fetch(&lab, PORT, "/metrics", ""),
         |body| !body.contains(open25) && metric(body, open22) == Some(1.0),
         "the closed port's series was not dropped",
     );
@@ -290,11 +290,7 @@ fn a_restart_keeps_open_ports_and_scan_times() {
     );
     let open22 = "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"}";
     let scans = "scans_successful_total{target=\"198.18.0.0/30\"";
-    let metrics = || {
-        request(&lab, STATE_PORT, "/metrics", "")
-            .map(|r| r.2)
-            .unwrap_or_default()
-    };
+    let metrics = || fetch(&lab, STATE_PORT, "/metrics", "");
     await_body(
         metrics,
         |body| metric(body, scans) == Some(1.0) && metric(body, open22) == Some(1.0),
@@ -337,11 +333,7 @@ fn the_series_cap_protects_prometheus() {
         ),
     );
     let body = await_body(
-        || {
-            request(&lab, CAP_PORT, "/metrics", "")
-                .map(|r| r.2)
-                .unwrap_or_default()
-        },
+        || fetch(&lab, CAP_PORT, "/metrics", ""),
         |body| metric(body, "scans_successful_total").is_some_and(|n| n >= 1.0),
         "the awaited state",
     );

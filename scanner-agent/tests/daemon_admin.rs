@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use common::{
     Lab, SCANNER_IF,
-    daemon::{Daemon, await_body, metric, request},
+    daemon::{Daemon, await_body, fetch, fetch_status, metric, request},
     wait_until,
 };
 use rcgen::{
@@ -240,11 +240,7 @@ fn healthz_fails_when_the_capture_path_is_gone() {
     const PORT: u16 = 19933;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let _daemon = Daemon::start(&lab, "capture", &config(PORT, "20-23", "tok"));
-    let health = || {
-        request(&lab, PORT, "/healthz", "Authorization: Bearer tok\r\n")
-            .map(|(status, _, body)| format!("{status} {body}"))
-            .unwrap_or_default()
-    };
+    let health = || fetch_status(&lab, PORT, "/healthz", "Authorization: Bearer tok\r\n");
     let ok = await_body(health, |b| b.starts_with("200 "), "never healthy");
     assert!(ok.contains("\"healthy\":true"), "{ok}");
     lab.scanner.ip(&["link", "del", SCANNER_IF]);
@@ -273,11 +269,7 @@ fn a_full_queue_answers_503_at_once() {
              min_rate: 500\n  max_rate: 500\nauth:\n  bearer_tokens: [tok]\ntargets:\n  - 198.18.0.4/30\n"
         ),
     );
-    let call = |path: &str| {
-        request(&lab, PORT, path, "Authorization: Bearer tok\r\n")
-            .map(|(status, _, body)| format!("{status} {body}"))
-            .unwrap_or_default()
-    };
+    let call = |path: &str| fetch_status(&lab, PORT, path, "Authorization: Bearer tok\r\n");
     let full = await_body(
         || call("/healthz"),
         |b| b.starts_with("503 "),
@@ -319,11 +311,7 @@ fn runs_unprivileged_with_exactly_four_capabilities() {
         ],
     );
     let body = await_body(
-        || {
-            request(&lab, PORT, "/metrics", "Authorization: Bearer tok\r\n")
-                .map(|r| r.2)
-                .unwrap_or_default()
-        },
+        || fetch(&lab, PORT, "/metrics", "Authorization: Bearer tok\r\n"),
         |b| {
             metric(
                 b,

@@ -11,7 +11,7 @@ use std::{
 
 use common::{
     Lab,
-    daemon::{Daemon, await_body, request},
+    daemon::{Daemon, await_body, fetch, request},
 };
 use serde_json::Value;
 
@@ -170,11 +170,7 @@ fn promtool_finds_only_the_seeds_forced_warnings() {
         ),
     );
     let body = await_body(
-        || {
-            request(&lab, PORT, "/metrics", "")
-                .map(|r| r.2)
-                .unwrap_or_default()
-        },
+        || fetch(&lab, PORT, "/metrics", ""),
         |b| b.contains("scan_duration_histogram_seconds_bucket") && b.contains("open_ports_total{"),
         "no scan in /metrics",
     );

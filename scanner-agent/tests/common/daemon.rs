@@ -30,6 +30,22 @@ pub fn request(lab: &Lab, port: u16, path: &str, headers: &str) -> Option<(u16, 
     })
 }
 
+/// The body of a GET with extra header lines, or "" when nothing answered
+/// (for polling).
+pub fn fetch(lab: &Lab, port: u16, path: &str, headers: &str) -> String {
+    request(lab, port, path, headers)
+        .map(|(_, _, body)| body)
+        .unwrap_or_default()
+}
+
+/// "STATUS BODY" of a GET with extra header lines, or "" when nothing
+/// answered (for polling).
+pub fn fetch_status(lab: &Lab, port: u16, path: &str, headers: &str) -> String {
+    request(lab, port, path, headers)
+        .map(|(status, _, body)| format!("{status} {body}"))
+        .unwrap_or_default()
+}
+
 /// Fetches with `fetch` until `cond` holds for the body (20 s at most);
 /// returns that body, or fails saying `what` did not happen.
 pub fn await_body(fetch: impl Fn() -> String, cond: impl Fn(&str) -> bool, what: &str) -> String {
