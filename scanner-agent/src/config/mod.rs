@@ -288,7 +288,7 @@ fn checked_int<'de, D: Deserializer<'de>, T>(
 }
 
 /// Reads a string and checks it inside the deserializer (see [`checked_int`]).
-fn checked_str<'de, D: Deserializer<'de>, T>(
+pub(crate) fn checked_str<'de, D: Deserializer<'de>, T>(
     d: D,
     expected: &'static str,
     check: impl FnOnce(&str) -> Result<T, String>,

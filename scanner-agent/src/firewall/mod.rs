@@ -23,7 +23,9 @@ mod xt_target;
 use std::{io, net::SocketAddr};
 
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer};
+
+use crate::config::checked_str;
 
 pub use self::collector::FirewallCollector;
 
@@ -85,21 +87,13 @@ pub struct ListenAddress(pub SocketAddr);
 
 impl<'de> Deserialize<'de> for ListenAddress {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = ListenAddress;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an address and port such as \"[::]:9455\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenAddress, E> {
-                v.parse().map(ListenAddress).map_err(|_| {
-                    E::custom(format!(
-                        "{v:?} is not an address and port such as \"[::]:9455\" or \"127.0.0.1:9455\""
-                    ))
-                })
-            }
-        }
-        d.deserialize_str(V)
+        checked_str(d, "an address and port such as \"[::]:9455\"", |v| {
+            v.parse().map(ListenAddress).map_err(|_| {
+                format!(
+                    "{v:?} is not an address and port such as \"[::]:9455\" or \"127.0.0.1:9455\""
+                )
+            })
+        })
     }
 }
 
@@ -114,8 +108,6 @@ impl Default for FirewallConfig {
     }
 }
 
-/// Wires the firewall counters into the daemon: registers the collector in
-/// `registry` when enabled, and starts the drop-in listener when configured.
 /// Registers the counters in the agent's `registry` (when enabled) and
 /// returns a registry of their own for the drop-in listener (when one is
 /// configured).

@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 
 use hyper::Uri;
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use super::normalise;
-use crate::config::{Config, Positive};
+use crate::config::{Config, Positive, checked_str};
 
 /// A site or host name as it appears in the route: a path segment that
 /// needs no escaping.
@@ -35,7 +35,7 @@ impl Name {
 
 impl<'de> Deserialize<'de> for Name {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(StrVisitor("a site or host name", Self::parse))
+        checked_str(d, "a site or host name", Self::parse)
     }
 }
 
@@ -45,27 +45,16 @@ pub struct NodeExporter(pub Url);
 
 impl<'de> Deserialize<'de> for NodeExporter {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(StrVisitor(
+        checked_str(
+            d,
             "a node_exporter URL such as \"localhost:9100\"",
             parse_node_exporter,
-        ))
+        )
     }
 }
 
 fn parse_node_exporter(v: &str) -> Result<NodeExporter, String> {
     normalise::node_exporter_url(v).map(NodeExporter)
-}
-
-struct StrVisitor<F>(&'static str, F);
-
-impl<'de, T, F: FnOnce(&str) -> Result<T, String>> de::Visitor<'de> for StrVisitor<F> {
-    type Value = T;
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0)
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.1)(v).map_err(E::custom)
-    }
 }
 
 /// SiteRM `main.yaml`'s `general` keys that feed the passthrough.
