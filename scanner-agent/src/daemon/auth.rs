@@ -68,14 +68,24 @@ fn allows_basic(auth: &BasicAuth, user: &str, password: &str) -> bool {
     user_ok & password_ok
 }
 
+/// Marks a request whose credentials [`require`] checked, so a route that
+/// is never anonymous (the passthrough) need not check them again (bcrypt
+/// is slow on purpose).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Authenticated;
+
 pub(super) async fn require(
     State(shared): State<Arc<Shared>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let live = shared.live();
     let auth = &live.config.auth;
-    if !auth.configured() || allows(auth, request.headers().get(header::AUTHORIZATION)) {
+    if !auth.configured() {
+        return next.run(request).await;
+    }
+    if allows(auth, request.headers().get(header::AUTHORIZATION)) {
+        request.extensions_mut().insert(Authenticated);
         return next.run(request).await;
     }
     (

@@ -87,8 +87,9 @@ impl Proxy {
         request: &Request<Body>,
     ) -> Result<Uri, (StatusCode, Outcome, String)> {
         // The global middleware lets everything through when no credentials
-        // are configured; this route never does.
-        if !auth.configured() || !auth::allows(auth, request.headers().get(header::AUTHORIZATION)) {
+        // are configured; this route never does. It admits only requests
+        // the middleware checked (never anonymous, even if mounted without it).
+        if request.extensions().get::<auth::Authenticated>().is_none() {
             let why = if auth.configured() {
                 "authentication required"
             } else {
