@@ -10,7 +10,7 @@ use crate::{
         AttachMode, Capture, CaptureError, XdpCounters,
         hub::{Hub, HubError, Replies},
     },
-    engine::{Budget, Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
+    engine::{Budget, Cancel, Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
     privileges::{self, MissingCapability},
     probes::{self, ProbePlan, Protocol, Shard},
     results::{PortState, ResultSet},
@@ -71,6 +71,8 @@ pub struct ScanOptions {
     pub states: Vec<PortState>,
     /// Cancel the scan if it is still running then (the daemon's `timeout`).
     pub deadline: Option<Instant>,
+    /// Stop the scan as soon as this is set (the daemon's reload).
+    pub cancel: Option<Cancel>,
     /// A rate ceiling shared with other scans (the daemon's agent-wide budget).
     pub budget: Option<Budget>,
 }
@@ -186,6 +188,7 @@ fn execute(
             let plan = ProbePlan::ports(up.clone(), &opts.ports, &opts.protocols, seed, opts.shard);
             let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results)
                 .with_deadline(opts.deadline)
+                .with_cancel(opts.cancel.clone())
                 .with_budget(opts.budget.clone());
             let stats = engine.run(replies, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
@@ -249,6 +252,7 @@ fn discover(
     let mut unused = ResultSet::new(&[]);
     let mut engine = Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused)
         .with_deadline(opts.deadline)
+        .with_cancel(opts.cancel.clone())
         .with_budget(opts.budget.clone());
     let stats = engine.run(replies, sender)?;
     let up = targets.retain(|a| targets.index_of(a).is_some_and(|h| engine.host_answered(h)));

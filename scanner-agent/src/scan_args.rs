@@ -211,6 +211,7 @@ impl ScanArgs {
             seed: self.seed,
             states: self.states,
             deadline: None,
+            cancel: None,
             budget: None,
         })
     }

@@ -31,6 +31,7 @@ fn options(target: &str) -> ScanOptions {
         seed: None,
         states: vec![PortState::Open],
         deadline: None,
+        cancel: None,
         budget: None,
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{
     net::{Ipv6Addr, SocketAddr},
-    sync::{Arc, PoisonError, atomic::Ordering},
+    sync::{Arc, PoisonError},
     time::UNIX_EPOCH,
 };
 
@@ -153,7 +153,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .last_completed
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let full = shared.queue_full();
+    let full = shared.work.is_full();
     let capture_ok = shared.capture_ok();
     let mode = shared.capture().map(|c| c.hub.mode().to_string());
     let status = match (full, capture_ok) {
@@ -163,7 +163,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     };
     let body = serde_json::json!({
         "status": status,
-        "queue_size": shared.queued.load(Ordering::Relaxed),
+        "queue_size": shared.work.len(),
         "xdp": { "attached": mode.is_some(), "healthy": capture_ok, "mode": mode },
         "last_scan_timestamp_seconds": last.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
     });

@@ -6,6 +6,7 @@
 pub(crate) mod auth;
 mod http;
 mod query;
+mod queue;
 mod reload;
 mod report;
 mod scheduler;
@@ -16,11 +17,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex, PoisonError, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        mpsc::{self, SyncSender, TrySendError},
-    },
+    sync::{Arc, Mutex, PoisonError, RwLock, atomic::AtomicU64},
     thread,
     time::SystemTime,
 };
@@ -28,17 +25,19 @@ use std::{
 use prometheus_client::registry::Registry;
 
 use self::report::TaskState;
+use scanner_common::maps::MAX_SCANS;
+
 use crate::{
     capture::{XdpCounters, hub::Hub},
     config::{Config, Ports},
     engine::Budget,
+    guard::Guard,
     metrics::{AgentMetrics, ExporterMetrics, ModeLabels, TaskLabels},
     passthrough, privileges,
     probes::Protocol,
     route::{self, Route},
     scan::ScanError,
     schedule::{self, Task},
-    targets::TargetSet,
     transmit::Pacer,
 };
 
@@ -93,6 +92,8 @@ pub(crate) struct Live {
     budget: Option<Budget>,
     /// The node_exporter passthrough's host table.
     passthrough: passthrough::Hosts,
+    /// The port guard to install, when `guard.enabled`.
+    guard: Option<Guard>,
 }
 
 impl Live {
@@ -101,13 +102,57 @@ impl Live {
         let allowed = query_allowed(&config, &jobs)?;
         let budget = (config.scanning.max_rate > 0)
             .then(|| Arc::new(Mutex::new(Pacer::new(config.scanning.max_rate as f64))));
+        let g = &config.guard;
+        let guard = g
+            .enabled
+            .then(|| Guard::new(g.port, &g.sources(), config.server.port, g.force))
+            .transpose()?;
         Ok(Self {
             passthrough: passthrough::Hosts::from_config(&config),
             config,
             jobs,
             allowed,
             budget,
+            guard,
         })
+    }
+
+    /// Whether this configuration still wants `job` scanned: a scheduled
+    /// job it schedules, or a `/query` scan of addresses it allows.
+    fn wants(&self, job: &Job) -> bool {
+        match job.query {
+            None => self.jobs.contains(job),
+            Some(_) => self.owner_of(job).is_some(),
+        }
+    }
+
+    /// The task whose state a scan's results update: a scheduled job of the
+    /// same subnet, protocol and ports, or for a `/query` scan the task
+    /// (configured or from `query_ranges`) that holds its addresses, so that
+    /// a query confirms or corrects what the schedule found rather than
+    /// adding series of its own.
+    fn owner_of(&self, job: &Job) -> Option<Job> {
+        if job.query.is_none() {
+            return self.jobs.contains(job).then(|| job.clone());
+        }
+        let task = self
+            .allowed
+            .iter()
+            .find(|t| t.subnet.contains(&job.task.subnet))?;
+        Some(Job {
+            task: task.clone(),
+            protocol: job.protocol,
+            ports: self.config.scanning.port_range.clone(),
+            query: None,
+        })
+    }
+
+    /// Whether `job` is a task whose state this configuration keeps: a
+    /// scheduled job, or a task that `/query` results were merged into.
+    fn keeps(&self, job: &Job) -> bool {
+        job.query.is_none()
+            && job.ports == self.config.scanning.port_range
+            && self.allowed.contains(&job.task)
     }
 }
 
@@ -134,12 +179,10 @@ pub(crate) struct Shared {
     /// The XDP counters at the last update, to add only what is new.
     xdp_seen: Mutex<XdpCounters>,
     tasks: Mutex<HashMap<Job, TaskState>>,
-    queue: SyncSender<Job>,
-    queue_capacity: usize,
-    queued: AtomicUsize,
+    work: queue::Work,
     last_completed: Mutex<Option<SystemTime>>,
     queries: Mutex<query::Book>,
-    state_file: Option<PathBuf>,
+    state_file: Option<state::StateFile>,
     passthrough: passthrough::Proxy,
 }
 
@@ -164,18 +207,15 @@ impl Shared {
         }
     }
 
-    fn queue_full(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= self.queue_capacity
+    /// Queues a job at once, or says the queue is full (never waits).
+    fn enqueue(&self, job: Job) -> Result<(), queue::Full> {
+        let outcome = self.work.push(job);
+        self.count_queued();
+        outcome
     }
 
-    /// Queues a job at once, or says the queue is full (never waits).
-    fn enqueue(&self, job: Job) -> Result<(), TrySendError<Job>> {
-        self.queue.try_send(job)?;
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .task_queue_size
-            .set(self.queued.load(Ordering::Relaxed) as i64);
-        Ok(())
+    fn count_queued(&self) {
+        self.metrics.task_queue_size.set(self.work.len() as i64);
     }
 
     /// Gets ready to run `live`: the program attached where it scans, the
@@ -240,16 +280,16 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let config = Config::load(config_path)?;
     config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
     let live = Live::new(config)?;
-    apply_guard(&live.config)?;
+    apply_guard(None, &live)?;
     let s = &live.config.scanning;
-    let (workers, queue_capacity) = (s.worker_count.0, s.task_queue_size.0 as usize);
+    let workers = scanners(s.worker_count.0);
+    let work = queue::Work::new(s.task_queue_size.0 as usize);
 
     let mut registry = Registry::default();
     let metrics = ExporterMetrics::register(&mut registry, s.duration_metrics);
     let agent = AgentMetrics::register(&mut registry);
     let firewall_registry = crate::firewall::start(&live.config.firewall, &mut registry);
     let passthrough = passthrough::Proxy::new(&mut registry);
-    let (queue, rx) = mpsc::sync_channel(queue_capacity);
     let shared = Arc::new(Shared {
         live: RwLock::new(Arc::new(live)),
         generation: AtomicU64::new(0),
@@ -261,23 +301,20 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         agent,
         xdp_seen: Mutex::new(XdpCounters::default()),
         tasks: Mutex::new(HashMap::new()),
-        queue,
-        queue_capacity,
-        queued: AtomicUsize::new(0),
+        work,
         last_completed: Mutex::new(None),
         queries: Mutex::new(query::Book::default()),
-        state_file: state_file.map(Path::to_path_buf),
+        state_file: state_file.map(state::StateFile::new),
         passthrough,
     });
     shared.prepare(&shared.live())?;
     reload::record(&shared.agent, true);
 
-    let rx = Arc::new(Mutex::new(rx));
     for n in 0..workers {
-        let (shared, rx) = (Arc::clone(&shared), Arc::clone(&rx));
+        let shared = Arc::clone(&shared);
         thread::Builder::new()
             .name(format!("worker-{n}"))
-            .spawn(move || worker::work(&shared, &rx))?;
+            .spawn(move || worker::work(&shared))?;
     }
     let scheduler = Arc::clone(&shared);
     thread::Builder::new()
@@ -286,21 +323,37 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     http::serve(shared)
 }
 
+/// How many scans run at once: `worker_count`, but never more than the XDP
+/// program has key slots, since a scan without a slot cannot get replies.
+/// The jobs beyond wait in the queue, where a reload can still take them out.
+fn scanners(worker_count: u64) -> u64 {
+    let n = worker_count.min(u64::from(MAX_SCANS));
+    if n < worker_count {
+        tracing::info!(
+            worker_count,
+            "{n} scans run at once: the XDP program has {MAX_SCANS} key slots; the other tasks wait in the queue"
+        );
+    }
+    n
+}
+
 /// What `/query` may scan: the scheduled tasks and the explicitly listed
-/// `query_ranges`, nothing else.
+/// `query_ranges` (cut into tasks of at most `max_cidr_size` the same way),
+/// nothing else.
 fn query_allowed(config: &Config, jobs: &[Job]) -> Result<Vec<Task>, DaemonError> {
     let mut allowed: Vec<Task> = jobs.iter().map(|j| j.task.clone()).collect();
-    if !config.scanning.query_ranges.is_empty() {
-        let spec = config.scanning.target_spec(
-            config
-                .scanning
-                .query_ranges
-                .iter()
-                .map(|t| t.0.clone())
-                .collect(),
+    allowed.dedup();
+    let s = &config.scanning;
+    if !s.query_ranges.is_empty() {
+        let spec = s.target_spec(s.query_ranges.iter().map(|t| t.0.clone()).collect());
+        let extra = schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0)
+            .map_err(ScanError::from)?;
+        allowed.extend(
+            extra
+                .into_iter()
+                .filter(|t| !allowed.contains(t))
+                .collect::<Vec<_>>(),
         );
-        let extra = TargetSet::build(&spec).map_err(ScanError::from)?;
-        allowed.extend(extra.networks().into_iter().map(|subnet| Task { subnet }));
     }
     Ok(allowed)
 }
@@ -332,19 +385,26 @@ fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
         .collect())
 }
 
-/// Installs `guard:` when enabled; a table from an earlier run stays
-/// either way (a firewall must not open up because the agent restarted).
-fn apply_guard(config: &Config) -> Result<(), DaemonError> {
-    let g = &config.guard;
-    if !g.enabled {
-        return Ok(());
+/// Installs `guard:` when enabled, or replaces the table when a reload
+/// changed it. At start, a table from an earlier run stays when the guard is
+/// off (a firewall must not open up because the agent restarted); a reload
+/// that turns it off removes it.
+fn apply_guard(before: Option<&Live>, live: &Live) -> Result<(), DaemonError> {
+    let old = before.and_then(|b| b.guard.as_ref());
+    match (&live.guard, old) {
+        (Some(new), old) if Some(new) != old => {
+            new.apply()?;
+            tracing::info!(
+                port = new.port,
+                allowed = new.allow.len(),
+                "port guard applied"
+            );
+        }
+        (None, Some(_)) => {
+            crate::guard::remove()?;
+            tracing::info!("port guard removed: guard.enabled is false now");
+        }
+        _ => {}
     }
-    let guard = crate::guard::Guard::new(g.port, &g.sources(), config.server.port, g.force)?;
-    guard.apply()?;
-    tracing::info!(
-        port = guard.port,
-        allowed = guard.allow.len(),
-        "port guard applied"
-    );
     Ok(())
 }

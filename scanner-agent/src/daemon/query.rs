@@ -6,7 +6,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, PoisonError, mpsc::TrySendError},
+    sync::{Arc, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use super::{Job, Shared, auth};
 use crate::{
     config::Ports,
+    metrics::{FailureLabels, TaskLabels},
     probes::Protocol,
     results::PortResult,
     scan::{ScanError, ScanReport},
@@ -44,6 +45,15 @@ struct Entry {
     error: Option<String>,
 }
 
+/// `/query/{id}` answers for the latest this many records...
+pub(crate) const RECORDS_KEPT: usize = 1000;
+/// ...that finished at most this long ago (queued and running ones stay).
+pub(crate) const RECORDS_TTL: Duration = Duration::from_secs(3600);
+/// Distinct label sets of `/query` scans whose own series
+/// (`scans_successful_total`, `last_scan_timestamp_seconds`, ...) are kept;
+/// the oldest are dropped, so callers cannot grow the exposition.
+pub(crate) const QUERY_SERIES_KEPT: usize = 100;
+
 /// On-demand scans: their states, the recent ones for de-duplication, and
 /// the request times for the rate limit.
 #[derive(Default)]
@@ -53,6 +63,29 @@ pub(crate) struct Book {
     /// (ip, ports, protocol) -> id of the latest scan of it.
     latest: HashMap<(IpNet, String, Protocol), u64>,
     requests: VecDeque<Instant>,
+    /// Label sets of the per-query series, oldest first.
+    series: VecDeque<TaskLabels>,
+}
+
+impl Book {
+    /// Forgets records beyond [`RECORDS_KEPT`] or finished longer than
+    /// [`RECORDS_TTL`] ago, oldest first.
+    fn prune(&mut self) {
+        let mut finished: Vec<(u64, Instant)> = self
+            .entries
+            .iter()
+            .filter_map(|(id, e)| Some((*id, e.finished?)))
+            .collect();
+        finished.sort_unstable();
+        let excess = self.entries.len().saturating_sub(RECORDS_KEPT);
+        for (n, (id, at)) in finished.into_iter().enumerate() {
+            if n < excess || at.elapsed() >= RECORDS_TTL {
+                self.entries.remove(&id);
+            }
+        }
+        let entries = &self.entries;
+        self.latest.retain(|_, id| entries.contains_key(id));
+    }
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {
@@ -90,6 +123,20 @@ pub(super) async fn enqueue(
         Ok(p) => p,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let s = &shared.live().config.scanning;
+    let largest = match net {
+        IpNet::V4(_) => s.max_cidr_size.0,
+        IpNet::V6(_) => s.max_cidr_size_v6.0,
+    };
+    if net.prefix_len() < largest {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid parameter ip: {net} is larger than one task (/{largest}, scanning.max_cidr_size{}): query a part of it",
+                if net.addr().is_ipv6() { "_v6" } else { "" }
+            ),
+        );
+    }
     if !shared
         .live()
         .allowed
@@ -106,6 +153,7 @@ pub(super) async fn enqueue(
         .queries
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    book.prune();
     let key = (net, ports.spec.clone(), protocol);
     if let Some(&id) = book.latest.get(&key) {
         let recent = book
@@ -126,17 +174,8 @@ pub(super) async fn enqueue(
         ports: ports.clone(),
         query: Some(id),
     };
-    match shared.enqueue(job) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "task queue is full".into());
-        }
-        Err(TrySendError::Disconnected(_)) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no targets are configured, so nothing can be scanned".into(),
-            );
-        }
+    if shared.enqueue(job).is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "task queue is full".into());
     }
     book.next_id = id;
     let request = json!({"ip": net.to_string(), "ports": ports.spec, "protocol": protocol});
@@ -212,10 +251,11 @@ fn parse(params: &HashMap<String, String>) -> Result<(IpNet, Ports, Protocol), S
 }
 
 pub(super) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
-    let book = shared
+    let mut book = shared
         .queries
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    book.prune();
     let Some(entry) = book.entries.get(&id) else {
         return error(StatusCode::NOT_FOUND, format!("no query task {id}"));
     };
@@ -262,6 +302,44 @@ pub(super) fn finished(shared: &Shared, job: &Job, outcome: &Result<ScanReport, 
         Err(err) => {
             e.progress = Progress::Failed;
             e.error = Some(err.to_string());
+        }
+    }
+}
+
+/// Keeps the series of a finished `/query` scan among the latest
+/// [`QUERY_SERIES_KEPT`] label sets, dropping the oldest set's series.
+/// Label sets a scheduled job shares are the schedule's and never dropped.
+pub(super) fn keep_series(shared: &Shared, labels: &TaskLabels) {
+    let live = shared.live();
+    if live.jobs.iter().any(|j| j.labels() == *labels) {
+        return;
+    }
+    let mut book = shared
+        .queries
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    book.series.retain(|l| l != labels);
+    book.series.push_back(labels.clone());
+    while book.series.len() > QUERY_SERIES_KEPT {
+        let Some(old) = book.series.pop_front() else {
+            break;
+        };
+        if live.jobs.iter().any(|j| j.labels() == old) {
+            continue;
+        }
+        let m = &shared.metrics;
+        m.scans_successful.remove(&old);
+        m.nmap_scan_timeouts.remove(&old);
+        m.last_scan_timestamp_seconds.remove(&old);
+        m.scan_duration_seconds.remove(&old);
+        m.scan_duration_histogram_seconds.remove(&old);
+        for error_type in super::report::ERROR_TYPES {
+            m.scans_failed.remove(&FailureLabels {
+                target: old.target.clone(),
+                port_range: old.port_range.clone(),
+                protocol: old.protocol.clone(),
+                error_type: error_type.into(),
+            });
         }
     }
 }

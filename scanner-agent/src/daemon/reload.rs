@@ -3,10 +3,10 @@
 
 use std::{
     sync::{Arc, PoisonError, atomic::Ordering},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{DaemonError, Live, Shared, report};
+use super::{DaemonError, Job, Live, Shared, apply_guard, report, scheduler};
 use crate::{config::Config, metrics::AgentMetrics};
 
 /// Rereads the configuration file and swaps it in; on error nothing changes.
@@ -16,11 +16,18 @@ pub(super) fn reload(shared: &Shared) -> Result<(), DaemonError> {
     outcome
 }
 
+/// How long a reload waits for the scans of removed targets to stop. The
+/// engine looks at its cancel flag before every batch, so they stop within
+/// milliseconds; this bound only keeps a wedged sender from hanging reloads.
+const STOP_PATIENCE: Duration = Duration::from_secs(30);
+
 fn apply(shared: &Shared) -> Result<(), DaemonError> {
     let config = Config::load(&shared.config_path)?;
     let new = Live::new(config)?;
     shared.prepare(&new)?;
     let old = shared.live();
+    // Before the swap: a guard that cannot be installed rejects the reload.
+    apply_guard(Some(&old), &new)?;
     for w in restart_only(&old.config, &new.config) {
         tracing::warn!("{w}");
     }
@@ -28,11 +35,41 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
         .warnings()
         .iter()
         .for_each(|w| tracing::warn!("{w}"));
-    for job in old.jobs.iter().filter(|j| !new.jobs.contains(j)) {
+    let new = Arc::new(new);
+    *shared.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&new);
+    shared.generation.fetch_add(1, Ordering::Relaxed);
+    // The reload is done only when nothing it removed is probed any more.
+    match shared.work.withdraw(|job| new.wants(job), STOP_PATIENCE) {
+        Ok((0, 0)) => {}
+        Ok((dropped, cancelled)) => {
+            tracing::info!(
+                dropped,
+                cancelled,
+                "scans of removed targets taken out of the queue and stopped"
+            );
+        }
+        Err(left) => {
+            tracing::error!(
+                left,
+                "scans of removed targets did not stop within {STOP_PATIENCE:?}"
+            );
+        }
+    }
+    shared.count_queued();
+    let gone: Vec<Job> = shared
+        .tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keys()
+        .filter(|job| !new.keeps(job))
+        .cloned()
+        .collect();
+    for job in &gone {
         report::forget(shared, job);
     }
-    *shared.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
-    shared.generation.fetch_add(1, Ordering::Relaxed);
+    if !gone.is_empty() {
+        scheduler::persist(shared);
+    }
     tracing::info!(path = %shared.config_path.display(), "configuration reloaded");
     Ok(())
 }
@@ -55,6 +92,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
             "scanning.duration_metrics",
             o.duration_metrics != n.duration_metrics,
         ),
+        ("the firewall section", old.firewall != new.firewall),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)

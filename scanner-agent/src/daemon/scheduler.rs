@@ -2,8 +2,8 @@
 //! file remembers of them across restarts.
 
 use std::{
-    collections::HashMap,
-    sync::{PoisonError, atomic::Ordering, mpsc::TrySendError},
+    collections::{BTreeSet, HashMap},
+    sync::{PoisonError, atomic::Ordering},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -12,9 +12,10 @@ use rand::Rng as _;
 
 use super::{
     Job, Live, Shared,
-    report::{self, TaskState},
+    report::{self, OpenPort, TaskState},
     state,
 };
+use crate::{config::Ports, schedule::Task};
 
 /// Runs forever; a reload (a new generation) redoes the timetable.
 pub(super) fn run(shared: &Shared) {
@@ -34,21 +35,32 @@ pub(super) fn run(shared: &Shared) {
             if *at > now {
                 continue;
             }
-            *at = now + interval;
-            match shared.enqueue(job.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    tracing::warn!(target = %job.task.label(), "task queue full; skipping this round");
-                }
-                Err(TrySendError::Disconnected(_)) => return,
+            *at = after(now, interval);
+            // A scan that outlasts its interval is not queued a second time.
+            if shared.work.holds(job) {
+                continue;
+            }
+            if shared.enqueue(job.clone()).is_err() {
+                tracing::warn!(target = %job.task.label(), "task queue full; skipping this round");
             }
         }
-        let next = due.values().min().copied().unwrap_or(now + interval);
+        let next = due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| after(now, interval));
         thread::sleep(
             next.saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1)),
         );
     }
+}
+
+/// `d` after `now`, or as far as the clock goes (an `interval` of a
+/// hundred years means "once").
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
 }
 
 fn interval(live: &Live) -> Duration {
@@ -74,7 +86,7 @@ fn timetable(
             let soon = now + jitter.mul_f64(rand::rng().random::<f64>());
             let after_last = tasks.get(job).and_then(|t| t.last_scan).map(|last| {
                 let age = SystemTime::now().duration_since(last).unwrap_or_default();
-                (now + interval.saturating_sub(age)).max(soon)
+                after(now, interval.saturating_sub(age)).max(soon)
             });
             let at = before.get(job).copied().or(after_last).unwrap_or(soon);
             (job.clone(), at)
@@ -82,65 +94,86 @@ fn timetable(
         .collect()
 }
 
-/// Restores what the state file remembers of the scheduled jobs.
+/// Restores what the state file remembers of the tasks this configuration
+/// keeps (scheduled ones and those `/query` results were merged into).
 fn restore(shared: &Shared) {
-    let Some(path) = &shared.state_file else {
+    let Some(file) = &shared.state_file else {
         return;
     };
-    let saved = state::load(path);
+    let saved = file.load();
     let live = shared.live();
     let mut tasks = shared.tasks.lock().unwrap_or_else(PoisonError::into_inner);
-    for job in &live.jobs {
-        let remembered = saved.tasks.iter().find(|t| {
-            t.target == job.task.label()
-                && t.protocol == job.protocol.to_string()
-                && t.ports == job.ports.spec
-        });
-        if let Some(saved) = remembered {
-            let open = saved
-                .open
-                .iter()
+    for saved in saved.tasks {
+        let Some(job) = saved_job(&live, &saved) else {
+            continue;
+        };
+        let ports = |list: &[state::SavedPort]| -> BTreeSet<OpenPort> {
+            list.iter()
                 .filter_map(|(ip, proto, port)| Some((*ip, proto.parse().ok()?, *port)))
-                .collect();
-            tasks.insert(
-                job.clone(),
-                TaskState::restored(shared, open, saved.last_scan_time()),
-            );
-        }
+                .collect()
+        };
+        let state = TaskState {
+            open: ports(&saved.open),
+            closed: ports(&saved.closed),
+            last_scan: saved.last_scan_time(),
+            hosts: saved.hosts,
+            took: saved.took(),
+            ..TaskState::default()
+        };
+        report::restore(shared, &mut tasks, job, state);
     }
-    let ips = tasks.values().flat_map(|t| &t.open).map(|p| p.0).collect();
+    let ips = tasks
+        .values()
+        .flat_map(|t| t.open.iter().chain(&t.closed))
+        .map(|p| p.0)
+        .collect();
     report::count_open_ports(shared, &tasks, ips);
 }
 
-/// Writes every scheduled task's open ports and last-scan time.
+/// The task a saved entry describes, if this configuration keeps it.
+fn saved_job(live: &Live, saved: &state::SavedTask) -> Option<Job> {
+    let job = Job {
+        task: Task {
+            subnet: saved.target.parse().ok()?,
+        },
+        protocol: saved.protocol.parse().ok()?,
+        ports: Ports::parse(&saved.ports).ok()?,
+        query: None,
+    };
+    live.keeps(&job).then_some(job)
+}
+
+/// Writes every kept task's open ports, last scan and host counts.
 pub(super) fn persist(shared: &Shared) {
-    let Some(path) = &shared.state_file else {
+    let Some(file) = &shared.state_file else {
         return;
+    };
+    let saved_ports = |set: &BTreeSet<OpenPort>| -> Vec<state::SavedPort> {
+        set.iter()
+            .map(|(ip, proto, port)| (*ip, proto.to_string(), *port))
+            .collect()
     };
     let tasks = shared.tasks.lock().unwrap_or_else(PoisonError::into_inner);
     let saved = state::Saved {
         tasks: tasks
             .iter()
-            .filter(|(job, _)| job.query.is_none())
-            .filter_map(|(job, t)| {
-                let last_scan = t.last_scan?.duration_since(UNIX_EPOCH).ok()?.as_secs();
-                let open = t
-                    .open
-                    .iter()
-                    .map(|(ip, proto, port)| (*ip, proto.to_string(), *port))
-                    .collect();
-                Some(state::SavedTask {
-                    target: job.task.label(),
-                    protocol: job.protocol.to_string(),
-                    ports: job.ports.spec.clone(),
-                    last_scan,
-                    open,
-                })
+            .map(|(job, t)| state::SavedTask {
+                target: job.task.label(),
+                protocol: job.protocol.to_string(),
+                ports: job.ports.spec.clone(),
+                last_scan: t
+                    .last_scan
+                    .and_then(|l| l.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+                open: saved_ports(&t.open),
+                closed: saved_ports(&t.closed),
+                hosts: t.hosts,
+                duration_seconds: t.took.map(|d| d.as_secs_f64()),
             })
             .collect(),
     };
     drop(tasks);
-    if let Err(e) = state::save(path, &saved) {
-        tracing::warn!(path = %path.display(), "cannot write the state file: {e}");
+    if let Err(e) = file.save(&saved) {
+        tracing::warn!(path = %file.path().display(), "cannot write the state file: {e}");
     }
 }

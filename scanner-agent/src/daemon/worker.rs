@@ -2,7 +2,7 @@
 //! shared XDP program, and turns the outcome into metrics.
 
 use std::{
-    sync::{Mutex, PoisonError, atomic::Ordering, mpsc::Receiver},
+    sync::{Arc, PoisonError},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -37,31 +37,29 @@ fn record_operation(shared: &Shared, report: &scan::ScanReport) {
     *seen = (*seen).max_each(now);
 }
 
-pub(super) fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
+pub(super) fn work(shared: &Shared) {
     loop {
-        let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = next else { return };
-        shared.queued.fetch_sub(1, Ordering::Relaxed);
-        shared
-            .metrics
-            .task_queue_size
-            .set(shared.queued.load(Ordering::Relaxed) as i64);
+        let taken = shared.work.take();
+        shared.count_queued();
+        let job = &taken.job;
         let started = Instant::now();
-        query::started(shared, &job);
-        let outcome = scan_job(shared, &job);
-        query::finished(shared, &job, &outcome);
+        query::started(shared, job);
+        let outcome = scan_job(shared, job, &taken.cancel);
+        query::finished(shared, job, &outcome);
         let labels = job.labels();
         match outcome {
             Ok(report) => {
-                report::apply(shared, &job, &labels, &report, started.elapsed());
                 record_operation(shared, &report);
-                if job.query.is_none() {
+                if report::apply(shared, job, &labels, &report, started.elapsed()) {
                     scheduler::persist(shared);
                 }
                 *shared
                     .last_completed
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
+            }
+            Err(ScanError::Engine(EngineError::Cancelled)) => {
+                tracing::info!(target = %labels.target, protocol = %labels.protocol, "scan cancelled: its target was removed by a reload");
             }
             Err(e) => {
                 let error_type = match &e {
@@ -86,10 +84,20 @@ pub(super) fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
                 shared.metrics.scans_failed.get_or_create(&failure).inc();
             }
         }
+        if job.query.is_some() {
+            query::keep_series(shared, &job.labels());
+        }
+        // Ending the job here, after its results are in, is what a reload
+        // waiting for removed targets' scans to stop waits for.
+        drop(taken);
     }
 }
 
-fn scan_job(shared: &Shared, job: &Job) -> Result<scan::ScanReport, ScanError> {
+fn scan_job(
+    shared: &Shared,
+    job: &Job,
+    cancel: &crate::engine::Cancel,
+) -> Result<scan::ScanReport, ScanError> {
     let Some(Capture { hub, route }) = shared.capture() else {
         // Unreachable in practice: nothing is allowed to scan before the program is attached.
         return Err(CaptureError::Load("the XDP program is not attached".into()).into());
@@ -107,7 +115,9 @@ fn scan_job(shared: &Shared, job: &Job) -> Result<scan::ScanReport, ScanError> {
         shard: Shard::WHOLE,
         seed: None,
         states: vec![PortState::Open],
-        deadline: Some(Instant::now() + Duration::from_secs(s.timeout.0)),
+        // A timeout beyond what the clock can hold is no deadline at all.
+        deadline: Instant::now().checked_add(Duration::from_secs(s.timeout.0)),
+        cancel: Some(Arc::clone(cancel)),
         budget: live.budget.clone(),
     };
     scan::run_with(&hub, &route, TargetSet::build(&targets)?, &opts)

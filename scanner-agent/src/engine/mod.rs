@@ -49,6 +49,8 @@ pub enum EngineError {
     NoSource(u8),
     #[error("the scan ran past its deadline and was cancelled")]
     TimedOut,
+    #[error("the scan was cancelled: its target is no longer configured")]
+    Cancelled,
 }
 
 /// What the scan is for.
@@ -129,8 +131,13 @@ pub struct Engine<'a> {
     stats: EngineStats,
     results: &'a mut ResultSet,
     deadline: Option<Instant>,
+    cancel: Option<Cancel>,
     budget: Option<Budget>,
 }
+
+/// Set from another thread to stop a scan at once (a reload that removes its
+/// target): the engine sends nothing more once it has seen it.
+pub type Cancel = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 /// A rate ceiling shared by every scan of the agent (the daemon's budget):
 /// each scan takes its packets from its own pacer and from this one.
@@ -177,6 +184,7 @@ impl<'a> Engine<'a> {
             stats,
             results,
             deadline: None,
+            cancel: None,
             budget: None,
         }
     }
@@ -192,6 +200,12 @@ impl<'a> Engine<'a> {
     /// running at `deadline`.
     pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
         self.deadline = deadline;
+        self
+    }
+
+    /// Stops the scan (with [`EngineError::Cancelled`]) once `cancel` is set.
+    pub fn with_cancel(mut self, cancel: Option<Cancel>) -> Self {
+        self.cancel = cancel;
         self
     }
 
@@ -221,6 +235,13 @@ impl<'a> Engine<'a> {
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
                 return Err(EngineError::TimedOut);
+            }
+            if self
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(std::sync::atomic::Ordering::Acquire))
+            {
+                return Err(EngineError::Cancelled);
             }
             self.expire(now);
             self.window.advance();
