@@ -353,3 +353,86 @@ fn the_series_cap_protects_prometheus() {
         "the total still counts both"
     );
 }
+
+#[test]
+fn query_results_update_the_scheduled_view_and_stay_bounded() {
+    const MERGE_PORT: u16 = 19923;
+    let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
+    let ssh = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 22)]);
+    let _web = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 8080)]);
+    let _daemon = Daemon::start(
+        &lab,
+        "query-merge",
+        &format!(
+            "server:\n  port: {MERGE_PORT}\nscanning:\n  interval: 3600\n  port_range: \"20-30\"\n  rate_limit: 1000\n  \
+             min_rate: 5000\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\n\
+             auth:\n  bearer_tokens: [merge-token]\ntargets:\n  - 198.18.0.0/30\n"
+        ),
+    );
+    let auth = "Authorization: Bearer merge-token\r\n";
+    let call = |path: &str| request(&lab, MERGE_PORT, path, auth);
+    let metrics = || fetch(&lab, MERGE_PORT, "/metrics", auth);
+    let query = |params: &str| {
+        let (status, _, body) = call(&format!("/query?{params}")).unwrap();
+        assert_eq!(status, 200, "{params}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["task_id"].as_u64().unwrap()
+    };
+    let done =
+        |id: u64| call(&format!("/query/{id}")).is_some_and(|r| r.2.contains("\"state\":\"done\""));
+    let open = |port: u16| {
+        format!("open_port_status{{ip=\"198.18.0.2\",port=\"{port}\",protocol=\"tcp\"}}")
+    };
+    let total = "open_ports_total{ip=\"198.18.0.2\"}";
+    await_body(
+        metrics,
+        |b| metric(b, &open(22)) == Some(1.0),
+        "the scheduled scan",
+    );
+
+    // Confirming an open port does not count it twice.
+    let id = query("ip=198.18.0.2&ports=22");
+    assert!(wait_until(Duration::from_secs(20), || done(id)));
+    let body = metrics();
+    assert_eq!(metric(&body, total), Some(1.0), "{body}");
+
+    // A query after a fix: the port it finds closed reads 0 (one change), a
+    // port outside port_range it finds open is shown, each counted once.
+    drop(ssh);
+    let id = query("ip=198.18.0.2&ports=22,8080");
+    assert!(wait_until(Duration::from_secs(20), || done(id)));
+    let body = metrics();
+    assert_eq!(metric(&body, &open(22)), Some(0.0), "{body}");
+    assert_eq!(metric(&body, &open(8080)), Some(1.0), "{body}");
+    assert_eq!(metric(&body, total), Some(1.0), "{body}");
+    assert_eq!(
+        metric(
+            &body,
+            "port_state_changes_total{target=\"198.18.0.0/30\",change_type=\"open_to_closed\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+
+    // A range wider than one task is refused, naming the parameter.
+    let (status, _, body) = call("/query?ip=198.18.0.0/16&ports=22").unwrap();
+    assert_eq!(
+        (status, body.contains("invalid parameter ip")),
+        (400, true),
+        "{body}"
+    );
+
+    // Callers choosing label values cannot grow the exposition without bound.
+    let ids: Vec<u64> = (0..105)
+        .map(|n| query(&format!("ip=198.18.0.1&ports={}", 100 + n)))
+        .collect();
+    assert!(wait_until(Duration::from_secs(90), || ids
+        .iter()
+        .all(|&id| done(id))));
+    let body = metrics();
+    let per_query = body
+        .lines()
+        .filter(|l| l.starts_with("scans_successful_total{target=\"198.18.0.1/32\""))
+        .count();
+    assert_eq!(per_query, 100, "{body}");
+}

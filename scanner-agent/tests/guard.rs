@@ -6,6 +6,7 @@ mod common;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     process::Output,
+    thread,
     time::Duration,
 };
 
@@ -285,4 +286,42 @@ fn the_daemon_applies_guard_at_start_and_leaves_it_when_it_stops() {
     );
     let _ = daemon.kill();
     assert!(installed(), "the table must stay when the agent stops");
+}
+
+#[test]
+fn a_reload_replaces_the_guard_and_turning_it_off_removes_it() {
+    let lab = Lab::new(&[TARGET], 1500);
+    let config = |guard: &str| format!("server:\n  port: 19941\nguard:\n{guard}");
+    let daemon = Daemon::start(
+        &lab,
+        "guard-reload",
+        &config("  enabled: true\n  port: 9100\n  allow: [198.18.0.2]\n"),
+    );
+    let listing = || table(&lab.scanner, "scanner_agent_guard");
+    assert!(
+        wait_until(Duration::from_secs(10), || listing()
+            .contains("ip saddr 198.18.0.2 tcp dport 9100")),
+        "the daemon did not install the guard"
+    );
+    daemon.reload(&config(
+        "  enabled: true\n  port: 9200\n  allow: [198.18.0.3]\n",
+    ));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = listing();
+            now.contains("ip saddr 198.18.0.3 tcp dport 9200") && !now.contains("9100")
+        }),
+        "the reload did not replace the guard:\n{}",
+        listing()
+    );
+    // A guard that could lock the operator out is refused; the table stays.
+    daemon.reload(&config("  enabled: true\n  port: 22\n"));
+    thread::sleep(Duration::from_secs(1));
+    assert!(listing().contains("tcp dport 9200"), "{}", listing());
+    daemon.reload(&config("  enabled: false\n"));
+    let installed = || guard(&lab.scanner, &["status"]).status.code() == Some(0);
+    assert!(
+        wait_until(Duration::from_secs(10), || !installed()),
+        "enabled: false did not remove the guard"
+    );
 }

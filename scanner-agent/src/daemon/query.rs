@@ -71,15 +71,18 @@ impl Book {
     /// Forgets records beyond [`RECORDS_KEPT`] or finished longer than
     /// [`RECORDS_TTL`] ago, oldest first.
     fn prune(&mut self) {
-        let mut finished: Vec<(u64, Instant)> = self
-            .entries
-            .iter()
-            .filter_map(|(id, e)| Some((*id, e.finished?)))
-            .collect();
-        finished.sort_unstable();
+        self.entries
+            .retain(|_, e| e.finished.is_none_or(|f| f.elapsed() < RECORDS_TTL));
         let excess = self.entries.len().saturating_sub(RECORDS_KEPT);
-        for (n, (id, at)) in finished.into_iter().enumerate() {
-            if n < excess || at.elapsed() >= RECORDS_TTL {
+        if excess > 0 {
+            let mut finished: Vec<u64> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| e.finished.is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            finished.sort_unstable();
+            for id in finished.into_iter().take(excess) {
                 self.entries.remove(&id);
             }
         }
@@ -341,5 +344,43 @@ pub(super) fn keep_series(shared: &Shared, labels: &TaskLabels) {
                 error_type: error_type.into(),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(finished: Option<Instant>) -> Entry {
+        Entry {
+            request: Value::Null,
+            progress: Progress::Done,
+            finished,
+            results: Vec::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn records_are_kept_for_the_latest_thousand_and_an_hour() {
+        let mut book = Book::default();
+        let now = Instant::now();
+        for id in 1..=1100_u64 {
+            book.entries.insert(id, entry(Some(now)));
+            let net = IpNet::from(IpAddr::from([198, 18, (id >> 8) as u8, id as u8]));
+            book.latest.insert((net, "22".into(), Protocol::Tcp), id);
+        }
+        // Queued or running: kept whatever its age.
+        book.entries.insert(2000, entry(None));
+        book.entries.insert(
+            1999,
+            entry(now.checked_sub(RECORDS_TTL + Duration::from_secs(1))),
+        );
+        book.prune();
+        assert_eq!(book.entries.len(), RECORDS_KEPT);
+        assert!(book.entries.contains_key(&2000), "unfinished");
+        assert!(!book.entries.contains_key(&1999), "older than an hour");
+        assert!(!book.entries.contains_key(&101) && book.entries.contains_key(&102));
+        assert_eq!(book.latest.len(), 999, "the de-duplication map follows");
     }
 }

@@ -110,3 +110,22 @@ pub(super) fn record(metrics: &AgentMetrics, ok: bool) {
         metrics.config_reload_time.set(now.as_secs() as i64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_a_reload_cannot_apply_are_named() {
+        let old = Config::parse("targets: [198.18.0.2]\n").unwrap();
+        let new = Config::parse(
+            "targets: [198.18.0.2]\nscanning:\n  worker_count: 4\nfirewall:\n  enabled: false\n",
+        )
+        .unwrap();
+        let warnings = restart_only(&old, &new);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("scanning.worker_count changed"));
+        assert!(warnings[1].starts_with("the firewall section changed"));
+        assert!(restart_only(&old, &old).is_empty());
+    }
+}
