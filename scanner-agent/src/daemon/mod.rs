@@ -408,3 +408,43 @@ fn apply_guard(before: Option<&Live>, live: &Live) -> Result<(), DaemonError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_ranges_are_cut_into_tasks_like_targets() {
+        let config = Config::parse(
+            "targets: [198.18.0.0/24]\nscanning:\n  query_ranges: [198.18.0.0/23, \"2001:db8::/119\"]\n",
+        )
+        .unwrap();
+        let live = Live::new(config).unwrap();
+        let allowed: Vec<String> = live.allowed.iter().map(Task::label).collect();
+        assert_eq!(
+            allowed,
+            [
+                "198.18.0.0/24",
+                "198.18.1.0/24",
+                "2001:db8::/120",
+                "2001:db8::100/120"
+            ]
+        );
+        // A /query scan of a part of a query range belongs to that range's task.
+        let job = |net: &str, query| Job {
+            task: Task {
+                subnet: net.parse().unwrap(),
+            },
+            protocol: Protocol::Udp,
+            ports: Ports::parse("53").unwrap(),
+            query,
+        };
+        let owner = live.owner_of(&job("198.18.1.7/32", Some(1))).unwrap();
+        assert_eq!(owner.task.label(), "198.18.1.0/24");
+        assert!(live.keeps(&owner) && !live.wants(&job("198.18.2.7/32", Some(2))));
+        assert!(
+            !live.wants(&job("198.18.0.0/24", None)),
+            "not scheduled: UDP is off"
+        );
+    }
+}

@@ -45,12 +45,11 @@ pub(super) fn work(shared: &Shared) {
         let started = Instant::now();
         query::started(shared, job);
         let outcome = scan_job(shared, job, &taken.cancel);
-        query::finished(shared, job, &outcome);
         let labels = job.labels();
-        match outcome {
+        match &outcome {
             Ok(report) => {
-                record_operation(shared, &report);
-                if report::apply(shared, job, &labels, &report, started.elapsed()) {
+                record_operation(shared, report);
+                if report::apply(shared, job, &labels, report, started.elapsed()) {
                     scheduler::persist(shared);
                 }
                 *shared
@@ -62,7 +61,7 @@ pub(super) fn work(shared: &Shared) {
                 tracing::info!(target = %labels.target, protocol = %labels.protocol, "scan cancelled: its target was removed by a reload");
             }
             Err(e) => {
-                let error_type = match &e {
+                let error_type = match e {
                     ScanError::Engine(EngineError::TimedOut) => {
                         shared
                             .metrics
@@ -76,17 +75,19 @@ pub(super) fn work(shared: &Shared) {
                 };
                 tracing::warn!(target = %labels.target, protocol = %labels.protocol, error_type, "scan failed: {e}");
                 let failure = FailureLabels {
-                    target: labels.target,
-                    port_range: labels.port_range,
-                    protocol: labels.protocol,
+                    target: labels.target.clone(),
+                    port_range: labels.port_range.clone(),
+                    protocol: labels.protocol.clone(),
                     error_type: error_type.into(),
                 };
                 shared.metrics.scans_failed.get_or_create(&failure).inc();
             }
         }
         if job.query.is_some() {
-            query::keep_series(shared, &job.labels());
+            query::keep_series(shared, &labels);
         }
+        // `/query/{id}` says done once the metrics show the results too.
+        query::finished(shared, job, &outcome);
         // Ending the job here, after its results are in, is what a reload
         // waiting for removed targets' scans to stop waits for.
         drop(taken);
