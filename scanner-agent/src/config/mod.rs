@@ -66,7 +66,7 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
-    #[serde(default = "defaults::port")]
+    #[serde(default = "defaults::port", deserialize_with = "listening_port")]
     pub port: u16,
     /// HTTPS instead of HTTP (new key; exporter-toolkit's key names).
     #[serde(default)]
@@ -88,7 +88,7 @@ impl Default for Server {
 pub struct Scanning {
     /// Seconds between scans of a target.
     #[serde(default = "defaults::interval")]
-    pub interval: Positive,
+    pub interval: Bounded<1, 31_536_000>,
     #[serde(default = "defaults::port_range")]
     pub port_range: Ports,
     /// Largest IPv4 subnet one task scans, as a prefix length.
@@ -99,7 +99,7 @@ pub struct Scanning {
     pub max_cidr_size_v6: Prefix<128>,
     /// Seconds after which a task is cancelled.
     #[serde(default = "defaults::timeout")]
-    pub timeout: Positive,
+    pub timeout: Bounded<1, 604_800>,
     #[serde(default)]
     pub duration_metrics: bool,
     #[serde(default = "defaults::yes")]
@@ -107,37 +107,39 @@ pub struct Scanning {
     #[serde(default)]
     pub udp_scan: bool,
     #[serde(default = "defaults::min_rate")]
-    pub min_rate: Positive,
+    pub min_rate: Bounded<1, MAX_RATE>,
     /// 0: no fixed ceiling.
     #[serde(default)]
-    pub max_rate: u64,
+    pub max_rate: Bounded<0, MAX_RATE>,
+    /// At most the engine's window (probes awaiting an answer).
     #[serde(default = "defaults::min_parallelism")]
-    pub min_parallelism: u32,
+    pub min_parallelism: Bounded<0, 524_288>,
     #[serde(default = "defaults::max_retries")]
-    pub max_retries: u8,
+    pub max_retries: Bounded<0, 50>,
     /// Seconds; 0: never.
     #[serde(default = "defaults::host_timeout")]
-    pub host_timeout: u64,
+    pub host_timeout: Bounded<0, 604_800>,
     /// Milliseconds.
     #[serde(default)]
-    pub scan_delay: u64,
+    pub scan_delay: Millis,
     #[serde(default)]
-    pub max_scan_delay: u64,
+    pub max_scan_delay: Millis,
     #[serde(default)]
-    pub initial_rtt_timeout: u64,
+    pub initial_rtt_timeout: Millis,
     #[serde(default)]
-    pub max_rtt_timeout: u64,
+    pub max_rtt_timeout: Millis,
     #[serde(default)]
-    pub min_rtt_timeout: u64,
+    pub min_rtt_timeout: Millis,
     #[serde(default = "defaults::yes")]
     pub disable_host_discovery: bool,
     /// `/query` requests per minute.
     #[serde(default = "defaults::rate_limit")]
-    pub rate_limit: Positive,
+    pub rate_limit: Bounded<1, 1_000_000>,
     #[serde(default = "defaults::task_queue_size")]
-    pub task_queue_size: Positive,
+    pub task_queue_size: Bounded<1, 1_000_000>,
+    /// More than 8 is accepted; 8 scan at once (the XDP key slots).
     #[serde(default = "defaults::worker_count")]
-    pub worker_count: Positive,
+    pub worker_count: Bounded<1, 1024>,
     /// Never probed, whatever the targets say (new key).
     #[serde(default)]
     pub exclude: Vec<Target>,
@@ -150,7 +152,7 @@ pub struct Scanning {
     /// Most `open_port_status` series exported; the excess is counted in
     /// `scanner_agent_open_port_series_dropped_total` (new key).
     #[serde(default = "defaults::max_open_port_series")]
-    pub max_open_port_series: Positive,
+    pub max_open_port_series: Bounded<1, 10_000_000>,
 }
 
 impl Default for Scanning {
@@ -210,13 +212,13 @@ impl fmt::Debug for BasicAuth {
 }
 
 mod defaults {
-    use super::{Ports, Positive, Prefix};
+    use super::{Bounded, Ports, Prefix};
 
     pub(super) fn port() -> u16 {
         9919
     }
-    pub(super) fn interval() -> Positive {
-        Positive(86400)
+    pub(super) fn interval() -> Bounded<1, 31_536_000> {
+        Bounded(86400)
     }
     pub(super) fn port_range() -> Ports {
         Ports::parse("1-65535").expect("constant")
@@ -230,35 +232,35 @@ mod defaults {
     pub(super) fn max_ipv6_prefix() -> Prefix<128> {
         Prefix(crate::targets::DEFAULT_MAX_V6_PREFIX)
     }
-    pub(super) fn timeout() -> Positive {
-        Positive(3600)
+    pub(super) fn timeout() -> Bounded<1, 604_800> {
+        Bounded(3600)
     }
     pub(super) fn yes() -> bool {
         true
     }
-    pub(super) fn min_rate() -> Positive {
-        Positive(1000)
+    pub(super) fn min_rate() -> Bounded<1, { super::MAX_RATE }> {
+        Bounded(1000)
     }
-    pub(super) fn min_parallelism() -> u32 {
-        1000
+    pub(super) fn min_parallelism() -> Bounded<0, 524_288> {
+        Bounded(1000)
     }
-    pub(super) fn max_retries() -> u8 {
-        6
+    pub(super) fn max_retries() -> Bounded<0, 50> {
+        Bounded(6)
     }
-    pub(super) fn host_timeout() -> u64 {
-        300
+    pub(super) fn host_timeout() -> Bounded<0, 604_800> {
+        Bounded(300)
     }
-    pub(super) fn rate_limit() -> Positive {
-        Positive(30)
+    pub(super) fn rate_limit() -> Bounded<1, 1_000_000> {
+        Bounded(30)
     }
-    pub(super) fn task_queue_size() -> Positive {
-        Positive(1000)
+    pub(super) fn task_queue_size() -> Bounded<1, 1_000_000> {
+        Bounded(1000)
     }
-    pub(super) fn max_open_port_series() -> Positive {
-        Positive(100_000)
+    pub(super) fn max_open_port_series() -> Bounded<1, 10_000_000> {
+        Bounded(100_000)
     }
-    pub(super) fn worker_count() -> Positive {
-        Positive(10)
+    pub(super) fn worker_count() -> Bounded<1, 1024> {
+        Bounded(10)
     }
 }
 
@@ -266,21 +268,21 @@ mod defaults {
 /// value is reported with its key and line.
 fn checked_int<'de, D: Deserializer<'de>, T>(
     d: D,
-    expected: &'static str,
+    expected: impl fmt::Display,
     check: impl FnOnce(u64) -> Result<T, String>,
 ) -> Result<T, D::Error> {
-    struct V<F>(&'static str, F);
-    impl<'de, T, F: FnOnce(u64) -> Result<T, String>> de::Visitor<'de> for V<F> {
+    struct V<X, F>(X, F);
+    impl<'de, T, X: fmt::Display, F: FnOnce(u64) -> Result<T, String>> de::Visitor<'de> for V<X, F> {
         type Value = T;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(self.0)
+            write!(f, "{}", self.0)
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
             (self.1)(v).map_err(|e| E::custom(format!("{e} (expected {})", self.0)))
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-            let v = u64::try_from(v)
-                .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self.0))?;
+            let v =
+                u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))?;
             self.visit_u64(v)
         }
     }
@@ -306,20 +308,40 @@ pub(crate) fn checked_str<'de, D: Deserializer<'de>, T>(
     d.deserialize_str(V(expected, check))
 }
 
-/// A whole number of at least 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Positive(pub u64);
+/// Probes per second a rate key may ask for: far above what one host's
+/// kernel sends, low enough that every computation with it stays exact.
+pub const MAX_RATE: u64 = 100_000_000;
 
-impl<'de> Deserialize<'de> for Positive {
+/// A whole number from `MIN` to `MAX`: every numeric key has a range in
+/// which the agent is known to work, so no accepted value can overflow a
+/// computation or an allocation later.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
+
+/// Milliseconds of a delay or round-trip timeout: at most a minute.
+pub type Millis = Bounded<0, 60_000>;
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_int(d, "a whole number of at least 1", |v| {
-            if v == 0 {
-                Err("0 is out of range".into())
-            } else {
+        checked_int(d, format!("a whole number from {MIN} to {MAX}"), |v| {
+            if (MIN..=MAX).contains(&v) {
                 Ok(Self(v))
+            } else {
+                Err(format!("{v} is out of range"))
             }
         })
     }
+}
+
+/// A port to listen on: 0 would mean "any free port", which no scrape
+/// configuration could point at.
+fn listening_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    checked_int(d, "a port from 1 to 65535", |v| {
+        u16::try_from(v)
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("{v} is out of range"))
+    })
 }
 
 /// A prefix length of at most `MAX`.
@@ -492,24 +514,25 @@ impl Config {
 impl Scanning {
     /// The scan engine's tuning from these keys (0 means "default" where nmap's did).
     pub fn tuning(&self) -> Tuning {
-        let ms = |v: u64, default| {
-            if v == 0 {
+        let ms = |v: Millis, default| {
+            if v.0 == 0 {
                 default
             } else {
-                Duration::from_millis(v)
+                Duration::from_millis(v.0)
             }
         };
         Tuning {
             rate: Rate::Adaptive {
                 min: self.min_rate.0,
-                max: (self.max_rate > 0).then_some(self.max_rate),
+                max: (self.max_rate.0 > 0).then_some(self.max_rate.0),
             },
-            min_parallelism: self.min_parallelism as usize,
-            max_retries: self.max_retries,
-            host_timeout: (self.host_timeout > 0).then(|| Duration::from_secs(self.host_timeout)),
-            scan_delay: Duration::from_millis(self.scan_delay),
-            max_scan_delay: (self.max_scan_delay > 0)
-                .then(|| Duration::from_millis(self.max_scan_delay)),
+            min_parallelism: self.min_parallelism.0 as usize,
+            max_retries: self.max_retries.0 as u8,
+            host_timeout: (self.host_timeout.0 > 0)
+                .then(|| Duration::from_secs(self.host_timeout.0)),
+            scan_delay: Duration::from_millis(self.scan_delay.0),
+            max_scan_delay: (self.max_scan_delay.0 > 0)
+                .then(|| Duration::from_millis(self.max_scan_delay.0)),
             initial_rtt_timeout: ms(self.initial_rtt_timeout, DEFAULT_INITIAL_RTT),
             min_rtt_timeout: ms(self.min_rtt_timeout, DEFAULT_MIN_RTT),
             max_rtt_timeout: ms(self.max_rtt_timeout, DEFAULT_MAX_RTT),

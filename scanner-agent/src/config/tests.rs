@@ -6,9 +6,9 @@ const SEED_EXAMPLE: &str = include_str!("../../../configs/openport-exporter-exam
 fn the_seed_example_loads_unchanged() {
     let c = Config::parse(SEED_EXAMPLE).unwrap();
     assert_eq!(c.server.port, 9919);
-    assert_eq!(c.scanning.min_rate, Positive(1500));
-    assert_eq!(c.scanning.max_rate, 2000);
-    assert_eq!(c.scanning.max_retries, 4);
+    assert_eq!(c.scanning.min_rate.0, 1500);
+    assert_eq!(c.scanning.max_rate.0, 2000);
+    assert_eq!(c.scanning.max_retries.0, 4);
     // The example's one target, a /32 of its authors' network: parsed, never scanned.
     assert_eq!(c.targets.len(), 1);
     assert!(c.targets[0].0.ends_with("/32"));
@@ -41,7 +41,7 @@ fn defaults_are_the_seeds() {
     let c = Config::parse("").unwrap();
     let s = &c.scanning;
     assert_eq!(c.server.port, 9919);
-    assert_eq!((s.interval, s.timeout), (Positive(86400), Positive(3600)));
+    assert_eq!((s.interval.0, s.timeout.0), (86400, 3600));
     assert_eq!(
         (
             s.port_range.spec.as_str(),
@@ -54,20 +54,29 @@ fn defaults_are_the_seeds() {
         s.disable_dns_resolution && s.disable_host_discovery && !s.udp_scan && !s.duration_metrics
     );
     assert_eq!(
-        (s.min_rate, s.max_rate, s.min_parallelism, s.max_retries),
-        (Positive(1000), 0, 1000, 6)
+        (
+            s.min_rate.0,
+            s.max_rate.0,
+            s.min_parallelism.0,
+            s.max_retries.0
+        ),
+        (1000, 0, 1000, 6)
     );
     assert_eq!(
-        (s.host_timeout, s.scan_delay, s.max_scan_delay),
+        (s.host_timeout.0, s.scan_delay.0, s.max_scan_delay.0),
         (300, 0, 0)
     );
     assert_eq!(
-        (s.initial_rtt_timeout, s.max_rtt_timeout, s.min_rtt_timeout),
+        (
+            s.initial_rtt_timeout.0,
+            s.max_rtt_timeout.0,
+            s.min_rtt_timeout.0
+        ),
         (0, 0, 0)
     );
     assert_eq!(
-        (s.rate_limit, s.task_queue_size, s.worker_count),
-        (Positive(30), Positive(1000), Positive(10))
+        (s.rate_limit.0, s.task_queue_size.0, s.worker_count.0),
+        (30, 1000, 10)
     );
     assert!(
         c.targets.is_empty() && c.auth.basic.is_none(),
@@ -89,7 +98,7 @@ fn defaults_are_the_seeds() {
 #[test]
 fn short_intervals_are_kept_with_a_warning() {
     let c = Config::parse("scanning:\n  interval: 60\ntargets: [198.18.0.0/24]\n").unwrap();
-    assert_eq!(c.scanning.interval, Positive(60));
+    assert_eq!(c.scanning.interval.0, 60);
     assert!(
         c.warnings()[0].starts_with("scanning.interval is 60 s"),
         "{:?}",
@@ -107,7 +116,7 @@ fn rejections_name_key_and_line() {
         ),
         (
             "server:\n  port: 70000\n",
-            "server.port: invalid value: integer `70000`, expected u16 at line 2 column 9",
+            "server.port: 70000 is out of range (expected a port from 1 to 65535) at line 2 column 9",
         ),
         (
             "scanning:\n  udp_scan: maybe\n",
@@ -119,7 +128,7 @@ fn rejections_name_key_and_line() {
         ),
         (
             "scanning:\n  worker_count: 0\n",
-            "scanning.worker_count: 0 is out of range (expected a whole number of at least 1) at line 2 column 17",
+            "scanning.worker_count: 0 is out of range (expected a whole number from 1 to 1024) at line 2 column 17",
         ),
         (
             "scanning:\n  port_range: \"80-20\"\n",
@@ -150,6 +159,59 @@ fn rejections_name_key_and_line() {
             "for {yaml:?}\n got: {err}\nwant: {want}"
         );
         assert!(err.contains("line "), "no line in: {err}");
+    }
+}
+
+/// Every numeric key has a range: its ends load, one past them is an error
+/// naming key and line. The values that crashed the agent before ranges
+/// existed (an interval near 2^63, a timeout of u64::MAX, a 34 GB window,
+/// a queue of 2^63 tasks, a passthrough timeout past the clock's end) are
+/// among the rejections.
+#[test]
+fn every_numeric_key_has_a_range() {
+    let keys: [(&str, u64, u64); 19] = [
+        ("scanning.interval", 1, 31_536_000),
+        ("scanning.timeout", 1, 604_800),
+        ("scanning.min_rate", 1, MAX_RATE),
+        ("scanning.max_rate", 0, MAX_RATE),
+        ("scanning.min_parallelism", 0, 524_288),
+        ("scanning.max_retries", 0, 50),
+        ("scanning.host_timeout", 0, 604_800),
+        ("scanning.scan_delay", 0, 60_000),
+        ("scanning.max_scan_delay", 0, 60_000),
+        ("scanning.initial_rtt_timeout", 0, 60_000),
+        ("scanning.min_rtt_timeout", 0, 60_000),
+        ("scanning.max_rtt_timeout", 0, 60_000),
+        ("scanning.rate_limit", 1, 1_000_000),
+        ("scanning.task_queue_size", 1, 1_000_000),
+        ("scanning.worker_count", 1, 1024),
+        ("scanning.max_open_port_series", 1, 10_000_000),
+        ("passthrough.timeout", 1, 600),
+        ("passthrough.max_body_bytes", 1, 1 << 30),
+        ("server.port", 1, 65535),
+    ];
+    for (key, min, max) in keys {
+        let (section, name) = key.split_once('.').unwrap();
+        let yaml = |v: &dyn std::fmt::Display| format!("{section}:\n  {name}: {v}\n");
+        for ok in [min, max] {
+            Config::parse(&yaml(&ok)).unwrap_or_else(|e| panic!("{key}: {ok} refused: {e}"));
+        }
+        let mut bad: Vec<String> = vec![(max + 1).to_string(), u64::MAX.to_string(), "-1".into()];
+        if min > 0 {
+            bad.push((min - 1).to_string());
+        }
+        if key == "scanning.interval" {
+            bad.push(((1_u64 << 63) - 1).to_string());
+        }
+        for v in bad {
+            let Err(err) = Config::parse(&yaml(&v)) else {
+                panic!("{key}: {v} accepted");
+            };
+            assert!(
+                err.starts_with(&format!("{key}: ")) && err.contains("at line 2"),
+                "{key}: {v}: {err}"
+            );
+        }
     }
 }
 

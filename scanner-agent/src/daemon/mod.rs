@@ -100,8 +100,8 @@ impl Live {
     fn new(config: Config) -> Result<Self, DaemonError> {
         let jobs = jobs(&config)?;
         let allowed = query_allowed(&config, &jobs)?;
-        let budget = (config.scanning.max_rate > 0)
-            .then(|| Arc::new(Mutex::new(Pacer::new(config.scanning.max_rate as f64))));
+        let max_rate = config.scanning.max_rate.0;
+        let budget = (max_rate > 0).then(|| Arc::new(Mutex::new(Pacer::new(max_rate as f64))));
         let g = &config.guard;
         let guard = g
             .enabled

@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use super::normalise;
-use crate::config::{Config, Positive, checked_str};
+use crate::config::{Bounded, Config, checked_str};
 
 /// A site or host name as it appears in the route: a path segment that
 /// needs no escaping.
@@ -89,8 +89,8 @@ pub struct HostEntry {
 pub struct Settings {
     pub hosts: Vec<HostEntry>,
     /// Seconds for the whole upstream fetch, body included.
-    pub timeout: Positive,
-    pub max_body_bytes: Positive,
+    pub timeout: Timeout,
+    pub max_body_bytes: BodyBytes,
 }
 
 #[derive(Deserialize)]
@@ -99,20 +99,25 @@ struct RawSettings {
     #[serde(default)]
     hosts: Vec<HostEntry>,
     #[serde(default = "default_timeout")]
-    timeout: Positive,
+    timeout: Timeout,
     #[serde(default = "default_max_body_bytes")]
-    max_body_bytes: Positive,
+    max_body_bytes: BodyBytes,
 }
 
 /// Below Prometheus's default scrape timeout (10 s), so a slow exporter
 /// gets a 504 the scraper can see instead of a scrape that just times out.
-fn default_timeout() -> Positive {
-    Positive(8)
+fn default_timeout() -> Timeout {
+    Bounded(8)
 }
 
-fn default_max_body_bytes() -> Positive {
-    Positive(16 << 20)
+fn default_max_body_bytes() -> BodyBytes {
+    Bounded(16 << 20)
 }
+
+/// Seconds for the whole upstream fetch: at most 10 minutes.
+pub type Timeout = Bounded<1, 600>;
+/// The largest body passed on: at most 1 GiB.
+pub type BodyBytes = Bounded<1, { 1 << 30 }>;
 
 impl TryFrom<RawSettings> for Settings {
     type Error = String;
