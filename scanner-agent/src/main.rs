@@ -103,7 +103,12 @@ fn main() -> ExitCode {
         Command::Guard { action } => guard_command::run(action),
         Command::Run { config, state_file } => match daemon::run(&config, Some(&state_file)) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e @ (DaemonError::Config(_) | DaemonError::Listen { .. })) => usage_error(e),
+            Err(
+                e @ (DaemonError::Config(_)
+                | DaemonError::Listen { .. }
+                | DaemonError::Targets { .. }
+                | DaemonError::Guard(_)),
+            ) => usage_error(e),
             Err(DaemonError::Scan(e)) if e.is_usage() => usage_error(e),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -120,7 +125,7 @@ fn usage_error(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn check_config(file: &Path) -> ExitCode {
-    match Config::load(file) {
+    match daemon::check(file) {
         Ok(config) => {
             for w in config.warnings() {
                 eprintln!("warning: {w}");

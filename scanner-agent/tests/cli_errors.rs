@@ -152,3 +152,41 @@ fn check_config_accepts_the_seed_example_and_names_bad_keys() {
         "{stderr}"
     );
 }
+
+/// `check-config` refuses what `run` would refuse before binding or
+/// attaching anything, with the same message, and changes nothing.
+#[test]
+fn check_config_runs_every_check_run_runs() {
+    let dir = std::env::temp_dir().join(format!("scanner-agent-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "targets: [198.18.0.0/30]\nscanning:\n  exclude: [198.18.0.0/30]\n",
+            "targets: every target address is excluded",
+        ),
+        ("targets: [\"2001:db8::/64\"]\n", "targets: "),
+        ("targets: [scanner.example]\n", "targets: "),
+        ("guard:\n  enabled: true\n  port: 22\n", "guard: "),
+    ];
+    for (n, (yaml, named)) in cases.iter().enumerate() {
+        let file = dir.join(format!("parity-{n}.yaml"));
+        std::fs::write(&file, yaml).unwrap();
+        let check = std::process::Command::new(agent())
+            .arg("check-config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&check.stderr).into_owned();
+        assert_eq!(check.status.code(), Some(2), "{yaml}: {stderr}");
+        assert!(stderr.contains(named), "{yaml}: {stderr}");
+        // `run` stops at the same check, with the same line, before binding.
+        let run = std::process::Command::new(agent())
+            .args(["run", "--state-file", "/nonexistent/state.json", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2), "{yaml}");
+        assert_eq!(String::from_utf8_lossy(&run.stderr), stderr, "{yaml}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -47,6 +47,12 @@ pub enum DaemonError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// Targets or `/query` ranges that cannot become tasks.
+    #[error("{key}: {source}")]
+    Targets {
+        key: &'static str,
+        source: crate::targets::TargetError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -274,12 +280,21 @@ fn mode_labels(hub: &Hub) -> ModeLabels {
     }
 }
 
+/// Every check `run` makes of a configuration before it binds or attaches
+/// anything (`check-config`): the file, the targets as tasks (exclusions,
+/// `max_ipv6_prefix`, names without DNS), `/query` ranges and the guard.
+pub fn check(config_path: &Path) -> Result<Config, DaemonError> {
+    Ok(Live::new(Config::load(config_path)?)?.config)
+}
+
 /// Runs the exporter until the process is stopped. `state_file` keeps open
 /// ports and last-scan times across restarts; SIGHUP rereads `config_path`.
 pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonError> {
-    let config = Config::load(config_path)?;
-    config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
-    let live = Live::new(config)?;
+    let live = Live::new(Config::load(config_path)?)?;
+    live.config
+        .warnings()
+        .iter()
+        .for_each(|w| tracing::warn!("{w}"));
     apply_guard(None, &live)?;
     let s = &live.config.scanning;
     let workers = scanners(s.worker_count.0);
@@ -346,8 +361,13 @@ fn query_allowed(config: &Config, jobs: &[Job]) -> Result<Vec<Task>, DaemonError
     let s = &config.scanning;
     if !s.query_ranges.is_empty() {
         let spec = s.target_spec(s.query_ranges.iter().map(|t| t.0.clone()).collect());
-        let extra = schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0)
-            .map_err(ScanError::from)?;
+        let extra =
+            schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
+                DaemonError::Targets {
+                    key: "scanning.query_ranges",
+                    source,
+                }
+            })?;
         allowed.extend(
             extra
                 .into_iter()
@@ -366,7 +386,12 @@ fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
     }
     let spec = s.target_spec(config.targets.iter().map(|t| t.0.clone()).collect());
     let tasks =
-        schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(ScanError::from)?;
+        schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
+            DaemonError::Targets {
+                key: "targets",
+                source,
+            }
+        })?;
     let protocols: &[Protocol] = if s.udp_scan {
         &[Protocol::Tcp, Protocol::Udp]
     } else {
