@@ -10,7 +10,6 @@ use std::{
 use clap::{Parser, Subcommand};
 use scan_args::ScanArgs;
 use scanner_agent::{
-    config::Config,
     daemon::{self, DaemonError},
     engine::tuning::Rate,
     results::{PortState, write_results},
