@@ -68,6 +68,7 @@ impl Hub {
             thread::Builder::new()
                 .name("xdp-replies".into())
                 .spawn(move || {
+                    let _log = LogPanic;
                     let mut batch = Vec::new();
                     while !shared.stop.load(Ordering::Relaxed) {
                         let result = stream.poll(Duration::from_millis(50), |ev| batch.push(ev));
@@ -138,6 +139,18 @@ impl Hub {
             rx,
             shared: Arc::clone(&self.shared),
         })
+    }
+}
+
+/// A reader that dies leaves `healthy()` false (so `/healthz` answers 503);
+/// a panic is logged too, since its message only went to stderr.
+struct LogPanic;
+
+impl Drop for LogPanic {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            tracing::error!("the XDP reply reader panicked: replies cannot be received");
+        }
     }
 }
 

@@ -156,10 +156,15 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let full = shared.work.is_full();
     let capture_ok = shared.capture_ok();
     let mode = shared.capture().map(|c| c.hub.mode().to_string());
-    let status = match (full, capture_ok) {
-        (true, _) => "task queue is full",
-        (_, false) => "capture path is down: replies cannot be received",
-        _ => "ok",
+    let stopped = shared.vitals.stopped();
+    let status = if !stopped.is_empty() {
+        format!("a daemon thread stopped: {}", stopped.join(", "))
+    } else if full {
+        "task queue is full".into()
+    } else if !capture_ok {
+        "capture path is down: replies cannot be received".into()
+    } else {
+        "ok".into()
     };
     let body = serde_json::json!({
         "status": status,
@@ -167,7 +172,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "xdp": { "attached": mode.is_some(), "healthy": capture_ok, "mode": mode },
         "last_scan_timestamp_seconds": last.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
     });
-    let status = if full || !capture_ok {
+    let status = if full || !capture_ok || !stopped.is_empty() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

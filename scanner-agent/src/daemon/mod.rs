@@ -11,6 +11,7 @@ mod reload;
 mod report;
 mod scheduler;
 mod state;
+mod vitals;
 mod worker;
 
 use std::{
@@ -18,7 +19,6 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock, atomic::AtomicU64},
-    thread,
     time::SystemTime,
 };
 
@@ -189,6 +189,8 @@ pub(crate) struct Shared {
     last_completed: Mutex<Option<SystemTime>>,
     queries: Mutex<query::Book>,
     state_file: Option<state::StateFile>,
+    /// The scheduler and worker threads, and which of them have died.
+    vitals: vitals::Vitals,
     passthrough: passthrough::Proxy,
 }
 
@@ -320,21 +322,22 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         last_completed: Mutex::new(None),
         queries: Mutex::new(query::Book::default()),
         state_file: state_file.map(state::StateFile::new),
+        vitals: vitals::Vitals::default(),
         passthrough,
     });
     shared.prepare(&shared.live())?;
     reload::record(&shared.agent, true);
 
     for n in 0..workers {
-        let shared = Arc::clone(&shared);
-        thread::Builder::new()
-            .name(format!("worker-{n}"))
-            .spawn(move || worker::work(&shared))?;
+        let worker = Arc::clone(&shared);
+        shared
+            .vitals
+            .spawn(format!("worker-{n}"), move || worker::work(&worker))?;
     }
     let scheduler = Arc::clone(&shared);
-    thread::Builder::new()
-        .name("scheduler".into())
-        .spawn(move || scheduler::run(&scheduler))?;
+    shared
+        .vitals
+        .spawn("scheduler".into(), move || scheduler::run(&scheduler))?;
     http::serve(shared)
 }
 
