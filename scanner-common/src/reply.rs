@@ -11,12 +11,16 @@ use crate::{
     maps::Settings,
 };
 
-/// The local port a probe to `remote:remote_port` uses in `slot`.
+/// The local port a probe to `remote:remote_port` uses in `slot`. The
+/// agent lays the slots out inside the port space; with settings that do
+/// not fit (only a forged map could hold them) the port wraps, as the XDP
+/// program's arithmetic does, instead of panicking on the host.
 #[inline(always)]
 pub fn local_port(settings: &Settings, slot: u32, hash: u64) -> u16 {
-    settings.port_base
-        + slot as u16 * settings.ports_per_slot
-        + port_offset_of(hash, settings.ports_per_slot)
+    settings
+        .port_base
+        .wrapping_add((slot as u16).wrapping_mul(settings.ports_per_slot))
+        .wrapping_add(port_offset_of(hash, settings.ports_per_slot))
 }
 
 /// The slot and probe hash of a flow, if `local_port` is the port our probe
@@ -176,6 +180,19 @@ mod tests {
     };
     const REMOTE: Addr = Addr::v4([198, 18, 0, 2]);
     const LOCAL: Addr = Addr::v4([198, 18, 0, 1]);
+
+    /// Found by the `frame_reply` fuzz target: a port layout past 65535
+    /// overflowed (a panic in a debug build).
+    #[test]
+    fn a_layout_past_the_port_space_wraps_instead_of_panicking() {
+        let s = Settings {
+            port_base: 61_000,
+            ports_per_slot: 4096,
+            _pad: 0,
+        };
+        let port = local_port(&s, 7, 0);
+        assert_eq!(port, 61_000_u16.wrapping_add(7 * 4096));
+    }
 
     fn keys(slot: u32) -> Option<ProbeKey> {
         (slot == 2).then_some(KEY)

@@ -2,6 +2,7 @@
 //! needs first (see `toolchain`), so a fresh machine needs no manual steps.
 
 mod bench;
+mod fuzz;
 mod package;
 mod toolchain;
 
@@ -46,6 +47,15 @@ enum Task {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Run the cargo-fuzz targets (parsers of frames, config, /query, specs).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (frame_reply, config, query, specs).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Compare the agent with masscan and nmap on a namespace testbed (needs root).
     Bench {
         /// Only the one-host workload, one rate per tool: a smoke check.
@@ -68,6 +78,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release).map(drop),
         Task::Run { args } => run_agent(args),
         Task::Test { args } => test(args),
+        Task::Fuzz { seconds, target } => fuzz::run_all(seconds, target.as_deref()),
         Task::Package { binary, out_dir } => package::run(binary, out_dir).map(drop),
         Task::Bench {
             quick,
@@ -99,7 +110,7 @@ pub(crate) fn run(c: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -158,8 +169,16 @@ fn test(args: Vec<String>) -> Result<()> {
     tools.apply(&mut lint);
     run(&mut lint)?;
     let mut c = cmd("cargo");
-    c.arg("test").args(args);
+    c.arg("test").args(&args);
     tools.apply(&mut c);
     toolchain::prepend_path(&mut c, &unpacked);
-    run(&mut c)
+    run(&mut c)?;
+    // A filtered run (`-- <args>`) is a developer's quick check: no fuzzing.
+    if args.is_empty() {
+        fuzz::run_all(FUZZ_SECONDS_IN_TESTS, None)?;
+    }
+    Ok(())
 }
+
+/// Each fuzz target's share of `cargo xtask test`: 4 targets, 2 minutes in all.
+const FUZZ_SECONDS_IN_TESTS: u64 = 30;

@@ -511,6 +511,12 @@ impl Config {
     }
 }
 
+/// Parses a web config's text as `server.web_config_file` would be read,
+/// without the files it names (for the fuzzer).
+pub fn parse_web_config(text: &str) -> Result<(), String> {
+    web::WebConfig::parse(text).map(drop)
+}
+
 impl Scanning {
     /// The scan engine's tuning from these keys (0 means "default" where nmap's did).
     pub fn tuning(&self) -> Tuning {

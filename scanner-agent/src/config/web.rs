@@ -42,13 +42,18 @@ impl WebConfig {
     /// Reads `path`; relative certificate paths are relative to its directory.
     pub(super) fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        let mut web: Self = serde_yaml::from_str(&text).map_err(yaml_error)?;
+        let mut web = Self::parse(&text)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         web.tls_server_config = web.tls_server_config.map(|t| t.relative_to(dir));
         Ok(web)
+    }
+
+    /// Parses the file's text; the error names the key and line.
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(yaml_error)
     }
 
     pub(super) fn users(&self) -> impl Iterator<Item = BasicAuth> + '_ {

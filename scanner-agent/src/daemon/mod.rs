@@ -282,6 +282,16 @@ fn mode_labels(hub: &Hub) -> ModeLabels {
     }
 }
 
+/// Parses a `/query` query string (`ip=...&ports=...&protocol=...`) as the
+/// endpoint does, before any check against the configuration (for the
+/// fuzzer).
+pub fn parse_query(query_string: &str) -> Result<(), String> {
+    let params = url::form_urlencoded::parse(query_string.as_bytes())
+        .into_owned()
+        .collect();
+    query::parse(&params).map(drop)
+}
+
 /// Every check `run` makes of a configuration before it binds or attaches
 /// anything (`check-config`): the file, the targets as tasks (exclusions,
 /// `max_ipv6_prefix`, names without DNS), `/query` ranges and the guard.

@@ -221,7 +221,7 @@ fn rate_limited(shared: &Shared) -> Option<Duration> {
     None
 }
 
-fn parse(params: &HashMap<String, String>) -> Result<(IpNet, Ports, Protocol), String> {
+pub(super) fn parse(params: &HashMap<String, String>) -> Result<(IpNet, Ports, Protocol), String> {
     if let Some(unknown) = params
         .keys()
         .find(|k| !["ip", "ports", "protocol"].contains(&k.as_str()))
