@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     queries: Mutex<query::Book>,
     state_file: Option<PathBuf>,
     passthrough: passthrough::Proxy,
+    /// Checks credentials off the serving threads and remembers good ones.
+    auth: auth::Verifier,
 }
 
 impl Shared {
@@ -268,6 +270,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         queries: Mutex::new(query::Book::default()),
         state_file: state_file.map(Path::to_path_buf),
         passthrough,
+        auth: auth::Verifier::new(),
     });
     shared.prepare(&shared.live())?;
     reload::record(&shared.agent, true);

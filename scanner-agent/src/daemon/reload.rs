@@ -33,6 +33,7 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
     }
     *shared.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
     shared.generation.fetch_add(1, Ordering::Relaxed);
+    shared.auth.flush();
     tracing::info!(path = %shared.config_path.display(), "configuration reloaded");
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! URL. Nothing from the request reaches the upstream but `Accept` and
 //! `Accept-Encoding`: not the path, not the query, not the Host header.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
@@ -18,7 +18,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 use prometheus_client::registry::Registry;
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     body::Capped,
@@ -29,9 +29,19 @@ use crate::{config::Auth, daemon::auth};
 
 pub const ROUTE: &str = "/api/{sitename}/monitoring/prometheus/passthrough/{hostname}";
 
-/// The upstream client (with a pool of kept-alive connections) and the metrics.
+/// Upstream fetches at once, on all hosts together: each holds one
+/// connection (and a descriptor) until its body has been passed on, so a
+/// burst of requests cannot open connections without bound.
+pub const MAX_UPSTREAM_FETCHES: usize = 64;
+
+/// Kept-alive upstream connections per host between fetches.
+const MAX_IDLE_PER_HOST: usize = 4;
+
+/// The upstream client (with a pool of kept-alive connections), the cap on
+/// fetches at once, and the metrics.
 pub struct Proxy {
     client: Client<HttpConnector, Empty<Bytes>>,
+    fetches: Arc<Semaphore>,
     pub metrics: PassthroughMetrics,
 }
 
@@ -48,9 +58,11 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .build(connector);
         Self {
             client,
+            fetches: Arc::new(Semaphore::new(MAX_UPSTREAM_FETCHES)),
             metrics: PassthroughMetrics::register(registry),
         }
     }
@@ -146,6 +158,18 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return self.fail(StatusCode::BAD_GATEWAY, Outcome::unreachable, e),
         };
+        // Waiting for a turn counts against the same deadline as the fetch.
+        let turn = tokio::time::timeout_at(deadline, Arc::clone(&self.fetches).acquire_owned());
+        let Ok(Ok(turn)) = turn.await else {
+            return self.fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Outcome::busy,
+                format_args!(
+                    "{MAX_UPSTREAM_FETCHES} node_exporter fetches are running and none ended within {} s",
+                    timeout.as_secs()
+                ),
+            );
+        };
         let started = Instant::now();
         let answer = tokio::time::timeout_at(deadline, self.client.request(upstream)).await;
         let response = match answer {
@@ -201,6 +225,7 @@ impl Proxy {
             limit,
             deadline,
             self.metrics.clone(),
+            turn,
         )));
         for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
             if let Some(value) = head.headers.get(&name) {
