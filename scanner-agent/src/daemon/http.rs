@@ -21,6 +21,7 @@ use axum::{
     routing::get,
 };
 use prometheus_client::registry::Registry;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::Semaphore,
@@ -114,10 +115,21 @@ fn scoped(scope: Scope, routes: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
     routes.route_layer(middleware::from_fn_with_state(scope, auth::authorize))
 }
 
+/// A listening socket on `addr`; `[::]` takes IPv4 clients too.
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
-    std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| DaemonError::Listen { addr, source })
+    let listen = || -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
+        // Room for a burst of new connections between two accepts.
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    listen().map_err(|source| DaemonError::Listen { addr, source })
 }
 
 /// `app` behind the authentication, over TLS when configured, within the
