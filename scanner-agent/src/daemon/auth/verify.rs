@@ -4,9 +4,9 @@
 //! credentials, never the password itself), so Prometheus's scrapes never
 //! queue behind a flood of wrong passwords; and when [`Verifier::admitted`]
 //! is exhausted an uncached credential is told "busy" at once instead of
-//! waiting without bound. An unknown user name costs one bcrypt
-//! verification like a wrong password does, so timing does not tell which
-//! names exist.
+//! waiting without bound. An unknown user name (or a wrong plain-text
+//! password) costs one bcrypt verification like a wrong password does, so
+//! timing does not tell which names exist.
 
 use std::{
     collections::HashMap,
@@ -63,8 +63,8 @@ pub(crate) struct Verifier {
     running: Arc<Semaphore>,
     /// Verifications running or waiting to run.
     admitted: Arc<Semaphore>,
-    /// A valid bcrypt hash at cost 4 of nothing anyone sends: with its cost
-    /// changed, what an unknown user name is checked against.
+    /// A valid bcrypt hash at cost 4 of a random password no one sends:
+    /// with its cost changed, what an unknown user name is checked against.
     dummy: String,
     /// bcrypt verifications done, for the tests.
     runs: AtomicU64,
@@ -79,7 +79,7 @@ impl Verifier {
     }
 
     pub(crate) fn with_threads(threads: usize) -> Self {
-        let dummy = bcrypt::hash_with_salt(b"-", 4, rand::random())
+        let dummy = bcrypt::hash_with_salt(rand::random::<[u8; 16]>(), 4, rand::random())
             .expect("cost 4 and a short password are valid")
             .to_string();
         Self {
@@ -128,32 +128,31 @@ impl Verifier {
             let same: bool = a.username.as_bytes().ct_eq(username.as_bytes()).into();
             if same { Some(a) } else { found }
         });
-        let hash = match account.map(|a| (a, a.password)) {
-            Some((a, Password::Plain(plain))) => {
-                return if bool::from(plain.as_bytes().ct_eq(password.as_bytes())) {
-                    Checked::Valid(a)
-                } else {
-                    Checked::Invalid
-                };
-            }
-            Some((_, Password::Bcrypt { hash, .. })) => hash.clone(),
-            None => match self.dummy_for(auth) {
-                Some(dummy) => dummy,
-                // Only plain passwords: a wrong one is as cheap as no user.
-                None => return Checked::Invalid,
-            },
-        };
-        let generation = self.generation.load(Ordering::SeqCst);
-        match self.verify(password, hash.clone()).await {
-            None => Checked::Busy,
-            Some(false) => Checked::Invalid,
-            Some(true) => match account {
-                Some(a) => {
-                    self.remember(key, a.username, hash, generation);
-                    Checked::Valid(a)
+        let (own, hash) = match account {
+            Some(a) => match a.password {
+                Password::Bcrypt { hash, .. } => (Some(a), hash.clone()),
+                Password::Plain(plain)
+                    if bool::from(plain.as_bytes().ct_eq(password.as_bytes())) =>
+                {
+                    return Checked::Valid(a);
                 }
-                None => Checked::Invalid,
+                Password::Plain(_) => (None, self.dummy_for(auth).unwrap_or_default()),
             },
+            None => (None, self.dummy_for(auth).unwrap_or_default()),
+        };
+        // A wrong plain password and an unknown name cost what a wrong
+        // bcrypt password costs (nothing when no account has a hash).
+        if hash.is_empty() {
+            return Checked::Invalid;
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        match (self.verify(password, hash.clone()).await, own) {
+            (None, _) => Checked::Busy,
+            (Some(true), Some(a)) => {
+                self.remember(key, a.username, hash, generation);
+                Checked::Valid(a)
+            }
+            (Some(_), _) => Checked::Invalid,
         }
     }
 
@@ -326,11 +325,17 @@ mod tests {
         ));
         let dummy = v.dummy_for(&costly).unwrap();
         assert_eq!(bcrypt::HashParts::from_str(&dummy).unwrap().get_cost(), 5);
+        // A wrong plain password costs the same, when other accounts have hashes.
+        assert_eq!(v.check(&auth, "prom", "wrong").await, Checked::Invalid);
+        assert_eq!(v.runs(), 3);
+        assert!(valid(v.check(&auth, "prom", "plain-pw").await).is_some());
+        assert_eq!(v.runs(), 3, "a right plain password needs no bcrypt");
         // Without bcrypt accounts there is nothing slow to imitate.
         let plain = parse("auth:\n  basic: {username: admin, password: pw}\n");
         assert_eq!(v.dummy_for(&plain), None);
         assert_eq!(v.check(&plain, "nobody", "pw").await, Checked::Invalid);
-        assert_eq!(v.runs(), 2);
+        assert_eq!(v.check(&plain, "admin", "wrong").await, Checked::Invalid);
+        assert_eq!(v.runs(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
