@@ -53,6 +53,10 @@ pub struct Target<'a> {
 
 impl Proxy {
     pub fn new(registry: &mut Registry) -> Self {
+        Self::with_fetch_cap(registry, MAX_UPSTREAM_FETCHES)
+    }
+
+    fn with_fetch_cap(registry: &mut Registry, cap: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -62,7 +66,7 @@ impl Proxy {
             .build(connector);
         Self {
             client,
-            fetches: Arc::new(Semaphore::new(MAX_UPSTREAM_FETCHES)),
+            fetches: Arc::new(Semaphore::new(cap)),
             metrics: PassthroughMetrics::register(registry),
         }
     }
@@ -165,7 +169,7 @@ impl Proxy {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Outcome::busy,
                 format_args!(
-                    "{MAX_UPSTREAM_FETCHES} node_exporter fetches are running and none ended within {} s",
+                    "too many node_exporter fetches are running and none ended within {} s",
                     timeout.as_secs()
                 ),
             );
@@ -258,4 +262,70 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+    use crate::{config::Config, passthrough::metrics::OutcomeLabels};
+
+    /// A node_exporter on loopback that sends the head of a 100-byte body
+    /// and then nothing more, keeping every connection open.
+    async fn stalling_upstream() -> Uri {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nnode_")
+                    .await;
+                held.push(s);
+            }
+        });
+        format!("http://{addr}/metrics").parse().unwrap()
+    }
+
+    fn settings(timeout: u64) -> Settings {
+        Config::parse(&format!("passthrough:\n  timeout: {timeout}\n"))
+            .unwrap()
+            .passthrough
+    }
+
+    #[tokio::test]
+    async fn fetches_beyond_the_cap_wait_within_the_deadline_then_get_503() {
+        let proxy = Proxy::with_fetch_cap(&mut Registry::default(), 1);
+        let uri = stalling_upstream().await;
+        let headers = HeaderMap::new();
+        // The first fetch's body is still streaming: it holds the only turn.
+        let first = proxy.fetch(uri.clone(), &settings(30), &headers).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let started = Instant::now();
+        let second = proxy.fetch(uri.clone(), &settings(1), &headers).await;
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "it waited for a turn"
+        );
+        let count = |o| {
+            proxy
+                .metrics
+                .requests
+                .get_or_create(&OutcomeLabels { outcome: o })
+                .get()
+        };
+        assert_eq!(count(Outcome::busy), 1);
+        // Done with the first body, the next fetch gets its turn.
+        drop(first);
+        let third = proxy.fetch(uri, &settings(1), &headers).await;
+        assert_eq!(third.status(), StatusCode::OK);
+        assert_eq!(count(Outcome::busy), 1);
+    }
 }
