@@ -534,3 +534,89 @@ fn each_credential_kind_gets_its_scopes_from_its_networks_only() {
     }));
     assert_eq!(request_to(&lab, v4, "/metrics", &old).unwrap().0, 401);
 }
+
+#[test]
+fn the_tls_listener_has_the_same_bounds() {
+    const CAP: usize = 10;
+    const IDLE: usize = 30;
+    let lab = Lab::new::<Ipv4Addr>(&[], 1500);
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let daemon = Daemon::start_with(
+        &lab,
+        "tls-bounds",
+        &format!(
+            "server:\n  port: {PORT}\n  max_connections: {CAP}\n  tls:\n    cert_file: tls.crt\n    key_file: tls.key\n\
+             auth:\n  bearer_tokens: [tok]\n"
+        ),
+        &[
+            ("tls.crt", &cert.cert.pem()),
+            ("tls.key", &cert.signing_key.serialize_pem()),
+        ],
+    );
+    let curl = || {
+        let out = lab
+            .scanner
+            .command("curl")
+            .current_dir(&daemon.dir)
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(["--cacert", "tls.crt", "-H", "Authorization: Bearer tok"])
+            .arg(format!("https://localhost:{PORT}/metrics"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(wait_until(Duration::from_secs(10), || curl() == "200"));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));
+    let idle: Vec<TcpStream> = lab.scanner.run(move || {
+        (0..IDLE)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect()
+    });
+    let mut cut = 0;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            cut = idle.iter().filter(|s| closed_by_peer(s)).count();
+            cut >= IDLE - CAP
+        }),
+        "{cut} of {IDLE} idle sockets closed at the cap of {CAP}"
+    );
+    // A handshake sent a byte a second.
+    let slow = lab.scanner.spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let start = Instant::now();
+        let hello = [
+            0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        let mut buf = [0u8; 64];
+        for byte in hello.iter().cycle().take(60) {
+            if s.write_all(&[*byte]).is_err() {
+                return start.elapsed();
+            }
+            match s.read(&mut buf) {
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                _ => return start.elapsed(),
+            }
+        }
+        start.elapsed()
+    });
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(curl(), "200", "a scrape gets in at the cap");
+    let took = slow.join().unwrap();
+    assert!(
+        took < Duration::from_secs(15),
+        "the slow handshake was not cut off: {took:?}"
+    );
+    println!("slow TLS handshake cut off after {took:?}");
+    // Sockets that never began a handshake met the header timeout too.
+    assert_eq!(idle.iter().filter(|s| closed_by_peer(s)).count(), IDLE);
+    assert_eq!(curl(), "200");
+}
