@@ -3,8 +3,11 @@
 //! is remembered for [`CACHE_TTL`] (keyed by a keyed hash of the
 //! credentials, never the password itself), so Prometheus's scrapes never
 //! queue behind a flood of wrong passwords; and when [`Verifier::admitted`]
-//! is exhausted an uncached credential is told "busy" at once instead of
-//! waiting without bound. An unknown user name (or a wrong plain-text
+//! is exhausted an unknown credential is told "busy" at once instead of
+//! waiting without bound. A credential whose time is up is verified again,
+//! but past that limit: it waits behind the few queued verifications rather
+//! than being turned away, so a long flood cannot lock Prometheus out
+//! either. An unknown user name (or a wrong plain-text
 //! password) costs one bcrypt verification like a wrong password does, so
 //! timing does not tell which names exist.
 
@@ -50,6 +53,15 @@ struct Remembered {
     /// against an older configuration never counts for a newer one.
     hash: String,
     expires: Instant,
+}
+
+/// What the cache knows of a credential.
+enum Memory<'a> {
+    /// Verified less than [`CACHE_TTL`] ago, for this account.
+    Fresh(Account<'a>),
+    /// Verified before, for the same configured hash: verify again, first in line.
+    Stale,
+    Unknown,
 }
 
 pub(crate) struct Verifier {
@@ -120,9 +132,11 @@ impl Verifier {
             return Checked::Invalid;
         }
         let key = self.cache_key(username, password);
-        if let Some(account) = self.remembered(auth, key) {
-            return Checked::Valid(account);
-        }
+        let known = match self.remembered(auth, key) {
+            Memory::Fresh(account) => return Checked::Valid(account),
+            Memory::Stale => true,
+            Memory::Unknown => false,
+        };
         // Every name is compared, so timing tells nothing of which matched.
         let account = auth.accounts().fold(None, |found, a| {
             let same: bool = a.username.as_bytes().ct_eq(username.as_bytes()).into();
@@ -146,7 +160,7 @@ impl Verifier {
             return Checked::Invalid;
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        match (self.verify(password, hash.clone()).await, own) {
+        match (self.verify(password, hash.clone(), known).await, own) {
             (None, _) => Checked::Busy,
             (Some(true), Some(a)) => {
                 self.remember(key, a.username, hash, generation);
@@ -171,9 +185,14 @@ impl Verifier {
     }
 
     /// One bcrypt verification on a blocking thread; None when too many
-    /// are waiting already.
-    async fn verify(&self, password: &str, hash: String) -> Option<bool> {
-        let admitted = Arc::clone(&self.admitted).try_acquire_owned().ok()?;
+    /// are waiting already (a `known` credential waits all the same: only
+    /// correct passwords become known, so they are few).
+    async fn verify(&self, password: &str, hash: String, known: bool) -> Option<bool> {
+        let admitted = match Arc::clone(&self.admitted).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if known => None,
+            Err(_) => return None,
+        };
         let running = Arc::clone(&self.running)
             .acquire_owned()
             .await
@@ -198,15 +217,22 @@ impl Verifier {
         h.finish128().as_u128()
     }
 
-    /// The account a remembered credential belongs to, if it is still
-    /// configured with the same hash and not expired.
-    fn remembered<'a>(&self, auth: &'a Auth, key: u128) -> Option<Account<'a>> {
+    /// What the cache knows of a credential: only what still holds for
+    /// an account configured with the same hash.
+    fn remembered<'a>(&self, auth: &'a Auth, key: u128) -> Memory<'a> {
         let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let r = cache.get(&key).filter(|r| r.expires > Instant::now())?;
-        auth.accounts().find(|a| {
+        let Some(r) = cache.get(&key) else {
+            return Memory::Unknown;
+        };
+        let account = auth.accounts().find(|a| {
             a.username == r.username
                 && matches!(a.password, Password::Bcrypt { hash, .. } if *hash == r.hash)
-        })
+        });
+        match account {
+            Some(a) if r.expires > Instant::now() => Memory::Fresh(a),
+            Some(_) => Memory::Stale,
+            None => Memory::Unknown,
+        }
     }
 
     fn remember(&self, key: u128, username: &str, hash: String, generation: u64) {
@@ -339,7 +365,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_queue_answers_busy_at_once_and_remembered_credentials_pass() {
+    async fn a_full_queue_answers_busy_at_once_and_remembered_credentials_are_never_turned_away() {
         // Cost 9 keeps the one thread busy while the queue fills.
         let hash = bcrypt::hash("s3cret", 9).unwrap();
         let auth = Arc::new(parse(&format!(
@@ -367,10 +393,24 @@ mod tests {
             valid(v.check(&auth, "admin", "s3cret").await).is_some(),
             "a remembered credential does not wait behind the flood"
         );
+        assert_eq!(
+            v.admitted.available_permits(),
+            0,
+            "the flood is still queued"
+        );
+        // Once its time is up it is verified again, waiting behind the
+        // queue (still full) instead of being turned away.
+        v.cache.lock().unwrap().get_mut(&key).unwrap().expires = Instant::now();
+        assert!(valid(v.check(&auth, "admin", "s3cret").await).is_some());
+        // The flood's, and this one: the fresh check verified nothing.
+        assert_eq!(v.runs(), capacity as u64 + 1);
+        assert!(
+            v.cache.lock().unwrap()[&key].expires > Instant::now(),
+            "remembered anew"
+        );
         for f in flood {
             assert!(f.await.unwrap());
         }
-        assert_eq!(v.runs(), capacity as u64);
     }
 
     #[tokio::test]
@@ -382,6 +422,6 @@ mod tests {
         let key = v.cache_key("admin", "s3cret");
         v.remember(key, "admin", "hash".into(), generation);
         assert!(v.cache.lock().unwrap().is_empty());
-        assert!(v.remembered(&auth, key).is_none());
+        assert!(matches!(v.remembered(&auth, key), Memory::Unknown));
     }
 }
