@@ -273,7 +273,7 @@ fn a_scrape_succeeds_throughout_a_flood_of_hostile_clients() {
             assert_eq!(status, 400, "{body}");
             assert!(
                 body.contains(&format!(
-                    "invalid parameter ports: {} characters long, more than the 1024 allowed",
+                    "invalid parameter ports: {} bytes long, more than the 1024 allowed",
                     ports.len()
                 )),
                 "{body}"

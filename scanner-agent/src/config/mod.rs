@@ -312,7 +312,7 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// The longest `ports` a `/query` may give: about 200 ranges, and a
+    /// The longest `ports` a `/query` may give: room for a hundred ranges, and a
     /// bound on what a request can make the agent parse and keep.
     pub const QUERY_MAX_LEN: usize = 1024;
 
@@ -328,7 +328,7 @@ impl Ports {
     pub fn parse_capped(spec: &str, max_len: usize) -> Result<Self, String> {
         if spec.len() > max_len {
             return Err(format!(
-                "{} characters long, more than the {max_len} allowed",
+                "{} bytes long, more than the {max_len} allowed",
                 spec.len()
             ));
         }

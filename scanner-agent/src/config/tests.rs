@@ -396,7 +396,7 @@ fn capped_ports_refuse_long_specs_before_parsing() {
     let long = vec!["1-65535"; 200].join(",");
     assert_eq!(
         Ports::parse_capped(&long, Ports::QUERY_MAX_LEN).unwrap_err(),
-        format!("{} characters long, more than the 1024 allowed", long.len())
+        format!("{} bytes long, more than the 1024 allowed", long.len())
     );
     let short = Ports::parse_capped("22,80,8000-8100", Ports::QUERY_MAX_LEN).unwrap();
     assert_eq!(short.list.len(), 103);
