@@ -420,12 +420,15 @@ fn subtract(runs: &[Run], ex: Run) -> Vec<Run> {
 pub struct PortList(Vec<u16>);
 
 impl PortList {
+    /// Parses a spec into ranges, merges them, and only then lists the
+    /// ports: a spec repeating `1-65535` thousands of times costs its
+    /// length, not thousands of copies of every port.
     pub fn parse(spec: &str) -> Result<Self, TargetError> {
         let err = |reason: String| TargetError::Ports {
             spec: spec.to_owned(),
             reason,
         };
-        let mut ports = Vec::new();
+        let mut ranges = Vec::new();
         for part in spec.split(',').map(str::trim) {
             let (lo, hi) = match part.split_once('-') {
                 Some((lo, hi)) => (parse_port(lo), parse_port(hi)),
@@ -437,11 +440,14 @@ impl PortList {
             if lo > hi {
                 return Err(err(format!("range {part:?} ends before it starts")));
             }
-            ports.extend(lo..=hi);
+            ranges.push((lo, hi));
         }
-        ports.sort_unstable();
-        ports.dedup();
-        Ok(Self(ports))
+        Ok(Self(
+            merge_port_ranges(ranges)
+                .into_iter()
+                .flat_map(|(lo, hi)| lo..=hi)
+                .collect(),
+        ))
     }
 
     pub fn as_slice(&self) -> &[u16] {
@@ -460,6 +466,19 @@ impl PortList {
     pub fn index_of(&self, port: u16) -> Option<usize> {
         self.0.binary_search(&port).ok()
     }
+}
+
+/// Sorted, non-overlapping ranges covering the same ports as `ranges`.
+fn merge_port_ranges(mut ranges: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match merged.last_mut() {
+            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => merged.push((lo, hi)),
+        }
+    }
+    merged
 }
 
 fn parse_port(s: &str) -> Option<u16> {
@@ -667,5 +686,33 @@ mod tests {
             "invalid port specification \"9-3\": range \"9-3\" ends before it starts"
         );
         assert_eq!(PortList::parse("22,80").unwrap().index_of(80), Some(1));
+    }
+
+    #[test]
+    fn overlapping_and_adjacent_ranges_are_merged_before_listing() {
+        assert_eq!(
+            merge_port_ranges(vec![
+                (8000, 8100),
+                (1, 5),
+                (6, 10),
+                (4, 4),
+                (8050, 9000),
+                (12, 12)
+            ]),
+            [(1, 10), (12, 12), (8000, 9000)]
+        );
+        assert_eq!(
+            merge_port_ranges(vec![(65535, 65535), (1, 65535)]),
+            [(1, 65535)]
+        );
+        // Thousands of full ranges list each port once.
+        let spec = vec!["1-65535"; 5000].join(",");
+        let list = PortList::parse(&spec).unwrap();
+        assert_eq!(list.len(), 65535);
+        assert_eq!(list.as_slice()[..3], [1, 2, 3]);
+        assert_eq!(
+            PortList::parse("30-40,35,20-31").unwrap().as_slice(),
+            (20..=40).collect::<Vec<u16>>()
+        );
     }
 }

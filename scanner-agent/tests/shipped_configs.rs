@@ -320,6 +320,7 @@ fn the_unit_grants_exactly_the_needed_capabilities_to_an_unprivileged_user() {
         ("ConfigurationDirectory", "scanner-agent"),
         ("ProtectSystem", "strict"),
         ("LimitMEMLOCK", "infinity"),
+        ("LimitNOFILE", "65536"),
         ("Restart", "on-failure"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         (

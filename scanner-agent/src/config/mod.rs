@@ -7,6 +7,7 @@
 //! silently rewrote (an `interval` under 600 became 10800) are used as given,
 //! with a warning.
 
+mod auth;
 mod web;
 
 use std::{
@@ -17,6 +18,9 @@ use std::{
 
 use serde::{Deserialize, Deserializer, de};
 
+pub use self::auth::{
+    Account, Auth, BasicAuth, Networks, Password, Scope, Scopes, Token, User, Username,
+};
 use crate::{
     engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
     targets::{self, PortList, TargetSpec},
@@ -75,6 +79,10 @@ pub struct Server {
     /// `tls_server_config` and `basic_auth_users` apply as if written here.
     #[serde(default)]
     pub web_config_file: Option<PathBuf>,
+    /// Connections served at once, on all listeners together (new key); at
+    /// the cap, connections that have not sent a request are closed first.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: Bounded<1, 1_000_000>,
 }
 
 impl Default for Server {
@@ -161,61 +169,14 @@ impl Default for Scanning {
     }
 }
 
-#[derive(Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Auth {
-    pub basic: Option<BasicAuth>,
-    /// Tokens accepted as `Authorization: Bearer <token>` (new key).
-    #[serde(default)]
-    pub bearer_tokens: Vec<String>,
-    /// Users from `server.web_config_file`'s `basic_auth_users`.
-    #[serde(skip)]
-    pub web_users: Vec<BasicAuth>,
-}
-
-impl Auth {
-    /// Whether any authentication is configured.
-    pub fn configured(&self) -> bool {
-        self.users().next().is_some() || !self.bearer_tokens.is_empty()
-    }
-
-    /// Every basic-auth user: `auth.basic` and the web config's users.
-    pub fn users(&self) -> impl Iterator<Item = &BasicAuth> {
-        self.basic.iter().chain(&self.web_users)
-    }
-}
-
-impl fmt::Debug for Auth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Auth")
-            .field("basic", &self.basic)
-            .field("bearer_tokens", &self.bearer_tokens.len())
-            .field("web_users", &self.web_users)
-            .finish()
-    }
-}
-
-#[derive(Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuth {
-    pub username: String,
-    /// A bcrypt hash, or (as old configs have) the plain password.
-    pub password: String,
-}
-
-impl fmt::Debug for BasicAuth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BasicAuth")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
 mod defaults {
     use super::{Bounded, Ports, Prefix};
 
     pub(super) fn port() -> u16 {
         9919
+    }
+    pub(super) fn max_connections() -> Bounded<1, 1_000_000> {
+        Bounded(4096)
     }
     pub(super) fn interval() -> Bounded<1, 31_536_000> {
         Bounded(86400)
@@ -373,12 +334,27 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// The longest `ports` a `/query` may give: room for a hundred ranges, and a
+    /// bound on what a request can make the agent parse and keep.
+    pub const QUERY_MAX_LEN: usize = 1024;
+
     pub fn parse(spec: &str) -> Result<Self, String> {
         let list = PortList::parse(spec).map_err(|e| e.to_string())?;
         Ok(Self {
             spec: spec.to_owned(),
             list,
         })
+    }
+
+    /// [`Ports::parse`] of a spec of at most `max_len` bytes.
+    pub fn parse_capped(spec: &str, max_len: usize) -> Result<Self, String> {
+        if spec.len() > max_len {
+            return Err(format!(
+                "{} bytes long, more than the {max_len} allowed",
+                spec.len()
+            ));
+        }
+        Self::parse(spec)
     }
 }
 
@@ -472,7 +448,7 @@ impl Config {
             if web.tls_server_config.is_some() {
                 server.tls = web.tls_server_config.clone();
             }
-            self.auth.web_users = web.users().collect();
+            self.auth.add_web_users(web.users(), file)?;
             if web.http_server_config.is_some() {
                 self.web_warnings
                     .push("http_server_config in the web config is ignored".into());
@@ -498,13 +474,8 @@ impl Config {
                 self.scanning.interval.0
             ));
         }
-        if self
-            .auth
-            .basic
-            .as_ref()
-            .is_some_and(|b| !b.password.starts_with("$2"))
-        {
-            w.push("auth.basic.password is a plain password; prefer a bcrypt hash".into());
+        for key in self.auth.plain_password_keys() {
+            w.push(format!("{key} is a plain password; prefer a bcrypt hash"));
         }
         w.extend(crate::passthrough::config::warnings(self));
         w

@@ -41,6 +41,7 @@ fn defaults_are_the_seeds() {
     let c = Config::parse("").unwrap();
     let s = &c.scanning;
     assert_eq!(c.server.port, 9919);
+    assert_eq!(c.server.max_connections.0, 4096);
     assert_eq!((s.interval.0, s.timeout.0), (86400, 3600));
     assert_eq!(
         (
@@ -150,6 +151,14 @@ fn rejections_name_key_and_line() {
             "auth:\n  basic:\n    username: admin\n",
             "auth.basic: missing field `password` at line 3 column 5",
         ),
+        (
+            "server:\n  max_connections: 0\n",
+            "server.max_connections: 0 is out of range (expected a whole number from 1 to 1000000) at line 2",
+        ),
+        (
+            "server:\n  max_connections: many\n",
+            "server.max_connections: invalid type: string \"many\"",
+        ),
         ("bogus: 1\n", "unknown field `bogus`"),
     ];
     for (yaml, want) in cases {
@@ -169,7 +178,7 @@ fn rejections_name_key_and_line() {
 /// among the rejections.
 #[test]
 fn every_numeric_key_has_a_range() {
-    let keys: [(&str, u64, u64); 19] = [
+    let keys: [(&str, u64, u64); 20] = [
         ("scanning.interval", 1, 31_536_000),
         ("scanning.timeout", 1, 604_800),
         ("scanning.min_rate", 1, MAX_RATE),
@@ -189,6 +198,7 @@ fn every_numeric_key_has_a_range() {
         ("passthrough.timeout", 1, 600),
         ("passthrough.max_body_bytes", 1, 1 << 30),
         ("server.port", 1, 65535),
+        ("server.max_connections", 1, 1_000_000),
     ];
     for (key, min, max) in keys {
         let (section, name) = key.split_once('.').unwrap();
@@ -272,10 +282,7 @@ fn web_config_users_and_tls_apply() {
         "relative to web.yml"
     );
     assert_eq!(
-        c.auth
-            .users()
-            .map(|u| u.username.as_str())
-            .collect::<Vec<_>>(),
+        c.auth.accounts().map(|a| a.username).collect::<Vec<_>>(),
         ["alice"]
     );
     assert!(c.auth.configured());
@@ -296,7 +303,28 @@ fn web_config_and_tls_rejections_are_named() {
     let tls = "server:\n  tls:\n    cert_file: tls.crt\n    key_file: tls.key\n";
     // (config.yaml, further files, expected error)
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case<'_>; 8] = [
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let basic_bob =
+        "server:\n  web_config_file: web.yml\nauth:\n  basic: {username: bob, password: pw}\n";
+    let web_bob = format!("basic_auth_users:\n  bob: \"{hash}\"\n");
+    let web_nobody = format!("basic_auth_users:\n  \"\": \"{hash}\"\n");
+    let web_malformed = format!("basic_auth_users:\n  bob: \"{}\"\n", &hash[..40]);
+    let cases: [Case<'_>; 11] = [
+        (
+            basic_bob,
+            &[("web.yml", &web_bob)],
+            "auth: the username \"bob\" is configured twice (with basic_auth_users of ",
+        ),
+        (
+            "server:\n  web_config_file: web.yml\n",
+            &[("web.yml", &web_nobody)],
+            "basic_auth_users: the username is empty at line 2",
+        ),
+        (
+            "server:\n  web_config_file: web.yml\n",
+            &[("web.yml", &web_malformed)],
+            "basic_auth_users.bob: looks like a bcrypt hash but is not a valid one",
+        ),
         (
             "server:\n  web_config_file: web.yml\n",
             &[("web.yml", "basic_auth_users:\n  bob: hunter2\n")],
@@ -424,4 +452,20 @@ fn the_example_config_is_what_the_readme_documents() {
             "{key} is in configs/config.yaml but not documented in the README"
         );
     }
+}
+
+#[test]
+fn capped_ports_refuse_long_specs_before_parsing() {
+    let long = vec!["1-65535"; 200].join(",");
+    assert_eq!(
+        Ports::parse_capped(&long, Ports::QUERY_MAX_LEN).unwrap_err(),
+        format!("{} bytes long, more than the 1024 allowed", long.len())
+    );
+    let short = Ports::parse_capped("22,80,8000-8100", Ports::QUERY_MAX_LEN).unwrap();
+    assert_eq!(short.list.len(), 103);
+    assert!(
+        Ports::parse_capped("80-20", Ports::QUERY_MAX_LEN)
+            .unwrap_err()
+            .contains("ends before it starts")
+    );
 }

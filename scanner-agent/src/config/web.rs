@@ -2,11 +2,11 @@
 //! `basic_auth_users` with bcrypt hashes), accepted so that users of other
 //! exporters need not learn a new format.
 
-use std::{collections::BTreeMap, path::Path, str::FromStr as _};
+use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Deserializer};
 
-use super::{BasicAuth, checked_str, yaml_error};
+use super::{BasicAuth, Password, Username, checked_str, yaml_error};
 use crate::tls::TlsSettings;
 
 #[derive(Debug, Default, Deserialize)]
@@ -18,22 +18,24 @@ pub(super) struct WebConfig {
     #[serde(default)]
     pub(super) http_server_config: Option<serde_yaml::Value>,
     #[serde(default)]
-    basic_auth_users: BTreeMap<String, BcryptHash>,
+    basic_auth_users: BTreeMap<Username, BcryptHash>,
 }
 
 /// A password hash; exporter-toolkit accepts nothing else here.
 #[derive(Debug)]
-struct BcryptHash(String);
+struct BcryptHash(Password);
 
 impl<'de> Deserialize<'de> for BcryptHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         checked_str(d, "a bcrypt hash", |v| {
-            bcrypt::HashParts::from_str(v)
-                .map(|_| Self(v.to_owned()))
-                .map_err(|_| {
+            if v.starts_with("$2") {
+                Password::bcrypt(v).map(Self)
+            } else {
+                Err(
                     "not a bcrypt hash (create one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`)"
-                        .to_owned()
-                })
+                        .to_owned(),
+                )
+            }
         })
     }
 }
@@ -56,12 +58,13 @@ impl WebConfig {
         serde_yaml::from_str(text).map_err(yaml_error)
     }
 
-    pub(super) fn users(&self) -> impl Iterator<Item = BasicAuth> + '_ {
+    pub(super) fn users(&self) -> Vec<BasicAuth> {
         self.basic_auth_users
             .iter()
             .map(|(username, hash)| BasicAuth {
                 username: username.clone(),
                 password: hash.0.clone(),
             })
+            .collect()
     }
 }

@@ -1,14 +1,18 @@
 //! The HTTP endpoints (axum, over TLS when configured): `/metrics`,
-//! `/healthz` and `/query`, all behind the same authentication.
+//! `/healthz`, `/query` and the passthrough, all behind the same
+//! authentication, each route behind its scope, every listener within the
+//! bounds of [`connections`].
+
+mod connections;
 
 use std::{
     net::{Ipv6Addr, SocketAddr},
-    sync::{Arc, PoisonError},
+    sync::{Arc, PoisonError, RwLock},
     time::UNIX_EPOCH,
 };
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Body,
     extract::{Path, Request, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode, header},
@@ -16,98 +20,169 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use prometheus_client::registry::Registry;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::Semaphore,
+};
+use tokio_rustls::TlsAcceptor;
 
-use axum_server::tls_rustls::RustlsConfig;
-use tokio::signal::unix::{Signal, SignalKind, signal};
-
+use self::connections::{Serving, Table};
 use super::{DaemonError, Shared, auth, query, reload};
 use crate::{
+    config::Scope,
     exposition,
     firewall::ListenAddress,
     passthrough::{self, handler::Target},
     tls::TlsSettings,
 };
 
+/// The TLS configuration in use, replaced when SIGHUP renews the certificate.
+type TlsCell = Arc<RwLock<Arc<rustls::ServerConfig>>>;
+
+/// Expositions encoded at once: each runs on a blocking thread (the
+/// firewall counters read netlink), so a burst of scrapes waits its turn
+/// there instead of holding the threads that serve requests.
+#[derive(Clone)]
+struct Encoders(Arc<Semaphore>);
+
 pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
     let live = shared.live();
-    let tls = live
+    connections::raise_open_files_limit(live.config.server.max_connections.0);
+    let tls: Option<TlsCell> = live
         .config
         .server
         .tls
         .as_ref()
         .map(TlsSettings::server_config)
         .transpose()?
-        .map(RustlsConfig::from_config);
+        .map(|c| Arc::new(RwLock::new(c)));
     let main = bind(SocketAddr::from((
         Ipv6Addr::UNSPECIFIED,
         live.config.server.port,
     )))?;
     // iptables_exporter's port, for scrape configs that still point there:
-    // the same authentication and TLS as the main port.
+    // the same authentication, TLS and connection bounds as the main port.
     let firewall = match (&shared.firewall_registry, live.config.firewall.listen) {
         (Some(_), Some(ListenAddress(addr))) => Some(bind(addr)?),
         _ => None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Two threads: a slow handshake or handler on one does not hold the other.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let hangups = signal(SignalKind::hangup())?;
         tokio::spawn(reload_on_hangup(hangups, Arc::clone(&shared), tls.clone()));
+        let encoders = Encoders(Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(1, usize::from),
+        )));
         let app = Router::new()
-            .route("/metrics", get(metrics))
-            .route("/healthz", get(healthz))
-            .route("/query", get(query::enqueue))
-            .route("/query/{id}", get(query::status))
-            .route(passthrough::ROUTE, get(passthrough));
+            .merge(scoped(
+                Scope::Metrics,
+                Router::new()
+                    .route("/metrics", get(metrics))
+                    .route("/healthz", get(healthz)),
+            ))
+            .merge(scoped(
+                Scope::Query,
+                Router::new()
+                    .route("/query", get(query::enqueue))
+                    .route("/query/{id}", get(query::status)),
+            ))
+            .merge(scoped(
+                Scope::Passthrough,
+                Router::new().route(passthrough::ROUTE, get(passthrough)),
+            ));
+        let table = Table::new();
         if let Some(listener) = firewall {
-            let app = Router::new().route("/metrics", get(firewall_metrics));
-            tokio::spawn(run(listener, app, Arc::clone(&shared), tls.clone()));
+            let app = scoped(
+                Scope::Metrics,
+                Router::new().route("/metrics", get(firewall_metrics)),
+            );
+            let serving = serving(app, &shared, tls.as_ref(), &table, &encoders);
+            tokio::spawn(run(listener, serving));
         }
-        run(main, app, shared, tls).await
+        let serving = serving(app, &shared, tls.as_ref(), &table, &encoders);
+        run(main, serving).await
     })
 }
 
-fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
-    std::net::TcpListener::bind(addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| DaemonError::Listen { addr, source })
+/// Routes that need `scope`.
+fn scoped(scope: Scope, routes: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
+    routes.route_layer(middleware::from_fn_with_state(scope, auth::authorize))
 }
 
-/// Serves `app` behind the authentication, over TLS when configured.
-async fn run(
-    listener: std::net::TcpListener,
+/// A listening socket on `addr`; `[::]` takes IPv4 clients too.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
+    let listen = || -> std::io::Result<std::net::TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
+        // Room for a burst of new connections between two accepts.
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        Ok(socket.into())
+    };
+    listen().map_err(|source| DaemonError::Listen { addr, source })
+}
+
+/// `app` behind the authentication, over TLS when configured, within the
+/// connection bounds of `table`.
+fn serving(
     app: Router<Arc<Shared>>,
-    shared: Arc<Shared>,
-    tls: Option<RustlsConfig>,
-) -> Result<(), DaemonError> {
-    let addr = listener.local_addr()?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%addr, scheme, "serving HTTP");
+    shared: &Arc<Shared>,
+    tls: Option<&TlsCell>,
+    table: &Arc<Table>,
+    encoders: &Encoders,
+) -> Serving {
     let app = app
         .layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            auth::require,
+            Arc::clone(shared),
+            auth::authenticate,
         ))
-        .with_state(shared)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let served = match tls {
-        Some(tls) => {
-            axum_server::from_tcp_rustls(listener, tls)?
-                .serve(app)
-                .await
-        }
-        None => axum_server::from_tcp(listener)?.serve(app).await,
-    };
-    if let Err(e) = &served {
-        tracing::error!(%addr, "HTTP server stopped: {e}");
+        .layer(Extension(encoders.clone()))
+        .with_state(Arc::clone(shared));
+    let tls = tls.map(|cell| {
+        let cell = Arc::clone(cell);
+        Arc::new(move || {
+            TlsAcceptor::from(Arc::clone(
+                &cell.read().unwrap_or_else(PoisonError::into_inner),
+            ))
+        }) as Arc<dyn Fn() -> TlsAcceptor + Send + Sync>
+    });
+    let limit = Arc::clone(shared);
+    Serving {
+        app,
+        tls,
+        table: Arc::clone(table),
+        max_connections: Arc::new(move || {
+            usize::try_from(limit.live().config.server.max_connections.0).unwrap_or(usize::MAX)
+        }),
     }
-    Ok(served?)
+}
+
+async fn run(listener: std::net::TcpListener, serving: Serving) -> Result<(), DaemonError> {
+    let addr = listener.local_addr()?;
+    let scheme = if serving.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tracing::info!(%addr, scheme, "serving HTTP");
+    connections::accept_loop(listener, serving).await;
+    Ok(())
 }
 
 /// Reloads the configuration on every SIGHUP, and with it the TLS
 /// certificate (so renewed certificates need no restart).
-async fn reload_on_hangup(mut hangups: Signal, shared: Arc<Shared>, tls: Option<RustlsConfig>) {
+async fn reload_on_hangup(mut hangups: Signal, shared: Arc<Shared>, tls: Option<TlsCell>) {
     while hangups.recv().await.is_some() {
         let worker = Arc::clone(&shared);
         let outcome = tokio::task::spawn_blocking(move || reload::reload(&worker)).await;
@@ -126,26 +201,60 @@ async fn reload_on_hangup(mut hangups: Signal, shared: Arc<Shared>, tls: Option<
         if let (Some(tls), Some(settings)) = (&tls, &live.config.server.tls) {
             // Checked by the reload a moment ago; a failure here is a file changed since.
             match settings.server_config() {
-                Ok(config) => tls.reload_from_config(config),
+                Ok(config) => *tls.write().unwrap_or_else(PoisonError::into_inner) = config,
                 Err(e) => tracing::error!("TLS certificate not reloaded: {e}"),
             }
         }
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
-    let (content_type, body) = exposition::encode(&shared.registry, &headers);
-    ([(header::CONTENT_TYPE, content_type)], body)
-}
-
-async fn firewall_metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    match &shared.firewall_registry {
-        Some(registry) => {
-            let (content_type, body) = exposition::encode(registry, &headers);
+/// `registry` encoded for `headers` on a blocking thread, a few at a time.
+async fn exposition(
+    encoders: &Encoders,
+    shared: &Arc<Shared>,
+    registry: fn(&Shared) -> Option<&Registry>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(_permit) = encoders.0.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let shared = Arc::clone(shared);
+    let encoded = tokio::task::spawn_blocking(move || {
+        registry(&shared).map(|r| exposition::encode(r, &headers))
+    })
+    .await;
+    match encoded {
+        Ok(Some((content_type, body))) => {
             ([(header::CONTENT_TYPE, content_type)], body).into_response()
         }
-        None => StatusCode::NOT_FOUND.into_response(),
+        Ok(None) => StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::error!("encoding the metrics failed: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
+}
+
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+    Extension(encoders): Extension<Encoders>,
+    headers: HeaderMap,
+) -> Response {
+    exposition(&encoders, &shared, |s| Some(&s.registry), headers).await
+}
+
+async fn firewall_metrics(
+    State(shared): State<Arc<Shared>>,
+    Extension(encoders): Extension<Encoders>,
+    headers: HeaderMap,
+) -> Response {
+    exposition(
+        &encoders,
+        &shared,
+        |s| s.firewall_registry.as_ref(),
+        headers,
+    )
+    .await
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

@@ -192,6 +192,8 @@ pub(crate) struct Shared {
     /// The scheduler and worker threads, and which of them have died.
     vitals: vitals::Vitals,
     passthrough: passthrough::Proxy,
+    /// Checks credentials off the serving threads and remembers good ones.
+    auth: auth::Verifier,
 }
 
 impl Shared {
@@ -334,6 +336,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         state_file: state_file.map(state::StateFile::new),
         vitals: vitals::Vitals::default(),
         passthrough,
+        auth: auth::Verifier::new(),
     });
     shared.prepare(&shared.live())?;
     reload::record(&shared.agent, true);

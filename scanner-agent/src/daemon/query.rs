@@ -240,7 +240,8 @@ pub(super) fn parse(params: &HashMap<String, String>) -> Result<(IpNet, Ports, P
             })?)
         };
     let ports = params.get("ports").ok_or("missing parameter ports")?;
-    let ports = Ports::parse(ports).map_err(|e| format!("invalid parameter ports: {e}"))?;
+    let ports = Ports::parse_capped(ports, Ports::QUERY_MAX_LEN)
+        .map_err(|e| format!("invalid parameter ports: {e}"))?;
     let protocol = match params.get("protocol").map(String::as_str) {
         None => Protocol::Tcp,
         Some(p @ ("tcp" | "udp")) => p.parse()?,

@@ -38,6 +38,8 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
     let new = Arc::new(new);
     *shared.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&new);
     shared.generation.fetch_add(1, Ordering::Relaxed);
+    // A changed password stops working at once.
+    shared.auth.flush();
     // The reload is done only when nothing it removed is probed any more.
     match shared.work.withdraw(|job| new.wants(job), STOP_PATIENCE) {
         Ok((0, 0)) => {}

@@ -1,5 +1,7 @@
 //! The upstream body passed on frame by frame, never held whole: cut off
 //! when it grows past `max_body_bytes` or outlives the fetch's deadline.
+//! It holds the fetch's turn (see `handler::MAX_UPSTREAM_FETCHES`) until
+//! it is dropped.
 
 use std::{
     pin::Pin,
@@ -9,7 +11,10 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep, sleep_until};
+use tokio::{
+    sync::OwnedSemaphorePermit,
+    time::{Instant, Sleep, sleep_until},
+};
 
 use super::{
     PassthroughError,
@@ -23,6 +28,7 @@ pub struct Capped {
     deadline: Pin<Box<Sleep>>,
     metrics: PassthroughMetrics,
     failed: bool,
+    _turn: OwnedSemaphorePermit,
 }
 
 impl Capped {
@@ -31,6 +37,7 @@ impl Capped {
         limit: u64,
         deadline: Instant,
         metrics: PassthroughMetrics,
+        turn: OwnedSemaphorePermit,
     ) -> Self {
         Self {
             inner,
@@ -39,6 +46,7 @@ impl Capped {
             deadline: Box::pin(sleep_until(deadline)),
             metrics,
             failed: false,
+            _turn: turn,
         }
     }
 

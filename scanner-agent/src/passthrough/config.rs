@@ -196,7 +196,7 @@ pub fn warnings(config: &Config) -> Vec<String> {
             .iter()
             .any(|h| h.node_exporter_passthrough);
     if any_enabled && !config.auth.configured() {
-        vec!["the passthrough route answers 401 to everyone: it is never anonymous and no credentials are configured (auth.basic, auth.bearer_tokens or the web config's basic_auth_users)".into()]
+        vec!["the passthrough route answers 401 to everyone: it is never anonymous and no credentials are configured (auth.basic, auth.users, auth.bearer_tokens or the web config's basic_auth_users)".into()]
     } else {
         Vec::new()
     }
@@ -282,7 +282,7 @@ mod tests {
             c.warnings(),
             [
                 "no targets configured: nothing will be scanned",
-                "the passthrough route answers 401 to everyone: it is never anonymous and no credentials are configured (auth.basic, auth.bearer_tokens or the web config's basic_auth_users)"
+                "the passthrough route answers 401 to everyone: it is never anonymous and no credentials are configured (auth.basic, auth.users, auth.bearer_tokens or the web config's basic_auth_users)"
             ]
         );
     }

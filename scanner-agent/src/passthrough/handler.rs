@@ -3,7 +3,7 @@
 //! URL. Nothing from the request reaches the upstream but `Accept` and
 //! `Accept-Encoding`: not the path, not the query, not the Host header.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
@@ -18,7 +18,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 use prometheus_client::registry::Registry;
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 
 use super::{
     body::Capped,
@@ -29,9 +29,19 @@ use crate::{config::Auth, daemon::auth};
 
 pub const ROUTE: &str = "/api/{sitename}/monitoring/prometheus/passthrough/{hostname}";
 
-/// The upstream client (with a pool of kept-alive connections) and the metrics.
+/// Upstream fetches at once, on all hosts together: each holds one
+/// connection (and a descriptor) until its body has been passed on, so a
+/// burst of requests cannot open connections without bound.
+pub const MAX_UPSTREAM_FETCHES: usize = 64;
+
+/// Kept-alive upstream connections per host between fetches.
+const MAX_IDLE_PER_HOST: usize = 4;
+
+/// The upstream client (with a pool of kept-alive connections), the cap on
+/// fetches at once, and the metrics.
 pub struct Proxy {
     client: Client<HttpConnector, Empty<Bytes>>,
+    fetches: Arc<Semaphore>,
     pub metrics: PassthroughMetrics,
 }
 
@@ -43,14 +53,20 @@ pub struct Target<'a> {
 
 impl Proxy {
     pub fn new(registry: &mut Registry) -> Self {
+        Self::with_fetch_cap(registry, MAX_UPSTREAM_FETCHES)
+    }
+
+    fn with_fetch_cap(registry: &mut Registry, cap: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .build(connector);
         Self {
             client,
+            fetches: Arc::new(Semaphore::new(cap)),
             metrics: PassthroughMetrics::register(registry),
         }
     }
@@ -146,6 +162,18 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return self.fail(StatusCode::BAD_GATEWAY, Outcome::unreachable, e),
         };
+        // Waiting for a turn counts against the same deadline as the fetch.
+        let turn = tokio::time::timeout_at(deadline, Arc::clone(&self.fetches).acquire_owned());
+        let Ok(Ok(turn)) = turn.await else {
+            return self.fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Outcome::busy,
+                format_args!(
+                    "too many node_exporter fetches are running and none ended within {} s",
+                    timeout.as_secs()
+                ),
+            );
+        };
         let started = Instant::now();
         let answer = tokio::time::timeout_at(deadline, self.client.request(upstream)).await;
         let response = match answer {
@@ -201,6 +229,7 @@ impl Proxy {
             limit,
             deadline,
             self.metrics.clone(),
+            turn,
         )));
         for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
             if let Some(value) = head.headers.get(&name) {
@@ -233,4 +262,70 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+    use crate::{config::Config, passthrough::metrics::OutcomeLabels};
+
+    /// A node_exporter on loopback that sends the head of a 100-byte body
+    /// and then nothing more, keeping every connection open.
+    async fn stalling_upstream() -> Uri {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nnode_")
+                    .await;
+                held.push(s);
+            }
+        });
+        format!("http://{addr}/metrics").parse().unwrap()
+    }
+
+    fn settings(timeout: u64) -> Settings {
+        Config::parse(&format!("passthrough:\n  timeout: {timeout}\n"))
+            .unwrap()
+            .passthrough
+    }
+
+    #[tokio::test]
+    async fn fetches_beyond_the_cap_wait_within_the_deadline_then_get_503() {
+        let proxy = Proxy::with_fetch_cap(&mut Registry::default(), 1);
+        let uri = stalling_upstream().await;
+        let headers = HeaderMap::new();
+        // The first fetch's body is still streaming: it holds the only turn.
+        let first = proxy.fetch(uri.clone(), &settings(30), &headers).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        let started = Instant::now();
+        let second = proxy.fetch(uri.clone(), &settings(1), &headers).await;
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "it waited for a turn"
+        );
+        let count = |o| {
+            proxy
+                .metrics
+                .requests
+                .get_or_create(&OutcomeLabels { outcome: o })
+                .get()
+        };
+        assert_eq!(count(Outcome::busy), 1);
+        // Done with the first body, the next fetch gets its turn.
+        drop(first);
+        let third = proxy.fetch(uri, &settings(1), &headers).await;
+        assert_eq!(third.status(), StatusCode::OK);
+        assert_eq!(count(Outcome::busy), 1);
+    }
 }

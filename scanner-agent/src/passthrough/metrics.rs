@@ -32,6 +32,8 @@ pub enum Outcome {
     too_large,
     /// The body was cut off after the status was sent (too large, too slow, or broken).
     aborted,
+    /// 503: every upstream fetch slot stayed taken until the deadline.
+    busy,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -30,6 +30,26 @@ pub fn request(lab: &Lab, port: u16, path: &str, headers: &str) -> Option<(u16, 
     })
 }
 
+/// An HTTP GET to `addr` (e.g. `[::1]:PORT`) from inside the scanner
+/// namespace, with extra header lines; returns status, head and body.
+pub fn request_to(
+    lab: &Lab,
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &str,
+) -> Option<(u16, String, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n");
+    lab.scanner.run(move || {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.write_all(request.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split_whitespace().nth(1)?.parse().ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        Some((status, head.to_owned(), body.to_owned()))
+    })
+}
+
 /// The body of a GET with extra header lines, or "" when nothing answered
 /// (for polling).
 pub fn fetch(lab: &Lab, port: u16, path: &str, headers: &str) -> String {
@@ -88,6 +108,23 @@ impl Daemon {
             std::fs::write(dir.join(file), text).unwrap();
         }
         Self::spawn(lab, dir, &[])
+    }
+
+    /// Starts the daemon with further files beside its config file,
+    /// through `wrapper` (e.g. `prlimit ...`).
+    pub fn start_wrapped(
+        lab: &Lab,
+        name: &str,
+        config: &str,
+        files: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!("scanner-agent-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (file, text) in [("config.yaml", config)].iter().chain(files) {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        Self::spawn(lab, dir, wrapper)
     }
 
     /// Replaces the config file and sends SIGHUP.

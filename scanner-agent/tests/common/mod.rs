@@ -100,6 +100,20 @@ impl Netns {
         .expect("netns thread")
     }
 
+    /// Starts `f` on a thread that has entered the namespace, without
+    /// waiting for it (for clients that run side by side).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            let ns = File::open(&path).expect("open netns");
+            setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+
     /// Opens TCP listeners on the given (address, port) pairs in the namespace.
     pub fn listen<A: Into<IpAddr> + Copy>(&self, endpoints: &[(A, u16)]) -> Vec<TcpListener> {
         let endpoints: Vec<SocketAddr> = endpoints
