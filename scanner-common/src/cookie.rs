@@ -145,6 +145,47 @@ pub fn port_offset_of(hash: u64, ports_per_slot: u16) -> u16 {
     ((hash >> 32) % u64::from(ports_per_slot)) as u16
 }
 
+/// A second keyed hash of a probe, from its [`probe_hash`]: the secrets its
+/// IP header and payload carry beyond the port and TCP sequence number
+/// (SipHash of one word, so it never equals a [`probe_hash`] input).
+#[inline(always)]
+pub fn tag_of(key: &ProbeKey, hash: u64) -> u64 {
+    siphash24(key, &[hash])
+}
+
+/// The IPv4 identification (family 4) or IPv6 flow label (family 6) a probe
+/// with tag `tag` carries; ICMP errors quote it. Bits 44..63 of the tag,
+/// apart from the bits [`payload_secret`] and [`echo_data`] use. Never zero
+/// for IPv4: the kernel fills in a zero identification itself.
+#[inline(always)]
+pub const fn ident_of(family: u8, tag: u64) -> u32 {
+    if family == 4 {
+        match (tag >> 48) as u16 {
+            0 => 1,
+            id => id as u32,
+        }
+    } else {
+        ((tag >> 44) & 0xf_ffff) as u32
+    }
+}
+
+/// The 64-bit secret a UDP probe's payload carries (request ids, see
+/// [`crate::payload`]): bits 0..31 of the hash (the TCP sequence number's
+/// bits, unused by UDP probes) and bits 0..31 of the tag, so it is
+/// independent of the port (hash bits 32..63) and of [`ident_of`].
+#[inline(always)]
+pub const fn payload_secret(hash: u64, tag: u64) -> u64 {
+    (tag << 32) | (hash & 0xffff_ffff)
+}
+
+/// The 8 data bytes an echo request carries (big-endian), and its reply
+/// echoes: bits 0..43 of the tag and 20 bits of it again. Checked on top of
+/// [`echo_id_seq`], which takes the hash's bits.
+#[inline(always)]
+pub const fn echo_data(tag: u64) -> u64 {
+    tag
+}
+
 /// ICMP echo identifier and sequence: the slot in the top 3 identifier
 /// bits (echo replies carry no port), the hash in the rest.
 #[inline(always)]
