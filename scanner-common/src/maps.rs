@@ -53,6 +53,17 @@ pub mod protocols {
     pub const ICMP: u64 = 4;
 }
 
+/// A key alone: a scan sending probes of every protocol.
+impl From<[u64; 2]> for SlotKey {
+    #[inline(always)]
+    fn from(key: [u64; 2]) -> Self {
+        Self {
+            key,
+            protocols: protocols::TCP | protocols::UDP | protocols::ICMP,
+        }
+    }
+}
+
 impl SlotKey {
     /// Whether the slot's scan sends probes of `protocol` (a [`protocols`] bit).
     #[inline(always)]

@@ -27,12 +27,16 @@ use crate::{
     payload::{self, AnswerCheck},
 };
 
-/// The local port a probe to `remote:remote_port` uses in `slot`.
+/// The local port a probe to `remote:remote_port` uses in `slot`. The
+/// agent lays the slots out inside the port space; with settings that do
+/// not fit (only a forged map could hold them) the port wraps, as the XDP
+/// program's arithmetic does, instead of panicking on the host.
 #[inline(always)]
 pub fn local_port(settings: &Settings, slot: u32, hash: u64) -> u16 {
-    settings.port_base
-        + slot as u16 * settings.ports_per_slot
-        + port_offset_of(hash, settings.ports_per_slot)
+    settings
+        .port_base
+        .wrapping_add((slot as u16).wrapping_mul(settings.ports_per_slot))
+        .wrapping_add(port_offset_of(hash, settings.ports_per_slot))
 }
 
 /// The [`protocols`] bit of an IP protocol number.
@@ -50,9 +54,9 @@ const fn protocol_bit(protocol: u8) -> u64 {
 /// port our probe of that flow used, in the slot of a scan that sends
 /// probes of `protocol`.
 #[inline(always)]
-fn probe_flow(
+fn probe_flow<S: Into<SlotKey>>(
     settings: &Settings,
-    slots: &impl Fn(u32) -> Option<SlotKey>,
+    slots: &impl Fn(u32) -> Option<S>,
     remote: &Addr,
     local: &Addr,
     remote_port: u16,
@@ -60,7 +64,7 @@ fn probe_flow(
     protocol: u8,
 ) -> Option<(u32, ProbeKey, u64)> {
     let slot = settings.slot_of(local_port_seen)?;
-    let k = slots(slot)?;
+    let k: SlotKey = slots(slot)?.into();
     if !k.sends(protocol_bit(protocol)) {
         return None;
     }
@@ -123,11 +127,13 @@ fn quotes_probe(q: &Quoted, key: &ProbeKey, hash: u64) -> bool {
 
 /// The event for `packet` if it answers a probe of a scan whose slot
 /// `slots(slot)` describes (`None` or no protocols: no scan), else `None`.
+/// `slots` may return a [`SlotKey`], or a bare [`ProbeKey`] for a scan
+/// sending every protocol.
 #[inline(always)]
-pub fn validate(
+pub fn validate<S: Into<SlotKey>>(
     packet: &Packet,
     settings: &Settings,
-    slots: impl Fn(u32) -> Option<SlotKey>,
+    slots: impl Fn(u32) -> Option<S>,
 ) -> Option<ReplyEvent> {
     let mut ev = ReplyEvent {
         remote: packet.src.bytes,
@@ -220,7 +226,7 @@ pub fn validate(
             } else {
                 IPPROTO_ICMPV6
             };
-            let k = slots(slot)?;
+            let k: SlotKey = slots(slot)?.into();
             if !k.sends(protocols::ICMP) {
                 return None;
             }
@@ -240,10 +246,10 @@ pub fn validate(
 /// [`validate`] for the XDP program, as a separate BPF function writing into
 /// `out` (see [`crate::frame::parse_into`]).
 #[cfg_attr(target_arch = "bpf", inline(never))]
-pub fn validate_into(
+pub fn validate_into<S: Into<SlotKey>>(
     packet: &Packet,
     settings: &Settings,
-    slots: impl Fn(u32) -> Option<SlotKey>,
+    slots: impl Fn(u32) -> Option<S>,
     out: &mut ReplyEvent,
 ) -> bool {
     match validate(packet, settings, slots) {
@@ -257,11 +263,8 @@ pub fn validate_into(
 
 #[cfg(test)]
 mod tests {
-    extern crate std;
     use super::*;
-    use crate::frame::{self, Quoted};
-    use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4, icmpv6};
-    use std::vec::Vec;
+    use crate::frame::Quoted;
 
     const KEY: ProbeKey = [3, 4];
     const S: Settings = Settings {
@@ -271,12 +274,39 @@ mod tests {
     };
     const REMOTE: Addr = Addr::v4([198, 18, 0, 2]);
     const LOCAL: Addr = Addr::v4([198, 18, 0, 1]);
+
+    /// Found by the `frame_reply` fuzz target: a port layout past 65535
+    /// overflowed (a panic in a debug build).
+    #[test]
+    fn a_layout_past_the_port_space_wraps_instead_of_panicking() {
+        let s = Settings {
+            port_base: 61_000,
+            ports_per_slot: 4096,
+            _pad: 0,
+        };
+        let port = local_port(&s, 7, 0);
+        assert_eq!(port, 61_000_u16.wrapping_add(7 * 4096));
+    }
+
+    fn keys(slot: u32) -> Option<ProbeKey> {
+        (slot == 2).then_some(KEY)
+    }
+
+    extern crate std;
+    use crate::frame;
+    use etherparse::{IcmpEchoHeader, Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4, icmpv6};
+    use std::vec::Vec;
+
     const REMOTE6: Addr = Addr::v6([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
     const LOCAL6: Addr = Addr::v6([0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-    const ALL: u64 = protocols::TCP | protocols::UDP | protocols::ICMP;
 
-    fn keys(slot: u32) -> Option<SlotKey> {
-        only(ALL)(slot)
+    #[test]
+    fn a_bare_key_stands_for_a_scan_of_every_protocol() {
+        let k = SlotKey::from(KEY);
+        assert_eq!(k.key, KEY);
+        for p in [protocols::TCP, protocols::UDP, protocols::ICMP] {
+            assert!(k.sends(p));
+        }
     }
 
     /// Slot 2 in use by a scan sending `protocols`.
@@ -343,7 +373,7 @@ mod tests {
         assert!(validate(&tcp(TCP_RST, seq_of(hash) + 1, port), &S, keys).is_none());
         assert!(
             validate(&tcp(TCP_SYN | TCP_ACK, seq_of(hash) + 1, port), &S, |_| {
-                None
+                None::<ProbeKey>
             })
             .is_none()
         );
