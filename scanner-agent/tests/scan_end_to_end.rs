@@ -276,48 +276,80 @@ fn forged_answer(port: u16) -> Vec<u8> {
     }
 }
 
-/// ICMP port unreachable (IPv4) or ICMPv6 port unreachable quoting a UDP
-/// datagram from `us:local` to `target:port` with an IP ID / flow label
-/// and checksum of its own: right ports, nothing else ours.
-fn forged_port_unreachable(us: IpAddr, target: IpAddr, local: u16, port: u16, n: u32) -> Vec<u8> {
-    let mut udp = [0u8; 8];
-    udp[0..2].copy_from_slice(&local.to_be_bytes());
-    udp[2..4].copy_from_slice(&port.to_be_bytes());
-    udp[4..6].copy_from_slice(&12u16.to_be_bytes());
-    udp[6..8].copy_from_slice(&(n as u16 ^ 0x5a5a).to_be_bytes());
+/// An ICMP error (IPv4: port unreachable for UDP, admin prohibited for
+/// TCP; ICMPv6: port unreachable, admin prohibited) quoting a datagram or
+/// segment of `protocol` from `us:local` to `target:port` with an IP ID /
+/// flow label, checksum and sequence number of its own: right ports,
+/// nothing else ours.
+fn forged_icmp_error(
+    (us, target): (IpAddr, IpAddr),
+    protocol: u8,
+    (local, port): (u16, u16),
+    n: u32,
+) -> Vec<u8> {
+    let mut l4 = [0u8; 8];
+    l4[0..2].copy_from_slice(&local.to_be_bytes());
+    l4[2..4].copy_from_slice(&port.to_be_bytes());
+    // UDP length and checksum, or a TCP sequence number.
+    l4[4..8].copy_from_slice(&(0x000c_0000 | (n ^ 0x5a5a)).to_be_bytes());
+    let tcp = protocol == 6;
     let mut m = Vec::new();
     match (us, target) {
         (IpAddr::V4(u), IpAddr::V4(t)) => {
-            m.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
-            let mut ip = [0x45, 0, 0, 32, 0, 0, 0, 0, 63, 17, 0, 0];
+            m.extend_from_slice(&[3, if tcp { 13 } else { 3 }, 0, 0, 0, 0, 0, 0]);
+            let mut ip = [0x45, 0, 0, 32, 0, 0, 0, 0, 63, protocol, 0, 0];
             ip[4..6].copy_from_slice(&(n as u16).wrapping_mul(7919).to_be_bytes());
             m.extend_from_slice(&ip);
             m.extend_from_slice(&u.octets());
             m.extend_from_slice(&t.octets());
-            m.extend_from_slice(&udp);
-            let sum = icmp_checksum(&m);
+            m.extend_from_slice(&l4);
+            let sum = checksum(0, &m);
             m[2..4].copy_from_slice(&sum.to_be_bytes());
         }
         (IpAddr::V6(u), IpAddr::V6(t)) => {
             // The kernel computes ICMPv6 checksums of raw sockets.
-            m.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]);
+            m.extend_from_slice(&[1, if tcp { 1 } else { 4 }, 0, 0, 0, 0, 0, 0]);
             let label = n.wrapping_mul(2_654_435_761) & 0xf_ffff;
             m.extend_from_slice(&(0x6000_0000 | label).to_be_bytes());
-            m.extend_from_slice(&[0, 12, 17, 63]);
+            m.extend_from_slice(&[0, 12, protocol, 63]);
             m.extend_from_slice(&u.octets());
             m.extend_from_slice(&t.octets());
-            m.extend_from_slice(&udp);
+            m.extend_from_slice(&l4);
         }
         _ => unreachable!(),
     }
     m
 }
 
-fn icmp_checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for pair in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-    }
+/// A RST+ACK from `target:port` to `us:local` acknowledging some other
+/// sequence number (a raw TCP socket's payload: the kernel adds the IP header).
+fn forged_rst((target, us): (IpAddr, IpAddr), (port, local): (u16, u16), n: u32) -> Vec<u8> {
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&port.to_be_bytes());
+    t[2..4].copy_from_slice(&local.to_be_bytes());
+    t[4..8].copy_from_slice(&n.wrapping_mul(40_503).to_be_bytes());
+    t[8..12].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x14;
+    let mut pseudo = match (target, us) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => [a.octets().to_vec(), b.octets().to_vec()].concat(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => [a.octets().to_vec(), b.octets().to_vec()].concat(),
+        _ => unreachable!(),
+    };
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    let sum = checksum(sum16(&pseudo), &t);
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    t.to_vec()
+}
+
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|p| u32::from(u16::from_be_bytes([p[0], *p.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn checksum(start: u32, data: &[u8]) -> u16 {
+    let mut sum = start + sum16(data);
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -325,17 +357,17 @@ fn icmp_checksum(data: &[u8]) -> u16 {
 }
 
 #[test]
-fn spoofed_answers_neither_open_nor_close_silent_udp_ports() {
+fn spoofed_answers_neither_open_nor_close_silent_ports() {
     let v6: IpAddr = "2001:db8::2".parse().unwrap();
     let lab = Lab::new(&[IpAddr::V4(t(2)), v6], 1500);
     // Every probed port is silent: the target drops the probes.
     lab.target
-        .firewall(&["udp dport { 53, 123, 137, 161, 11211, 7000 } drop"]);
+        .firewall(&["meta l4proto { tcp, udp } th dport { 53, 123, 137, 161, 11211, 7000 } drop"]);
     let ports = [53u16, 123, 137, 161, 11211, 7000];
     // An off-path sender with the target's addresses sprays every local
-    // port of slot 0 with answers from each probed port, and ICMP port
-    // unreachables quoting a datagram between the right ports, until the
-    // scan ends.
+    // port of slot 0, from each probed port, with UDP answers, RSTs, and
+    // ICMP errors quoting a datagram or segment between the right ports,
+    // until the scan ends.
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let spray = {
@@ -361,6 +393,10 @@ fn spoofed_answers_neither_open_nor_close_silent_udp_ports() {
                 Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap(),
                 Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap(),
             ];
+            let tcp = [
+                Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).unwrap(),
+                Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::TCP)).unwrap(),
+            ];
             let mut n = 0u32;
             let started = Instant::now();
             // Bounded: the scan takes a few seconds.
@@ -370,12 +406,17 @@ fn spoofed_answers_neither_open_nor_close_silent_udp_ports() {
                         for (socket, answer) in &udp[i] {
                             let _ = socket.send_to(answer, (us, local));
                         }
+                        let to = SocketAddr::new(us, 0).into();
                         for &port in &ports {
                             n = n.wrapping_add(1);
-                            let m = forged_port_unreachable(us, target, local, port, n);
-                            let _ = icmp[i].send_to(&m, &SocketAddr::new(us, 0).into());
+                            let rst = forged_rst((target, us), (port, local), n);
+                            let _ = tcp[i].send_to(&rst, &to);
+                            for protocol in [6, 17] {
+                                let m = forged_icmp_error((us, target), protocol, (local, port), n);
+                                let _ = icmp[i].send_to(&m, &to);
+                            }
                         }
-                        sent.fetch_add(2 * ports.len() as u64, Ordering::Relaxed);
+                        sent.fetch_add(4 * ports.len() as u64, Ordering::Relaxed);
                     }
                 }
             }
@@ -402,17 +443,16 @@ fn spoofed_answers_neither_open_nor_close_silent_udp_ports() {
     stop.store(true, Ordering::Relaxed);
     spray.join().unwrap();
     let (found, stderr) = result.unwrap();
-    let rounds = sent.load(Ordering::Relaxed) / (2 * 2 * 6 * u64::from(PORTS_PER_SLOT));
+    let rounds = sent.load(Ordering::Relaxed) / (2 * 4 * 6 * u64::from(PORTS_PER_SLOT));
     assert!(
         rounds >= 2,
         "the spray covered slot 0 {rounds} times: {stderr}"
     );
-    let udp: Found = found
-        .into_iter()
-        .filter(|((_, proto, _), _)| proto == "udp")
-        .collect();
     let mut want = Found::new();
     for ip in [IpAddr::V4(t(2)), v6] {
+        for port in ports {
+            want.extend([entry(ip, "tcp", port, "filtered", "no-response")]);
+        }
         for port in [53, 123, 137, 161, 11211] {
             want.extend([entry(ip, "udp", port, "open|filtered", "no-response")]);
         }
@@ -420,7 +460,7 @@ fn spoofed_answers_neither_open_nor_close_silent_udp_ports() {
         // ports is taken, and labelled for what it is.
         want.extend([entry(ip, "udp", 7000, "open", "udp-response")]);
     }
-    assert_eq!(udp, want, "{stderr}");
+    assert_eq!(found, want, "{stderr}");
 }
 
 #[test]
