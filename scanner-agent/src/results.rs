@@ -48,7 +48,11 @@ impl fmt::Display for PortState {
 pub enum Reason {
     SynAck,
     Rst,
+    /// A UDP answer matched on its ports only (with a 16-bit id at most):
+    /// below 32 bits, an off-path sender could forge it.
     UdpResponse,
+    /// A UDP answer that echoed the probe's request id: 32 bits or more.
+    UdpResponseVerified,
     /// ICMP (family 4) or ICMPv6 (family 6) destination unreachable.
     Unreachable {
         family: u8,
@@ -63,6 +67,7 @@ impl fmt::Display for Reason {
             Self::SynAck => f.write_str("syn-ack"),
             Self::Rst => f.write_str("rst"),
             Self::UdpResponse => f.write_str("udp-response"),
+            Self::UdpResponseVerified => f.write_str("udp-response-verified"),
             Self::NoResponse => f.write_str("no-response"),
             Self::Unreachable { family: 4, code } => match code {
                 0 => f.write_str("icmp-net-unreach"),
@@ -98,6 +103,9 @@ pub fn classify(event: &ReplyEvent, protocol: Protocol) -> Option<(PortState, Re
     Some(match (event.kind()?, protocol) {
         (ReplyKind::SynAck, Protocol::Tcp) => (PortState::Open, Reason::SynAck),
         (ReplyKind::Rst, Protocol::Tcp) => (PortState::Closed, Reason::Rst),
+        (ReplyKind::Udp, Protocol::Udp) if event.verified != 0 => {
+            (PortState::Open, Reason::UdpResponseVerified)
+        }
         (ReplyKind::Udp, Protocol::Udp) => (PortState::Open, Reason::UdpResponse),
         (ReplyKind::Unreachable, protocol) => {
             let reason = Reason::Unreachable {
@@ -272,7 +280,8 @@ mod tests {
             ttl: 64,
             icmp_type: 3,
             icmp_code: code,
-            _pad: [0; 5],
+            verified: 0,
+            _pad: [0; 4],
         }
     }
 
@@ -290,6 +299,14 @@ mod tests {
         assert_eq!(
             c(ReplyKind::Udp, 4, 0, Udp),
             Some((Open, "udp-response".into()))
+        );
+        let verified = ReplyEvent {
+            verified: 1,
+            ..event(ReplyKind::Udp, 6, 0)
+        };
+        assert_eq!(
+            classify(&verified, Udp).map(|(s, r)| (s, r.to_string())),
+            Some((Open, "udp-response-verified".into()))
         );
         assert_eq!(
             c(ReplyKind::Unreachable, 4, 13, Tcp),

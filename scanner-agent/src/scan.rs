@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, hash::Hasher as _, time::Instant};
 
+use scanner_common::maps::protocols;
 use siphasher::sip::SipHasher13;
 
 use crate::{
@@ -123,7 +124,7 @@ pub fn run(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     let (mut capture, mut stream) = Capture::attach(&route.interface, route::probe_ports()?)?;
     let key = probes::new_key();
     const SLOT: u32 = 0;
-    capture.activate(SLOT, key)?;
+    capture.activate(SLOT, key, slot_protocols(opts))?;
     let id = Identity {
         key,
         slot: SLOT,
@@ -144,7 +145,7 @@ pub fn run_with(
     opts: &ScanOptions,
 ) -> Result<ScanReport, ScanError> {
     let key = probes::new_key();
-    let mut lease = hub.lease(key)?;
+    let mut lease = hub.lease(key, slot_protocols(opts))?;
     let id = Identity {
         key,
         slot: lease.slot(),
@@ -155,6 +156,25 @@ pub fn run_with(
     drop(lease);
     report.xdp = hub.counters()?;
     Ok(report)
+}
+
+/// The protocols a scan sends probes of, as the XDP program's slot records
+/// them: the port scan's, and ICMP echo and TCP for host discovery. The XDP
+/// program takes no reply of any other protocol for the scan's slot.
+pub fn slot_protocols(opts: &ScanOptions) -> u64 {
+    let mut bits = if opts.host_discovery {
+        protocols::ICMP | protocols::TCP
+    } else {
+        0
+    };
+    for p in &opts.protocols {
+        bits |= match p {
+            Protocol::Tcp => protocols::TCP,
+            Protocol::Udp => protocols::UDP,
+            Protocol::Icmp => protocols::ICMP,
+        };
+    }
+    bits
 }
 
 /// Sending threads per scan: one per core (most of a probe's cost is in the

@@ -341,7 +341,8 @@ mod tests {
                     dest: Ipv4Addr::LOCALHOST.into(),
                     ..Packet::default()
                 };
-                p.len = crate::probes::packets::udp(&mut p.bytes, p.dest, p.dest, (40000, port));
+                let addrs = (p.dest, p.dest);
+                p.len = crate::probes::packets::udp(&mut p.bytes, addrs, (40000, port), 1, 0);
                 batch.push(p);
             }
             pool.submit(batch).unwrap();

@@ -4,10 +4,18 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
 };
 
-use common::{Lab, agent};
+use common::{Lab, SCANNER_ADDR, SCANNER_ADDR6, SCANNER_IF, agent, wait_until};
+use socket2::{Domain, Protocol, Socket, Type};
 
 fn t(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, last)
@@ -223,15 +231,342 @@ fn udp_open_closed_filtered_and_silent() {
         .filter(|((_, proto, _), _)| proto == "udp")
         .collect();
     let want: Found = [
-        entry(t(2), "udp", 53, "open", "udp-response"),
+        // The echo service sends our DNS query back: id and question echoed.
+        entry(t(2), "udp", 53, "open", "udp-response-verified"),
         entry(t(2), "udp", 54, "closed", "icmp-port-unreach"),
         entry(t(2), "udp", 55, "open|filtered", "no-response"),
         entry(t(2), "udp", 56, "filtered", "icmp-admin-prohibited"),
+        // No request id on this port: its ports alone vouch for the answer.
         entry(t(2), "udp", 7000, "open", "udp-response"),
     ]
     .into_iter()
     .collect();
     assert_eq!(udp, want, "{stderr}");
+}
+
+/// The first local port after the kernel's ephemeral range in a fresh
+/// namespace (32768-60999): where slot 0's probe ports start.
+const PROBE_BASE: u16 = 61000;
+/// Ports per slot there: (65535 - 60999) / 8.
+const PORTS_PER_SLOT: u16 = 567;
+
+/// An answer of the service on `port` that looks right but carries
+/// request ids that are not ours (none for 7000, which has none).
+fn forged_answer(port: u16) -> Vec<u8> {
+    match port {
+        53 => {
+            let mut a = b"\x13\x37\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00\x07version\x04bind\x00\x00\x10\x00\x03".to_vec();
+            a.extend_from_slice(b"\xc0\x0c\x00\x10\x00\x03\x00\x00\x00\x00\x00\x04\x039.1");
+            a
+        }
+        123 => {
+            let mut a = vec![0u8; 48];
+            a[0] = 0x24;
+            a
+        }
+        137 => b"\x80\xf0\x84\x00\x00\x00\x00\x01\x00\x00\x00\x00\x20CKAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\x00\x00\x21\x00\x01".to_vec(),
+        161 => vec![
+            0x30, 0x29, 0x02, 0x01, 0x00, 0x04, 0x06, b'p', b'u', b'b', b'l', b'i', b'c', 0xa2,
+            0x1c, 0x02, 0x04, 0x12, 0x34, 0x56, 0x78, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00, 0x30,
+            0x0e, 0x30, 0x0c, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x02, 0x01, 0x01, 0x01, 0x00, 0x05,
+            0x00,
+        ],
+        11211 => b"\x00\x01\x00\x00\x00\x01\x00\x00STAT pid 1\r\nEND\r\n".to_vec(),
+        _ => b"hello".to_vec(),
+    }
+}
+
+/// An ICMP error (IPv4: port unreachable for UDP, admin prohibited for
+/// TCP; ICMPv6: port unreachable, admin prohibited) quoting a datagram or
+/// segment of `protocol` from `us:local` to `target:port` with an IP ID /
+/// flow label, checksum and sequence number of its own: right ports,
+/// nothing else ours.
+fn forged_icmp_error(
+    (us, target): (IpAddr, IpAddr),
+    protocol: u8,
+    (local, port): (u16, u16),
+    n: u32,
+) -> Vec<u8> {
+    let mut l4 = [0u8; 8];
+    l4[0..2].copy_from_slice(&local.to_be_bytes());
+    l4[2..4].copy_from_slice(&port.to_be_bytes());
+    // UDP length and checksum, or a TCP sequence number.
+    l4[4..8].copy_from_slice(&(0x000c_0000 | (n ^ 0x5a5a)).to_be_bytes());
+    let tcp = protocol == 6;
+    let mut m = Vec::new();
+    match (us, target) {
+        (IpAddr::V4(u), IpAddr::V4(t)) => {
+            m.extend_from_slice(&[3, if tcp { 13 } else { 3 }, 0, 0, 0, 0, 0, 0]);
+            let mut ip = [0x45, 0, 0, 32, 0, 0, 0, 0, 63, protocol, 0, 0];
+            ip[4..6].copy_from_slice(&(n as u16).wrapping_mul(7919).to_be_bytes());
+            m.extend_from_slice(&ip);
+            m.extend_from_slice(&u.octets());
+            m.extend_from_slice(&t.octets());
+            m.extend_from_slice(&l4);
+            let sum = checksum(0, &m);
+            m[2..4].copy_from_slice(&sum.to_be_bytes());
+        }
+        (IpAddr::V6(u), IpAddr::V6(t)) => {
+            // The kernel computes ICMPv6 checksums of raw sockets.
+            m.extend_from_slice(&[1, if tcp { 1 } else { 4 }, 0, 0, 0, 0, 0, 0]);
+            let label = n.wrapping_mul(2_654_435_761) & 0xf_ffff;
+            m.extend_from_slice(&(0x6000_0000 | label).to_be_bytes());
+            m.extend_from_slice(&[0, 12, protocol, 63]);
+            m.extend_from_slice(&u.octets());
+            m.extend_from_slice(&t.octets());
+            m.extend_from_slice(&l4);
+        }
+        _ => unreachable!(),
+    }
+    m
+}
+
+/// A RST+ACK from `target:port` to `us:local` acknowledging some other
+/// sequence number (a raw TCP socket's payload: the kernel adds the IP header).
+fn forged_rst((target, us): (IpAddr, IpAddr), (port, local): (u16, u16), n: u32) -> Vec<u8> {
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&port.to_be_bytes());
+    t[2..4].copy_from_slice(&local.to_be_bytes());
+    t[4..8].copy_from_slice(&n.wrapping_mul(40_503).to_be_bytes());
+    t[8..12].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x14;
+    let mut pseudo = match (target, us) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => [a.octets().to_vec(), b.octets().to_vec()].concat(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => [a.octets().to_vec(), b.octets().to_vec()].concat(),
+        _ => unreachable!(),
+    };
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    let sum = checksum(sum16(&pseudo), &t);
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    t.to_vec()
+}
+
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|p| u32::from(u16::from_be_bytes([p[0], *p.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn checksum(start: u32, data: &[u8]) -> u16 {
+    let mut sum = start + sum16(data);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[test]
+fn spoofed_answers_neither_open_nor_close_silent_ports() {
+    let v6: IpAddr = "2001:db8::2".parse().unwrap();
+    let lab = Lab::new(&[IpAddr::V4(t(2)), v6], 1500);
+    // Every probed port is silent: the target drops the probes.
+    lab.target
+        .firewall(&["meta l4proto { tcp, udp } th dport { 53, 123, 137, 161, 11211, 7000 } drop"]);
+    let ports = [53u16, 123, 137, 161, 11211, 7000];
+    // An off-path sender with the target's addresses sprays every local
+    // port of slot 0, from each probed port, with UDP answers, RSTs, and
+    // ICMP errors quoting a datagram or segment between the right ports,
+    // until the scan ends.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let spray = {
+        let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+        let ns = format!("/run/netns/{}", lab.target.name);
+        thread::spawn(move || {
+            let f = std::fs::File::open(&ns).unwrap();
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let pairs = [
+                (IpAddr::V4(t(2)), IpAddr::V4(SCANNER_ADDR)),
+                (v6, IpAddr::V6(SCANNER_ADDR6)),
+            ];
+            let udp: Vec<Vec<(UdpSocket, Vec<u8>)>> = pairs
+                .iter()
+                .map(|&(from, _)| {
+                    ports
+                        .iter()
+                        .map(|&p| (UdpSocket::bind((from, p)).unwrap(), forged_answer(p)))
+                        .collect()
+                })
+                .collect();
+            let icmp = [
+                Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap(),
+                Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap(),
+            ];
+            let tcp = [
+                Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).unwrap(),
+                Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::TCP)).unwrap(),
+            ];
+            let mut n = 0u32;
+            let started = Instant::now();
+            // Bounded: the scan takes a few seconds.
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                for (i, &(target, us)) in pairs.iter().enumerate() {
+                    for local in PROBE_BASE..PROBE_BASE + PORTS_PER_SLOT {
+                        for (socket, answer) in &udp[i] {
+                            let _ = socket.send_to(answer, (us, local));
+                        }
+                        let to = SocketAddr::new(us, 0).into();
+                        for &port in &ports {
+                            n = n.wrapping_add(1);
+                            let rst = forged_rst((target, us), (port, local), n);
+                            let _ = tcp[i].send_to(&rst, &to);
+                            for protocol in [6, 17] {
+                                let m = forged_icmp_error((us, target), protocol, (local, port), n);
+                                let _ = icmp[i].send_to(&m, &to);
+                            }
+                        }
+                        sent.fetch_add(4 * ports.len() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || sent.load(Ordering::Relaxed) > 0),
+        "the spoofer sends nothing"
+    );
+    let mut args = vec![
+        "--udp",
+        "-p",
+        "53,123,137,161,11211,7000",
+        "--states",
+        "open,closed,filtered,open|filtered",
+        "--max-retries",
+        "3",
+        "--disable-host-discovery",
+        "198.18.0.2",
+        "2001:db8::2",
+    ];
+    args.extend(QUICK);
+    let result = std::panic::catch_unwind(|| scan(&lab, &args));
+    stop.store(true, Ordering::Relaxed);
+    spray.join().unwrap();
+    let (found, stderr) = result.unwrap();
+    let rounds = sent.load(Ordering::Relaxed) / (2 * 4 * 6 * u64::from(PORTS_PER_SLOT));
+    assert!(
+        rounds >= 2,
+        "the spray covered slot 0 {rounds} times: {stderr}"
+    );
+    let mut want = Found::new();
+    for ip in [IpAddr::V4(t(2)), v6] {
+        for port in ports {
+            want.extend([entry(ip, "tcp", port, "filtered", "no-response")]);
+        }
+        for port in [53, 123, 137, 161, 11211] {
+            want.extend([entry(ip, "udp", port, "open|filtered", "no-response")]);
+        }
+        // A port whose service echoes no id: a forged answer on the right
+        // ports is taken, and labelled for what it is.
+        want.extend([entry(ip, "udp", 7000, "open", "udp-response")]);
+    }
+    assert_eq!(found, want, "{stderr}");
+}
+
+#[test]
+fn a_local_udp_service_in_the_probe_range_loses_nothing_during_a_tcp_scan() {
+    let lab = Lab::new(&[t(2)], 1500);
+    let _l = lab.target.listen(&[(t(2), 22)]);
+    // A UDP service of the scanning host on a port of slot 0.
+    let service = PROBE_BASE + 100;
+    let socket = lab
+        .scanner
+        .run(move || UdpSocket::bind((SCANNER_ADDR, service)).unwrap());
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let (received, done) = (Arc::clone(&received), Arc::clone(&done));
+        thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                if socket.recv(&mut buf).is_ok() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let child = lab
+        .scanner
+        .command(agent())
+        .args([
+            "scan",
+            "-p",
+            "1-65535",
+            "--rate",
+            "15000",
+            "--disable-host-discovery",
+            "198.18.0.2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = scopeguard(child);
+    assert!(
+        wait_until(Duration::from_secs(10), || lab
+            .scanner
+            .xdp_prog(SCANNER_IF)
+            .is_some()),
+        "the scan never attached its program"
+    );
+    // Its key is set right after attaching.
+    thread::sleep(Duration::from_millis(300));
+    // 5,000 datagrams from 5,000 source ports of the target.
+    let sent = lab.target.run(move || {
+        let mut sent = 0u64;
+        for (i, port) in (20000u16..25000).enumerate() {
+            let s = UdpSocket::bind((t(2), port)).unwrap();
+            s.send_to(b"datagram", (SCANNER_ADDR, service)).unwrap();
+            sent += 1;
+            // Paced, so the service's receive buffer never overflows.
+            if i % 50 == 49 {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+        sent
+    });
+    assert_eq!(sent, 5000);
+    assert!(
+        child.0.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the scan ended before all datagrams were sent: the test proves nothing"
+    );
+    let all = wait_until(Duration::from_secs(5), || {
+        received.load(Ordering::Relaxed) == 5000
+    });
+    let out = child.0.take().unwrap().wait_with_output().unwrap();
+    done.store(true, Ordering::Relaxed);
+    counter.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        all,
+        "{} of 5000 datagrams arrived: {stderr}",
+        received.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "198.18.0.2         22/tcp open          syn-ack\n",
+        "{stderr}"
+    );
+}
+
+/// Kills the child on drop (a failing test leaves no scan running).
+struct ChildGuard(Option<std::process::Child>);
+
+fn scopeguard(child: std::process::Child) -> ChildGuard {
+    ChildGuard(Some(child))
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 #[test]
@@ -429,7 +764,7 @@ fn scan_settings_come_from_a_config_file() {
     std::fs::remove_dir_all(&dir).unwrap();
     let want: Found = [
         entry(t(2), "tcp", 22, "open", "syn-ack"),
-        entry(t(2), "udp", 53, "open", "udp-response"),
+        entry(t(2), "udp", 53, "open", "udp-response-verified"),
     ]
     .into_iter()
     .collect();

@@ -145,6 +145,50 @@ pub fn port_offset_of(hash: u64, ports_per_slot: u16) -> u16 {
     ((hash >> 32) % u64::from(ports_per_slot)) as u16
 }
 
+/// A second keyed hash of a probe, from its [`probe_hash`]: the secrets its
+/// IP header and payload carry beyond the port and TCP sequence number
+/// (SipHash of one word, so it never equals a [`probe_hash`] input).
+#[inline(always)]
+pub fn tag_of(key: &ProbeKey, hash: u64) -> u64 {
+    siphash24(key, &[hash])
+}
+
+/// The IPv4 identification (family 4) or IPv6 flow label (family 6) a probe
+/// with tag `tag` carries; ICMP errors quote it. Bits 48..63 (IPv4) or
+/// 44..63 (IPv6) of the tag, apart from the tag bits [`payload_secret`]
+/// uses, so a quoted UDP probe's identification and checksum are
+/// independent. Never zero for IPv4: the kernel fills in a zero
+/// identification itself.
+#[inline(always)]
+pub const fn ident_of(family: u8, tag: u64) -> u32 {
+    if family == 4 {
+        match (tag >> 48) as u16 {
+            0 => 1,
+            id => id as u32,
+        }
+    } else {
+        ((tag >> 44) & 0xf_ffff) as u32
+    }
+}
+
+/// The 64-bit secret a UDP probe's payload carries (request ids, see
+/// [`crate::payload`]): bits 0..31 of the hash (the TCP sequence number's
+/// bits, unused by UDP probes) and bits 0..31 of the tag, so it is
+/// independent of the port (hash bits 32..63) and of [`ident_of`].
+#[inline(always)]
+pub const fn payload_secret(hash: u64, tag: u64) -> u64 {
+    (tag << 32) | (hash & 0xffff_ffff)
+}
+
+/// The 8 data bytes an echo request carries (big-endian) and its reply
+/// echoes: the whole tag, checked on top of [`echo_id_seq`] (the hash's
+/// bits). An echo reply has its own IP header, so the request's
+/// [`ident_of`] (the same tag bits) is never checked against it.
+#[inline(always)]
+pub const fn echo_data(tag: u64) -> u64 {
+    tag
+}
+
 /// ICMP echo identifier and sequence: the slot in the top 3 identifier
 /// bits (echo replies carry no port), the hash in the rest.
 #[inline(always)]
@@ -204,6 +248,36 @@ mod tests {
         let h6 = probe_hash(&key, &Addr::v6(r6), &l6, 22, 6);
         r6[15] = 1;
         assert_ne!(h6, probe_hash(&key, &Addr::v6(r6), &l6, 22, 6));
+    }
+
+    #[test]
+    fn tags_and_what_derives_from_them() {
+        let key = [11, 22];
+        let h = probe_hash(
+            &key,
+            &Addr::v4([198, 18, 0, 2]),
+            &Addr::v4([198, 18, 0, 1]),
+            53,
+            17,
+        );
+        let tag = tag_of(&key, h);
+        assert_ne!(tag, h);
+        assert_ne!(tag, tag_of(&[11, 23], h));
+        assert_eq!(tag, reference(&key, &[h]));
+        assert_eq!(
+            ident_of(4, 0),
+            1,
+            "a zero IPv4 identification would be replaced"
+        );
+        assert_eq!(ident_of(4, 0xabcd << 48), 0xabcd);
+        assert_eq!(ident_of(6, u64::MAX), 0xf_ffff);
+        assert_eq!(ident_of(6, 0xabcde << 44), 0xabcde);
+        // The payload secret takes the tag's low half and the hash's low
+        // half: neither the port (hash bits 32..63) nor the identification.
+        assert_eq!(
+            payload_secret(0xffff_ffff_0000_0001, 0xffff_0000_0000_0002),
+            0x2_0000_0001
+        );
     }
 
     #[test]

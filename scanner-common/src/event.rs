@@ -11,7 +11,8 @@ pub enum ReplyKind {
     SynAck = 1,
     /// TCP RST.
     Rst = 2,
-    /// Any UDP datagram back from the probed port.
+    /// A UDP datagram back from the probed port (see
+    /// [`ReplyEvent::verified`] for how well it is proven).
     Udp = 3,
     /// ICMP / ICMPv6 destination unreachable quoting the probe.
     Unreachable = 4,
@@ -56,7 +57,11 @@ pub struct ReplyEvent {
     /// ICMP type and code for [`ReplyKind::Unreachable`].
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub _pad: [u8; 5],
+    /// Non-zero if the reply was checked on at least 32 bits (ports
+    /// included): always, except for UDP answers that echo no request id
+    /// (or too short a one), which only their ports vouch for.
+    pub verified: u8,
+    pub _pad: [u8; 4],
 }
 
 impl ReplyEvent {
@@ -103,6 +108,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(ReplyEvent, remote_port), 32);
         assert_eq!(core::mem::offset_of!(ReplyEvent, kind), 38);
         assert_eq!(core::mem::offset_of!(ReplyEvent, icmp_code), 42);
+        assert_eq!(core::mem::offset_of!(ReplyEvent, verified), 43);
     }
 
     #[test]
@@ -119,7 +125,8 @@ mod tests {
             ttl: 64,
             icmp_type: 3,
             icmp_code: 13,
-            _pad: [0; 5],
+            verified: 1,
+            _pad: [0; 4],
         };
         // SAFETY: ReplyEvent is plain data; viewing it as bytes is sound.
         let bytes: [u8; ReplyEvent::SIZE] = unsafe { core::mem::transmute(ev) };

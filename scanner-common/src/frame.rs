@@ -5,7 +5,7 @@
 //! headers are copied out with one bounds check each: the eBPF verifier only
 //! trusts reads through the very pointer it saw checked.
 
-use crate::cookie::Addr;
+use crate::{cookie::Addr, payload::ANSWER_PREFIX};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -58,6 +58,11 @@ pub enum Transport {
     Udp {
         src_port: u16,
         dst_port: u16,
+        /// The first `payload_len` bytes of the payload (at most
+        /// [`ANSWER_PREFIX`]; the rest is zero), where answers echo
+        /// request ids.
+        payload: [u8; ANSWER_PREFIX],
+        payload_len: u8,
     },
     /// Destination unreachable (ICMP type 3 / ICMPv6 type 1) quoting the
     /// start of the packet that caused it.
@@ -66,10 +71,13 @@ pub enum Transport {
         code: u8,
         quoted: Quoted,
     },
-    /// Echo reply (ICMP type 0 / ICMPv6 type 129).
+    /// Echo reply (ICMP type 0 / ICMPv6 type 129) with at least 8 data
+    /// bytes (our echo requests carry 8).
     EchoReply {
         id: u16,
         seq: u16,
+        /// The first 8 data bytes, big-endian.
+        data: u64,
     },
 }
 
@@ -84,6 +92,11 @@ pub struct Quoted {
     pub dst_port: u16,
     /// TCP sequence number (zero for UDP).
     pub seq: u32,
+    /// IPv4 identification, or IPv6 flow label.
+    pub ident: u32,
+    /// UDP length and checksum (zero for TCP).
+    pub udp_len: u16,
+    pub udp_check: u16,
 }
 
 /// An IP packet as far as replies to probes are concerned.
@@ -112,12 +125,14 @@ fn l3<F: Frame + ?Sized>(f: &F) -> Option<(usize, u16)> {
     Some((off + 2, ethertype))
 }
 
-/// An IP header: addresses, protocol, hop limit and where the payload starts.
+/// An IP header: addresses, protocol, hop limit, identification (IPv4) or
+/// flow label (IPv6), and where the payload starts.
 struct Ip {
     src: Addr,
     dst: Addr,
     protocol: u8,
     ttl: u8,
+    ident: u32,
     payload: usize,
 }
 
@@ -134,6 +149,7 @@ fn ipv4<F: Frame + ?Sized>(f: &F, off: usize) -> Option<Ip> {
         dst: Addr::v4([h[16], h[17], h[18], h[19]]),
         protocol: h[9],
         ttl: h[8],
+        ident: u32::from(be16(&h, 4)),
         payload: off + ihl,
     })
 }
@@ -155,6 +171,7 @@ fn ipv6<F: Frame + ?Sized>(f: &F, off: usize) -> Option<Ip> {
         dst: Addr::v6(dst),
         protocol: h[6],
         ttl: h[7],
+        ident: be32(&h, 0) & 0xf_ffff,
         payload: off + 40,
     })
 }
@@ -165,19 +182,35 @@ fn quoted<F: Frame + ?Sized>(f: &F, off: usize, v6: bool) -> Option<Quoted> {
     let ip = if v6 { ipv6(f, off)? } else { ipv4(f, off)? };
     // ICMP errors quote at least the first 8 bytes of the transport header.
     let t: [u8; 8] = f.bytes(ip.payload)?;
-    let seq = if ip.protocol == IPPROTO_TCP {
-        be32(&t, 4)
-    } else {
-        0
-    };
+    let tcp = ip.protocol == IPPROTO_TCP;
     Some(Quoted {
         protocol: ip.protocol,
         src: ip.src,
         dst: ip.dst,
         src_port: be16(&t, 0),
         dst_port: be16(&t, 2),
-        seq,
+        seq: if tcp { be32(&t, 4) } else { 0 },
+        ident: ip.ident,
+        udp_len: if tcp { 0 } else { be16(&t, 4) },
+        udp_check: if tcp { 0 } else { be16(&t, 6) },
     })
+}
+
+/// The first bytes of a UDP payload at `off`: up to [`ANSWER_PREFIX`], no
+/// more than `len` and than the frame holds. Byte by byte, so every read
+/// has a constant size the verifier can check.
+#[inline(always)]
+fn udp_prefix<F: Frame + ?Sized>(f: &F, off: usize, len: usize) -> ([u8; ANSWER_PREFIX], u8) {
+    let mut p = [0u8; ANSWER_PREFIX];
+    let mut n = 0;
+    while n < ANSWER_PREFIX && n < len {
+        match f.bytes::<1>(off + n) {
+            Some([b]) => p[n] = b,
+            None => break,
+        }
+        n += 1;
+    }
+    (p, n as u8)
 }
 
 /// Parses an Ethernet frame carrying IPv4 or IPv6 with TCP, UDP or the ICMP
@@ -205,9 +238,15 @@ pub fn parse<F: Frame + ?Sized>(f: &F) -> Option<Packet> {
         }
         (IPPROTO_UDP, _) => {
             let t: [u8; 8] = f.bytes(ip.payload)?;
+            // The UDP length, not the frame's, bounds the payload: short
+            // frames carry Ethernet padding.
+            let len = usize::from(be16(&t, 4)).saturating_sub(8);
+            let (payload, payload_len) = udp_prefix(f, ip.payload + 8, len);
             Transport::Udp {
                 src_port: be16(&t, 0),
                 dst_port: be16(&t, 2),
+                payload,
+                payload_len,
             }
         }
         (IPPROTO_ICMP, false) | (IPPROTO_ICMPV6, true) => {
@@ -220,9 +259,11 @@ pub fn parse<F: Frame + ?Sized>(f: &F) -> Option<Packet> {
                     quoted: quoted(f, ip.payload + 8, v6)?,
                 }
             } else if t[0] == echo_reply {
+                let data: [u8; 8] = f.bytes(ip.payload + 8)?;
                 Transport::EchoReply {
                     id: be16(&t, 4),
                     seq: be16(&t, 6),
+                    data: u64::from_be_bytes(data),
                 }
             } else {
                 return None;
@@ -418,7 +459,9 @@ mod tests {
             p.transport,
             Transport::Udp {
                 src_port: 53,
-                dst_port: 61001
+                dst_port: 61001,
+                payload: [0; ANSWER_PREFIX],
+                payload_len: 0,
             }
         );
         let p = parse(unreachable_v6().as_slice()).unwrap();
@@ -434,6 +477,99 @@ mod tests {
             (quoted.protocol, quoted.dst, quoted.dst_port),
             (IPPROTO_UDP, Addr::v6(T6), 53)
         );
+        assert_eq!((quoted.udp_len, quoted.seq), (8, 0));
+    }
+
+    #[test]
+    fn quoted_headers_expose_ip_id_flow_label_and_udp_checksum() {
+        let p = parse(unreachable_v4(3).as_slice()).unwrap();
+        let Transport::Unreachable { quoted, .. } = p.transport else {
+            panic!("{p:?}")
+        };
+        let probe = probe_v4();
+        assert_eq!(
+            quoted.ident,
+            u32::from(u16::from_be_bytes([probe[4], probe[5]]))
+        );
+        let mut frame = unreachable_v4(3);
+        // The quoted IPv4 header starts after Ethernet, IPv4 and ICMP headers.
+        frame[14 + 20 + 8 + 4..14 + 20 + 8 + 6].copy_from_slice(&[0xbe, 0xef]);
+        let Transport::Unreachable { quoted, .. } = parse(frame.as_slice()).unwrap().transport
+        else {
+            panic!()
+        };
+        assert_eq!(quoted.ident, 0xbeef);
+
+        let mut probe = Vec::new();
+        PacketBuilder::ipv6(U6, T6, 64)
+            .udp(61001, 53)
+            .write(&mut probe, &[9, 9, 9])
+            .unwrap();
+        probe[1..4].copy_from_slice(&[0x0a, 0xbc, 0xde]);
+        let check = u16::from_be_bytes([probe[46], probe[47]]);
+        let mut out = Vec::new();
+        let icmp = Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port);
+        eth()
+            .ipv6(T6, U6, 64)
+            .icmpv6(icmp)
+            .write(&mut out, &probe)
+            .unwrap();
+        let Transport::Unreachable { quoted, .. } = parse(out.as_slice()).unwrap().transport else {
+            panic!()
+        };
+        assert_eq!(
+            (quoted.ident, quoted.udp_len, quoted.udp_check),
+            (0xabcde, 11, check)
+        );
+    }
+
+    fn udp_v4(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        eth()
+            .ipv4(T4, U4, 63)
+            .udp(53, 61001)
+            .write(&mut out, payload)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn udp_payloads_are_kept_up_to_their_length() {
+        let long: Vec<u8> = (1..=40).collect();
+        for n in [0, 1, 2, 3, 15, 16, 17, 31, 32, 33, 40] {
+            let Transport::Udp {
+                payload,
+                payload_len,
+                ..
+            } = parse(udp_v4(&long[..n]).as_slice()).unwrap().transport
+            else {
+                panic!()
+            };
+            let kept = n.min(ANSWER_PREFIX);
+            assert_eq!(usize::from(payload_len), kept, "{n}");
+            assert_eq!(&payload[..kept], &long[..kept]);
+            assert!(payload[kept..].iter().all(|&b| b == 0));
+        }
+        // Ethernet padding after a short datagram is not payload.
+        let mut padded = udp_v4(&[7, 7]);
+        padded.resize(60, 0xee);
+        let Transport::Udp {
+            payload_len,
+            payload,
+            ..
+        } = parse(padded.as_slice()).unwrap().transport
+        else {
+            panic!()
+        };
+        assert_eq!((payload_len, &payload[..3]), (2, &[7, 7, 0][..]));
+        // A frame cut short keeps what it holds.
+        let frame = udp_v4(&long);
+        let Transport::Udp { payload_len, .. } =
+            parse(&frame[..frame.len() - 30]).unwrap().transport
+        else {
+            panic!()
+        };
+        assert_eq!(payload_len, 10);
     }
 
     #[test]
@@ -442,13 +578,25 @@ mod tests {
         let echo = Icmpv4Type::EchoReply(IcmpEchoHeader { id: 0xa001, seq: 7 });
         eth()
             .ipv4(T4, U4, 64)
-            .icmpv4(echo)
-            .write(&mut out, &[])
+            .icmpv4(echo.clone())
+            .write(&mut out, &[1, 2, 3, 4, 5, 6, 7, 8, 9])
             .unwrap();
         assert_eq!(
             parse(out.as_slice()).unwrap().transport,
-            Transport::EchoReply { id: 0xa001, seq: 7 }
+            Transport::EchoReply {
+                id: 0xa001,
+                seq: 7,
+                data: 0x0102_0304_0506_0708
+            }
         );
+        // Without the 8 data bytes our echo requests carry, it is no reply to them.
+        let mut short = Vec::new();
+        eth()
+            .ipv4(T4, U4, 64)
+            .icmpv4(echo)
+            .write(&mut short, &[1, 2, 3, 4, 5, 6, 7])
+            .unwrap();
+        assert_eq!(parse(short.as_slice()), None);
         let mut req = Vec::new();
         let echo = Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 1, seq: 7 });
         eth()

@@ -9,6 +9,7 @@ pub mod cookie;
 pub mod event;
 pub mod frame;
 pub mod maps;
+pub mod payload;
 pub mod reply;
 
 pub use cookie::{Addr, ProbeKey};

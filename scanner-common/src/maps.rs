@@ -36,8 +36,40 @@ impl Settings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotKey {
     pub key: [u64; 2],
-    /// Non-zero while a scan uses this slot.
-    pub active: u64,
+    /// The [`protocols`] the slot's scan sends probes of; zero while no
+    /// scan uses the slot. The XDP program takes a reply only if its
+    /// protocol is one of them, so traffic of other protocols to ports of
+    /// the slot passes untouched.
+    pub protocols: u64,
+}
+
+/// Bits of [`SlotKey::protocols`].
+pub mod protocols {
+    /// TCP SYN probes (their SYN-ACK / RST answers and ICMP errors quoting them).
+    pub const TCP: u64 = 1;
+    /// UDP probes (UDP answers and ICMP errors quoting them).
+    pub const UDP: u64 = 2;
+    /// ICMP / ICMPv6 echo requests (echo replies).
+    pub const ICMP: u64 = 4;
+}
+
+/// A key alone: a scan sending probes of every protocol.
+impl From<[u64; 2]> for SlotKey {
+    #[inline(always)]
+    fn from(key: [u64; 2]) -> Self {
+        Self {
+            key,
+            protocols: protocols::TCP | protocols::UDP | protocols::ICMP,
+        }
+    }
+}
+
+impl SlotKey {
+    /// Whether the slot's scan sends probes of `protocol` (a [`protocols`] bit).
+    #[inline(always)]
+    pub const fn sends(&self, protocol: u64) -> bool {
+        self.protocols & protocol != 0
+    }
 }
 
 /// Indices of the per-CPU `COUNTERS` array map.

@@ -1,7 +1,8 @@
 //! XDP program: recognises replies to the agent's probes (TCP answers, UDP
 //! answers, ICMP errors quoting a probe, echo replies) by their keyed
-//! cookie, pushes them to the agent through a ring buffer and consumes them;
-//! every other frame passes untouched. Parsing and validation live in
+//! cookie, for the protocols the scan of their slot sends, pushes them to
+//! the agent through a ring buffer and consumes them; every other frame
+//! passes untouched. Parsing and validation live in
 //! `scanner-common`, where they are unit-tested on the host.
 #![no_std]
 #![no_main]
@@ -95,8 +96,10 @@ fn classify(ctx: &XdpContext) -> u32 {
     ) {
         return xdp_action::XDP_PASS;
     }
-    let keys = |slot| KEYS.get(slot).filter(|k| k.active != 0).map(|k| k.key);
-    if !reply::validate_into(packet, settings, keys, event) {
+    // A slot with no protocols has no scan; `validate` takes only replies
+    // of the protocols the slot's scan sends.
+    let slots = |slot| KEYS.get(slot).filter(|k| k.protocols != 0).copied();
+    if !reply::validate_into(packet, settings, slots, event) {
         return xdp_action::XDP_PASS;
     }
     bump(counter::MATCHED);

@@ -119,9 +119,10 @@ impl Hub {
         reading && nix::net::if_::if_nametoindex(self.capture().interface()).is_ok()
     }
 
-    /// Reserves a slot for a scan with `key`; the program accepts its
+    /// Reserves a slot for a scan with `key` that sends probes of
+    /// `protocols` (see [`Capture::activate`]); the program accepts its
     /// replies until the lease is dropped.
-    pub fn lease(&self, key: ProbeKey) -> Result<Lease, HubError> {
+    pub fn lease(&self, key: ProbeKey, protocols: u64) -> Result<Lease, HubError> {
         let mut routes = self
             .shared
             .routes
@@ -132,7 +133,7 @@ impl Hub {
             .position(Option::is_none)
             .ok_or(HubError::Full)?;
         let (tx, rx) = mpsc::channel();
-        self.capture().activate(slot as u32, key)?;
+        self.capture().activate(slot as u32, key, protocols)?;
         routes[slot] = Some(tx);
         Ok(Lease {
             slot: slot as u32,

@@ -197,9 +197,16 @@ impl Capture {
         self.settings
     }
 
-    /// Makes the program accept replies to probes made with `key` in `slot`.
-    pub fn activate(&mut self, slot: u32, key: ProbeKey) -> Result<(), CaptureError> {
-        Ok(self.keys.set(slot, SlotKey { key, active: 1 }, 0)?)
+    /// Makes the program accept replies to probes made with `key` in
+    /// `slot`, of the `protocols` (bits of [`scanner_common::maps::protocols`])
+    /// the scan sends; replies of other protocols to the slot's ports pass.
+    pub fn activate(
+        &mut self,
+        slot: u32,
+        key: ProbeKey,
+        protocols: u64,
+    ) -> Result<(), CaptureError> {
+        Ok(self.keys.set(slot, SlotKey { key, protocols }, 0)?)
     }
 
     pub fn deactivate(&mut self, slot: u32) -> Result<(), CaptureError> {

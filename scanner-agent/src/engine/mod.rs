@@ -14,7 +14,7 @@ use std::{
 
 use scanner_common::{
     Addr, ProbeKey, ReplyEvent, ReplyKind,
-    cookie::{echo_id_seq, probe_hash, seq_of},
+    cookie::{echo_data, echo_id_seq, ident_of, payload_secret, probe_hash, seq_of, tag_of},
     frame::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     maps::Settings,
     reply,
@@ -411,26 +411,29 @@ impl<'a> Engine<'a> {
         } = self.id;
         let src = sources.for_target(probe.addr)?;
         let (remote, local) = (Addr::from(probe.addr), Addr::from(src));
+        let addrs = (src, probe.addr);
         out.dest = probe.addr;
+        // Everything a reply is checked against derives from the probe's
+        // hash and tag, so the XDP program recomputes it with no state.
+        let (protocol, port) = match probe.protocol {
+            Protocol::Tcp => (IPPROTO_TCP, probe.port),
+            Protocol::Udp => (IPPROTO_UDP, probe.port),
+            Protocol::Icmp if probe.addr.is_ipv4() => (IPPROTO_ICMP, 0),
+            Protocol::Icmp => (IPPROTO_ICMPV6, 0),
+        };
+        let h = probe_hash(&key, &remote, &local, port, protocol);
+        let tag = tag_of(&key, h);
+        let ident = ident_of(remote.family, tag);
+        let ports = (reply::local_port(&settings, slot, h), port);
         out.len = match probe.protocol {
-            Protocol::Tcp => {
-                let h = probe_hash(&key, &remote, &local, probe.port, IPPROTO_TCP);
-                let ports = (reply::local_port(&settings, slot, h), probe.port);
-                packets::syn(&mut out.bytes, src, probe.addr, ports, seq_of(h))
-            }
+            Protocol::Tcp => packets::syn(&mut out.bytes, addrs, ports, seq_of(h), ident),
             Protocol::Udp => {
-                let h = probe_hash(&key, &remote, &local, probe.port, IPPROTO_UDP);
-                let ports = (reply::local_port(&settings, slot, h), probe.port);
-                packets::udp(&mut out.bytes, src, probe.addr, ports)
+                let secret = payload_secret(h, tag);
+                packets::udp(&mut out.bytes, addrs, ports, ident, secret)
             }
             Protocol::Icmp => {
-                let proto = if probe.addr.is_ipv4() {
-                    IPPROTO_ICMP
-                } else {
-                    IPPROTO_ICMPV6
-                };
-                let (id, seq) = echo_id_seq(probe_hash(&key, &remote, &local, 0, proto), slot);
-                packets::echo(&mut out.bytes, src, probe.addr, id, seq)
+                let id_seq = echo_id_seq(h, slot);
+                packets::echo(&mut out.bytes, addrs, id_seq, echo_data(tag), ident)
             }
         };
         Ok(())
@@ -521,8 +524,7 @@ impl<'a> Engine<'a> {
         let ports = (ev.local_port, ev.remote_port);
         pkt.len = packets::rst(
             &mut pkt.bytes,
-            local.to_ip(),
-            remote.to_ip(),
+            (local.to_ip(), remote.to_ip()),
             ports,
             seq_of(h).wrapping_add(1),
         );

@@ -1,6 +1,10 @@
 //! Wire formats of the probes (and of the RST that closes a half-open
 //! connection), IPv4 and IPv6, written into caller-owned buffers: nothing is
 //! allocated per packet.
+//!
+//! Every probe carries an `ident`: its IPv4 identification or IPv6 flow
+//! label (see [`scanner_common::cookie::ident_of`]), which ICMP errors quote
+//! and the XDP program checks.
 
 use std::net::IpAddr;
 
@@ -18,8 +22,16 @@ const TTL: u8 = 64;
 const TCP_WINDOW: u16 = 1024;
 const TCP_MSS: u16 = 1460;
 
-/// Writes the IP header for `payload_len` bytes of `protocol`; returns its length.
-fn ip_header(out: &mut [u8], src: IpAddr, dst: IpAddr, protocol: u8, payload_len: usize) -> usize {
+/// Writes the IP header for `payload_len` bytes of `protocol` with
+/// identification (IPv4) or flow label (IPv6, 20 bits) `ident`; returns its
+/// length.
+fn ip_header(
+    out: &mut [u8],
+    (src, dst): (IpAddr, IpAddr),
+    protocol: u8,
+    ident: u32,
+    payload_len: usize,
+) -> usize {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let h = &mut out[..20];
@@ -27,6 +39,8 @@ fn ip_header(out: &mut [u8], src: IpAddr, dst: IpAddr, protocol: u8, payload_len
                 0x45, 0, 0, 0, 0, 0, 0, 0, TTL, protocol, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
             ]);
             h[2..4].copy_from_slice(&((20 + payload_len) as u16).to_be_bytes());
+            // The kernel keeps a non-zero identification of a raw packet.
+            h[4..6].copy_from_slice(&(ident as u16).to_be_bytes());
             h[12..16].copy_from_slice(&s.octets());
             h[16..20].copy_from_slice(&d.octets());
             // The kernel fills in the checksum of a raw IPv4 header; ours
@@ -38,6 +52,7 @@ fn ip_header(out: &mut [u8], src: IpAddr, dst: IpAddr, protocol: u8, payload_len
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let h = &mut out[..40];
             h[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, protocol, TTL]);
+            h[..4].copy_from_slice(&(0x6000_0000 | (ident & 0xf_ffff)).to_be_bytes());
             h[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
             h[8..24].copy_from_slice(&s.octets());
             h[24..40].copy_from_slice(&d.octets());
@@ -66,14 +81,14 @@ fn transport_checksum(src: IpAddr, dst: IpAddr, protocol: u8, segment: &[u8]) ->
 /// A TCP segment with `flags`; SYNs carry an MSS option like real stacks do.
 pub fn tcp(
     out: &mut [u8],
-    src: IpAddr,
-    dst: IpAddr,
+    (src, dst): (IpAddr, IpAddr),
     ports: (u16, u16),
     seq: u32,
     flags: u8,
+    ident: u32,
 ) -> usize {
     let tcp_len = if flags & TCP_SYN != 0 { 24 } else { 20 };
-    let ip_len = ip_header(out, src, dst, IPPROTO_TCP, tcp_len);
+    let ip_len = ip_header(out, (src, dst), IPPROTO_TCP, ident, tcp_len);
     let t = &mut out[ip_len..ip_len + tcp_len];
     t.fill(0);
     t[0..2].copy_from_slice(&ports.0.to_be_bytes());
@@ -91,20 +106,36 @@ pub fn tcp(
     ip_len + tcp_len
 }
 
-pub fn syn(out: &mut [u8], src: IpAddr, dst: IpAddr, ports: (u16, u16), seq: u32) -> usize {
-    tcp(out, src, dst, ports, seq, TCP_SYN)
+pub fn syn(
+    out: &mut [u8],
+    addrs: (IpAddr, IpAddr),
+    ports: (u16, u16),
+    seq: u32,
+    ident: u32,
+) -> usize {
+    tcp(out, addrs, ports, seq, TCP_SYN, ident)
 }
 
-/// The RST that closes the half-open connection a SYN-ACK announced.
-pub fn rst(out: &mut [u8], src: IpAddr, dst: IpAddr, ports: (u16, u16), seq: u32) -> usize {
-    tcp(out, src, dst, ports, seq, TCP_RST)
+/// The RST that closes the half-open connection a SYN-ACK announced (the
+/// kernel picks its IPv4 identification).
+pub fn rst(out: &mut [u8], addrs: (IpAddr, IpAddr), ports: (u16, u16), seq: u32) -> usize {
+    tcp(out, addrs, ports, seq, TCP_RST, 0)
 }
 
-/// A UDP datagram with the payload the destination port's service answers.
-pub fn udp(out: &mut [u8], src: IpAddr, dst: IpAddr, ports: (u16, u16)) -> usize {
-    let payload = payloads::for_port(ports.1);
+/// A UDP datagram with the payload the destination port's service answers,
+/// carrying `secret` (see [`payloads`]).
+pub fn udp(
+    out: &mut [u8],
+    (src, dst): (IpAddr, IpAddr),
+    ports: (u16, u16),
+    ident: u32,
+    secret: u64,
+) -> usize {
+    let mut buf = [0u8; payloads::MAX_LEN];
+    let len = payloads::write(ports.1, secret, &mut buf);
+    let payload = &buf[..len];
     let udp_len = 8 + payload.len();
-    let ip_len = ip_header(out, src, dst, IPPROTO_UDP, udp_len);
+    let ip_len = ip_header(out, (src, dst), IPPROTO_UDP, ident, udp_len);
     let u = &mut out[ip_len..ip_len + udp_len];
     u[0..2].copy_from_slice(&ports.0.to_be_bytes());
     u[2..4].copy_from_slice(&ports.1.to_be_bytes());
@@ -119,21 +150,28 @@ pub fn udp(out: &mut [u8], src: IpAddr, dst: IpAddr, ports: (u16, u16)) -> usize
     ip_len + udp_len
 }
 
-/// An ICMP (or ICMPv6) echo request, for host discovery.
-pub fn echo(out: &mut [u8], src: IpAddr, dst: IpAddr, id: u16, seq: u16) -> usize {
+/// An ICMP (or ICMPv6) echo request with 8 data bytes, for host discovery.
+pub fn echo(
+    out: &mut [u8],
+    (src, dst): (IpAddr, IpAddr),
+    (id, seq): (u16, u16),
+    data: u64,
+    ident: u32,
+) -> usize {
     let (protocol, ty) = if src.is_ipv4() {
         (IPPROTO_ICMP, 8)
     } else {
         (IPPROTO_ICMPV6, 128)
     };
-    let ip_len = ip_header(out, src, dst, protocol, 8);
-    let m = &mut out[ip_len..ip_len + 8];
-    m.copy_from_slice(&[ty, 0, 0, 0, 0, 0, 0, 0]);
+    let ip_len = ip_header(out, (src, dst), protocol, ident, 16);
+    let m = &mut out[ip_len..ip_len + 16];
+    m[..8].copy_from_slice(&[ty, 0, 0, 0, 0, 0, 0, 0]);
     m[4..6].copy_from_slice(&id.to_be_bytes());
     m[6..8].copy_from_slice(&seq.to_be_bytes());
+    m[8..].copy_from_slice(&data.to_be_bytes());
     let sum = transport_checksum(src, dst, protocol, m);
     m[2..4].copy_from_slice(&sum.to_be_bytes());
-    ip_len + 8
+    ip_len + 16
 }
 
 #[cfg(test)]
@@ -148,19 +186,25 @@ mod tests {
         (s.parse().unwrap(), d.parse().unwrap())
     }
 
-    /// Parses `pkt` with etherparse, which also verifies every checksum we compute.
+    const IDENT: u32 = 0xabcde;
+
+    /// Parses `pkt` with etherparse, which also verifies every checksum we
+    /// compute, and checks it carries IDENT.
     fn check(pkt: &[u8], src: IpAddr, dst: IpAddr) -> TransportSlice<'_> {
         let sliced = SlicedPacket::from_ip(pkt).unwrap();
         match (&sliced.net, src) {
             (Some(NetSlice::Ipv4(ip)), IpAddr::V4(s)) => {
                 assert_eq!(ip.header().source_addr(), s);
                 assert_eq!(usize::from(ip.header().total_len()), pkt.len());
+                assert_eq!(ip.header().identification(), IDENT as u16);
                 let h = ip.header().to_header();
                 assert_eq!(h.header_checksum, h.calc_header_checksum());
             }
             (Some(NetSlice::Ipv6(ip)), IpAddr::V6(s)) => {
                 assert_eq!(ip.header().source_addr(), s);
                 assert_eq!(usize::from(ip.header().payload_length()) + 40, pkt.len());
+                assert_eq!(ip.header().flow_label().value(), IDENT);
+                assert_eq!(ip.header().version(), 6);
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -172,7 +216,7 @@ mod tests {
     fn syn_and_rst_in_both_families() {
         for (src, dst) in [addrs(V4), addrs(V6)] {
             let mut buf = [0u8; MAX_PACKET];
-            let n = syn(&mut buf, src, dst, (61234, 8080), 0xdead_beef);
+            let n = syn(&mut buf, (src, dst), (61234, 8080), 0xdead_beef, IDENT);
             let TransportSlice::Tcp(t) = check(&buf[..n], src, dst) else {
                 panic!("not tcp")
             };
@@ -193,11 +237,12 @@ mod tests {
                 _ => unreachable!(),
             };
             assert_eq!(t.checksum(), expect.unwrap());
-            let n = rst(&mut buf, src, dst, (61234, 8080), 7);
+            let n = tcp(&mut buf, (src, dst), (61234, 8080), 7, TCP_RST, IDENT);
             let TransportSlice::Tcp(t) = check(&buf[..n], src, dst) else {
                 panic!("not tcp")
             };
             assert!(t.rst() && !t.syn());
+            assert_eq!(rst(&mut buf, (src, dst), (61234, 8080), 7), n);
         }
     }
 
@@ -205,11 +250,14 @@ mod tests {
     fn udp_carries_the_service_payload() {
         for (src, dst) in [addrs(V4), addrs(V6)] {
             let mut buf = [0u8; MAX_PACKET];
-            let n = udp(&mut buf, src, dst, (61000, 53));
+            let n = udp(&mut buf, (src, dst), (61000, 53), IDENT, 0x1234_5678);
             let TransportSlice::Udp(u) = check(&buf[..n], src, dst) else {
                 panic!("not udp")
             };
-            assert_eq!(u.payload(), payloads::for_port(53));
+            let mut want = [0u8; payloads::MAX_LEN];
+            let len = payloads::write(53, 0x1234_5678, &mut want);
+            assert_eq!(u.payload(), &want[..len]);
+            assert_eq!(&u.payload()[..2], &[0x56, 0x78], "the DNS id");
             let expect = match (src, dst) {
                 (IpAddr::V4(s), IpAddr::V4(d)) => {
                     u.to_header()
@@ -229,7 +277,13 @@ mod tests {
     fn echo_requests_are_valid() {
         for (src, dst) in [addrs(V4), addrs(V6)] {
             let mut buf = [0u8; MAX_PACKET];
-            let n = echo(&mut buf, src, dst, 0xa123, 9);
+            let n = echo(
+                &mut buf,
+                (src, dst),
+                (0xa123, 9),
+                0x0102_0304_0506_0708,
+                IDENT,
+            );
             match check(&buf[..n], src, dst) {
                 TransportSlice::Icmpv4(m) => {
                     assert_eq!(
@@ -239,6 +293,7 @@ mod tests {
                             seq: 9
                         })
                     );
+                    assert_eq!(m.payload(), &[1, 2, 3, 4, 5, 6, 7, 8]);
                     assert_eq!(
                         m.checksum(),
                         m.header().icmp_type.calc_checksum(m.payload())
@@ -252,6 +307,7 @@ mod tests {
                             seq: 9
                         })
                     );
+                    assert_eq!(m.payload(), &[1, 2, 3, 4, 5, 6, 7, 8]);
                     let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
                         unreachable!()
                     };
