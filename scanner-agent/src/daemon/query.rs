@@ -109,7 +109,7 @@ pub(super) async fn enqueue(
     if !shared.live().config.auth.configured() {
         return error(
             StatusCode::FORBIDDEN,
-            "/query is disabled: it makes this host send traffic, so it needs auth.basic or auth.bearer_tokens in the configuration".into(),
+            "/query is disabled: it makes this host send traffic, so it needs auth.basic, auth.users or auth.bearer_tokens (or a web config's basic_auth_users) in the configuration".into(),
         );
     }
     if let Some(retry_after) = rate_limited(&shared) {
