@@ -2,6 +2,7 @@
 //! needs first (see `toolchain`), so a fresh machine needs no manual steps.
 
 mod bench;
+mod cycles;
 mod fuzz;
 mod package;
 mod toolchain;
@@ -164,6 +165,7 @@ fn test(args: Vec<String>) -> Result<()> {
     let unpacked = toolchain::ensure_unpacked()?;
     let tools = toolchain::ensure()?;
     run(cmd("cargo").args(["fmt", "--all", "--check"]))?;
+    cycles::check(&workspace_root())?;
     let mut lint = cmd("cargo");
     lint.args(["clippy", "--all-targets", "--quiet", "--", "-D", "warnings"]);
     tools.apply(&mut lint);

@@ -8,18 +8,20 @@
 //! with a warning.
 
 mod auth;
+pub mod values;
 mod web;
 
 use std::{
-    fmt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer};
 
-pub use self::auth::{
-    Account, Auth, BasicAuth, Networks, Password, Scope, Scopes, Token, User, Username,
+use self::values::{checked_str, listening_port, yaml_error};
+pub use self::{
+    auth::{Account, Auth, BasicAuth, Networks, Password, Scope, Scopes, Token, User, Username},
+    values::{Bounded, Millis, Prefix},
 };
 use crate::{
     engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
@@ -52,19 +54,19 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// SiteRM `main.yaml`'s keys for this host's node_exporter passthrough.
     #[serde(default)]
-    pub general: crate::passthrough::General,
+    pub general: crate::passthrough::config::General,
     /// Further hosts the passthrough fronts, its timeout and size limit.
     #[serde(default)]
-    pub passthrough: crate::passthrough::Settings,
+    pub passthrough: crate::passthrough::config::Settings,
     /// The port guard installed at start.
     #[serde(default)]
-    pub guard: crate::guard::GuardSettings,
+    pub guard: crate::guard::config::GuardSettings,
     /// Warnings found while reading the files the configuration names.
     #[serde(skip)]
     web_warnings: Vec<String>,
     /// Firewall counters (new section).
     #[serde(default)]
-    pub firewall: crate::firewall::FirewallConfig,
+    pub firewall: crate::firewall::config::FirewallConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -225,106 +227,9 @@ mod defaults {
     }
 }
 
-/// Reads a whole number and checks it inside the deserializer, so a bad
-/// value is reported with its key and line.
-fn checked_int<'de, D: Deserializer<'de>, T>(
-    d: D,
-    expected: impl fmt::Display,
-    check: impl FnOnce(u64) -> Result<T, String>,
-) -> Result<T, D::Error> {
-    struct V<X, F>(X, F);
-    impl<'de, T, X: fmt::Display, F: FnOnce(u64) -> Result<T, String>> de::Visitor<'de> for V<X, F> {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "{}", self.0)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-            (self.1)(v).map_err(|e| E::custom(format!("{e} (expected {})", self.0)))
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-            let v =
-                u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))?;
-            self.visit_u64(v)
-        }
-    }
-    d.deserialize_u64(V(expected, check))
-}
-
-/// Reads a string and checks it inside the deserializer (see [`checked_int`]).
-pub(crate) fn checked_str<'de, D: Deserializer<'de>, T>(
-    d: D,
-    expected: &'static str,
-    check: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error> {
-    struct V<F>(&'static str, F);
-    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> de::Visitor<'de> for V<F> {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(self.0)
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-            (self.1)(v).map_err(E::custom)
-        }
-    }
-    d.deserialize_str(V(expected, check))
-}
-
 /// Probes per second a rate key may ask for: far above what one host's
 /// kernel sends, low enough that every computation with it stays exact.
 pub const MAX_RATE: u64 = 100_000_000;
-
-/// A whole number from `MIN` to `MAX`: every numeric key has a range in
-/// which the agent is known to work, so no accepted value can overflow a
-/// computation or an allocation later.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
-
-/// Milliseconds of a delay or round-trip timeout: at most a minute.
-pub type Millis = Bounded<0, 60_000>;
-
-impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_int(d, format!("a whole number from {MIN} to {MAX}"), |v| {
-            if (MIN..=MAX).contains(&v) {
-                Ok(Self(v))
-            } else {
-                Err(format!("{v} is out of range"))
-            }
-        })
-    }
-}
-
-/// A port to listen on: 0 would mean "any free port", which no scrape
-/// configuration could point at.
-fn listening_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    checked_int(d, "a port from 1 to 65535", |v| {
-        u16::try_from(v)
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("{v} is out of range"))
-    })
-}
-
-/// A prefix length of at most `MAX`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Prefix<const MAX: u8>(pub u8);
-
-impl<'de, const MAX: u8> Deserialize<'de> for Prefix<MAX> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let expected = if MAX == 32 {
-            "a prefix length 0-32"
-        } else {
-            "a prefix length 0-128"
-        };
-        checked_int(d, expected, |v| {
-            u8::try_from(v)
-                .ok()
-                .filter(|&p| p <= MAX)
-                .map(Self)
-                .ok_or_else(|| format!("{v} is out of range"))
-        })
-    }
-}
 
 /// A port specification such as `22,80,8000-8100`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -387,17 +292,6 @@ impl<'de> Deserialize<'de> for Target {
     }
 }
 
-/// serde_yaml's message, with the position it leaves out of some top-level errors.
-fn yaml_error(e: serde_yaml::Error) -> String {
-    let message = e.to_string();
-    match e.location() {
-        Some(at) if !message.contains(" at line ") => {
-            format!("{message} at line {} column {}", at.line(), at.column())
-        }
-        _ => message,
-    }
-}
-
 impl Config {
     /// Reads, parses and validates a configuration file, with the files it
     /// names (web config, certificates): nothing starts with a bad one.
@@ -423,8 +317,8 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let config = serde_yaml::from_str(text).map_err(yaml_error)?;
-        crate::passthrough::config::check(&config)?;
+        let config: Self = serde_yaml::from_str(text).map_err(yaml_error)?;
+        crate::passthrough::config::check(&config.general, &config.passthrough)?;
         Ok(config)
     }
 
@@ -477,7 +371,11 @@ impl Config {
         for key in self.auth.plain_password_keys() {
             w.push(format!("{key} is a plain password; prefer a bcrypt hash"));
         }
-        w.extend(crate::passthrough::config::warnings(self));
+        w.extend(crate::passthrough::config::warnings(
+            &self.general,
+            &self.passthrough,
+            self.auth.configured(),
+        ));
         w
     }
 }

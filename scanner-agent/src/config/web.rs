@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Deserializer};
 
-use super::{BasicAuth, Password, Username, checked_str, yaml_error};
+use super::{
+    BasicAuth, Password, Username,
+    values::{checked_str, yaml_error},
+};
 use crate::tls::TlsSettings;
 
 #[derive(Debug, Default, Deserialize)]

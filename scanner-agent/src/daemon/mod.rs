@@ -114,7 +114,7 @@ impl Live {
             .then(|| Guard::new(g.port, &g.sources(), config.server.port, g.force))
             .transpose()?;
         Ok(Self {
-            passthrough: passthrough::Hosts::from_config(&config),
+            passthrough: passthrough::Hosts::new(&config.general, &config.passthrough),
             config,
             jobs,
             allowed,
