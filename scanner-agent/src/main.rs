@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 use scan_args::ScanArgs;
 use scanner_agent::{
     daemon::{self, DaemonError},
-    engine::tuning::Rate,
-    results::{PortState, write_results},
-    scan::{self, ScanOptions, ScanReport},
+    scan::{
+        self, Attachment, ScanOptions, ScanReport,
+        engine::tuning::Rate,
+        results::{PortState, write_results},
+    },
 };
 use tracing_subscriber::EnvFilter;
 
@@ -142,7 +144,7 @@ fn run_scan(args: ScanArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => return usage_error(e),
     };
-    let report = match scan::run(&opts) {
+    let report = match scan::run(&opts, Attachment::Own) {
         Ok(r) => r,
         Err(e) if e.is_usage() => return usage_error(e),
         Err(e) => {

@@ -5,11 +5,13 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 use scanner_agent::{
     config::Config,
-    engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
-    probes::{Protocol, Shard},
-    results::{OutputFormat, PortState},
-    scan::ScanOptions,
-    targets::PortList,
+    scan::{
+        ScanOptions,
+        engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
+        probes::{Protocol, Shard},
+        results::{OutputFormat, PortState},
+        targets::PortList,
+    },
 };
 
 /// Flags override the `scanning:` section of `--config`, which overrides

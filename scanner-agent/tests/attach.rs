@@ -58,8 +58,8 @@ fn never_replaces_someone_elses_program() {
     let bpffs = Bpffs::mount();
     // Someone else's program, attached the classic way (netlink, `ip link`).
     let pin = format!("{}/foreign", bpffs.0);
-    let mut ebpf = scanner_agent::capture::load(Settings::default()).unwrap();
-    let prog = scanner_agent::capture::loaded_program(&mut ebpf).unwrap();
+    let mut ebpf = scanner_agent::scan::capture::load(Settings::default()).unwrap();
+    let prog = scanner_agent::scan::capture::loaded_program(&mut ebpf).unwrap();
     prog.pin(&pin).unwrap();
     lab.scanner.ip(&[
         "link",

@@ -21,7 +21,7 @@ use common::{Lab, Netns, agent, wait_until};
 use prometheus_client::registry::Registry;
 use scanner_agent::{
     firewall::{FirewallCollector, FirewallConfig},
-    metrics::encode_text,
+    web::exposition::encode_text,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 

@@ -10,7 +10,7 @@ use aya::{
 use std::net::IpAddr;
 
 use etherparse::PacketBuilder;
-use scanner_agent::{capture::PROGRAMS, probes::packets};
+use scanner_agent::scan::{capture::PROGRAMS, probes::packets};
 use scanner_common::{
     Addr, ReplyEvent, ReplyKind,
     cookie::{echo_data, echo_id_seq, ident_of, payload_secret, probe_hash, seq_of, tag_of},
@@ -37,7 +37,7 @@ fn loaded() -> Ebpf {
 
 /// The program with a scan sending `protocols` in slot 1.
 fn loaded_with(protocols: u64) -> Ebpf {
-    let mut ebpf = scanner_agent::capture::load(SETTINGS).expect("load XDP program");
+    let mut ebpf = scanner_agent::scan::capture::load(SETTINGS).expect("load XDP program");
     let mut keys: Array<_, SlotKey> = Array::try_from(ebpf.map_mut("KEYS").unwrap()).unwrap();
     keys.set(
         1,

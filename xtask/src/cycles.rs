@@ -621,4 +621,10 @@ mod tests {
         assert_eq!(edges(&g), [("crate::a::inner".into(), "crate::b".into())]);
         assert!(g.cycles().is_empty());
     }
+
+    /// The workspace itself (also checked first thing by `cargo xtask test`).
+    #[test]
+    fn the_workspace_has_no_circles() {
+        check(&crate::workspace_root()).unwrap();
+    }
 }

@@ -24,9 +24,11 @@ pub use self::{
     values::{Bounded, Millis, Prefix},
 };
 use crate::{
-    engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
-    targets::{self, PortList, TargetSpec},
-    tls::TlsSettings,
+    scan::{
+        engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
+        targets::{self, PortList, TargetSpec},
+    },
+    web::tls::TlsSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +195,7 @@ mod defaults {
         Prefix(120)
     }
     pub(super) fn max_ipv6_prefix() -> Prefix<128> {
-        Prefix(crate::targets::DEFAULT_MAX_V6_PREFIX)
+        Prefix(crate::scan::targets::DEFAULT_MAX_V6_PREFIX)
     }
     pub(super) fn timeout() -> Bounded<1, 604_800> {
         Bounded(3600)

@@ -10,7 +10,7 @@ use super::{
     BasicAuth, Password, Username,
     values::{checked_str, yaml_error},
 };
-use crate::tls::TlsSettings;
+use crate::web::tls::TlsSettings;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

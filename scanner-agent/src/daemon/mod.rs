@@ -3,16 +3,17 @@
 //! `worker_count` workers scan them through one shared XDP program, and the
 //! results become the OpenPort Exporter's metrics, served over HTTP.
 
-pub(crate) mod auth;
-mod http;
-mod query;
-mod queue;
-mod reload;
-mod report;
+mod tasks;
 mod scheduler;
-mod state;
-mod vitals;
+mod queue;
 mod worker;
+mod report;
+pub mod metrics;
+mod state;
+mod query;
+mod reload;
+mod http;
+mod vitals;
 
 use std::{
     collections::HashMap,
@@ -24,21 +25,26 @@ use std::{
 
 use prometheus_client::registry::Registry;
 
-use self::report::TaskState;
 use scanner_common::maps::MAX_SCANS;
 
-use crate::{
-    capture::{XdpCounters, hub::Hub},
-    config::{Config, Ports},
-    engine::Budget,
-    guard::Guard,
+use self::{
     metrics::{AgentMetrics, ExporterMetrics, ModeLabels, TaskLabels},
-    passthrough, privileges,
-    probes::Protocol,
-    route::{self, Route},
-    scan::ScanError,
-    schedule::{self, Task},
-    transmit::Pacer,
+    report::TaskState,
+    tasks::Task,
+};
+use crate::{
+    config::{Config, Ports},
+    guard::Guard,
+    passthrough,
+    scan::{
+        ScanError,
+        capture::{XdpCounters, hub::Hub},
+        engine::Budget,
+        privileges,
+        probes::Protocol,
+        route::{self, Route},
+    },
+    web::auth::Verifier,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +57,7 @@ pub enum DaemonError {
     #[error("{key}: {source}")]
     Targets {
         key: &'static str,
-        source: crate::targets::TargetError,
+        source: crate::scan::targets::TargetError,
     },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -61,7 +67,7 @@ pub enum DaemonError {
     #[error("cannot start the HTTP server: {0}")]
     Runtime(#[from] std::io::Error),
     #[error("server.tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::web::tls::TlsError),
     #[error("guard: {0}")]
     Guard(#[from] crate::guard::GuardError),
 }
@@ -107,7 +113,7 @@ impl Live {
         let jobs = jobs(&config)?;
         let allowed = query_allowed(&config, &jobs)?;
         let max_rate = config.scanning.max_rate.0;
-        let budget = (max_rate > 0).then(|| Arc::new(Mutex::new(Pacer::new(max_rate as f64))));
+        let budget = (max_rate > 0).then(|| Budget::new(max_rate as f64));
         let g = &config.guard;
         let guard = g
             .enabled
@@ -193,7 +199,7 @@ pub(crate) struct Shared {
     vitals: vitals::Vitals,
     passthrough: passthrough::Proxy,
     /// Checks credentials off the serving threads and remembers good ones.
-    auth: auth::Verifier,
+    auth: Verifier,
 }
 
 impl Shared {
@@ -336,7 +342,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         state_file: state_file.map(state::StateFile::new),
         vitals: vitals::Vitals::default(),
         passthrough,
-        auth: auth::Verifier::new(),
+        auth: Verifier::new(),
     });
     shared.prepare(&shared.live())?;
     reload::record(&shared.agent, true);
@@ -378,7 +384,7 @@ fn query_allowed(config: &Config, jobs: &[Job]) -> Result<Vec<Task>, DaemonError
     if !s.query_ranges.is_empty() {
         let spec = s.target_spec(s.query_ranges.iter().map(|t| t.0.clone()).collect());
         let extra =
-            schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
+            tasks::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
                 DaemonError::Targets {
                     key: "scanning.query_ranges",
                     source,
@@ -401,13 +407,12 @@ fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
         return Ok(Vec::new());
     }
     let spec = s.target_spec(config.targets.iter().map(|t| t.0.clone()).collect());
-    let tasks =
-        schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
-            DaemonError::Targets {
-                key: "targets",
-                source,
-            }
-        })?;
+    let tasks = tasks::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
+        DaemonError::Targets {
+            key: "targets",
+            source,
+        }
+    })?;
     let protocols: &[Protocol] = if s.udp_scan {
         &[Protocol::Tcp, Protocol::Udp]
     } else {

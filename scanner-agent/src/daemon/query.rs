@@ -19,14 +19,15 @@ use axum::{
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use super::{Job, Shared, auth};
+use super::{
+    Job, Shared,
+    metrics::{FailureLabels, TaskLabels},
+    tasks::Task,
+};
 use crate::{
     config::Ports,
-    metrics::{FailureLabels, TaskLabels},
-    probes::Protocol,
-    results::PortResult,
-    scan::{ScanError, ScanReport},
-    schedule::Task,
+    scan::{ScanError, ScanReport, probes::Protocol, results::PortResult},
+    web::auth,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,8 +6,10 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{DaemonError, Job, Live, Shared, apply_guard, report, scheduler};
-use crate::{config::Config, metrics::AgentMetrics};
+use super::{
+    DaemonError, Job, Live, Shared, apply_guard, metrics::AgentMetrics, report, scheduler,
+};
+use crate::config::Config;
 
 /// Rereads the configuration file and swaps it in; on error nothing changes.
 pub(super) fn reload(shared: &Shared) -> Result<(), DaemonError> {

@@ -9,12 +9,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use super::{Job, Live, Shared};
-use crate::{
+use super::{
+    Job, Live, Shared,
     metrics::{ChangeLabels, FailureLabels, IpLabels, PortLabels, TargetLabels, TaskLabels},
-    probes::Protocol,
-    scan::ScanReport,
 };
+use crate::scan::{ScanReport, probes::Protocol};
 
 /// An open port, as the metrics key it.
 pub(super) type OpenPort = (IpAddr, Protocol, u16);

@@ -14,8 +14,9 @@ use super::{
     Job, Live, Shared,
     report::{self, OpenPort, TaskState},
     state,
+    tasks::Task,
 };
-use crate::{config::Ports, schedule::Task};
+use crate::config::Ports;
 
 /// Runs forever; a reload (a new generation) redoes the timetable.
 pub(super) fn run(shared: &Shared) {

@@ -72,7 +72,7 @@ impl SavedTask {
         let protocols = std::iter::once(&self.protocol)
             .chain(self.open.iter().chain(&self.closed).map(|p| &p.1));
         for protocol in protocols {
-            if protocol.parse::<crate::probes::Protocol>().is_err() {
+            if protocol.parse::<crate::scan::probes::Protocol>().is_err() {
                 return Err(format!("{name}: unknown protocol {protocol:?}"));
             }
         }

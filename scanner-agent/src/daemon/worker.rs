@@ -6,15 +6,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{Capture, Job, Shared, query, report, scheduler};
-use crate::{
-    capture::CaptureError,
-    engine::EngineError,
-    metrics::FailureLabels,
-    probes::Shard,
-    results::PortState,
-    scan::{self, ScanError, ScanOptions},
-    targets::TargetSet,
+use super::{Capture, Job, Shared, metrics::FailureLabels, query, report, scheduler};
+use crate::scan::{
+    self, Attachment, ScanError, ScanOptions, capture::CaptureError, engine::EngineError,
+    probes::Shard, results::PortState,
 };
 
 /// The agent's own metrics after a scan: probes, retries, achieved rate, and
@@ -97,7 +92,7 @@ pub(super) fn work(shared: &Shared) {
 fn scan_job(
     shared: &Shared,
     job: &Job,
-    cancel: &crate::engine::Cancel,
+    cancel: &crate::scan::engine::Cancel,
 ) -> Result<scan::ScanReport, ScanError> {
     let Some(Capture { hub, route }) = shared.capture() else {
         // Unreachable in practice: nothing is allowed to scan before the program is attached.
@@ -105,9 +100,8 @@ fn scan_job(
     };
     let live = shared.live();
     let s = &live.config.scanning;
-    let targets = s.target_spec(vec![job.task.label()]);
     let opts = ScanOptions {
-        targets: targets.clone(),
+        targets: s.target_spec(vec![job.task.label()]),
         ports: job.ports.list.clone(),
         protocols: vec![job.protocol],
         tuning: s.tuning(),
@@ -121,5 +115,11 @@ fn scan_job(
         cancel: Some(Arc::clone(cancel)),
         budget: live.budget.clone(),
     };
-    scan::run_with(&hub, &route, TargetSet::build(&targets)?, &opts)
+    scan::run(
+        &opts,
+        Attachment::Shared {
+            hub: &hub,
+            route: &route,
+        },
+    )
 }

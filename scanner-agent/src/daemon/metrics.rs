@@ -1,10 +1,10 @@
 //! The OpenPort Exporter's metric families, with the same names, label names,
 //! types and help texts, so existing dashboards and alerts keep working.
-//! The daemon (`scanner-agent run`) fills them; this module only defines and
-//! encodes them (OpenMetrics text, which Prometheus scrapes natively).
+//! The daemon (`scanner-agent run`) fills them; this module only defines
+//! them ([`crate::web::exposition`] encodes them).
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
         family::Family,
@@ -240,16 +240,10 @@ impl AgentMetrics {
     }
 }
 
-/// The registry as OpenMetrics text.
-pub fn encode_text(registry: &Registry) -> String {
-    let mut out = String::new();
-    encode(&mut out, registry).expect("writing to a String cannot fail");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::exposition::encode_text;
 
     fn task(target: &str) -> TaskLabels {
         TaskLabels {

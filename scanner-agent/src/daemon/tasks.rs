@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::targets::{TargetError, TargetSet, TargetSpec};
+use crate::scan::targets::{TargetError, TargetSet, TargetSpec};
 
 /// One unit of scheduled work: a subnet, named as it appears in the metrics'
 /// `target` label.
@@ -47,14 +47,14 @@ pub fn split(spec: &TargetSpec, max_v4: u8, max_v6: u8) -> Result<Vec<Task>, Tar
     Ok(tasks)
 }
 
-/// Whether `addr` lies inside one of the tasks (what `/query` may scan).
-pub fn covers(tasks: &[Task], addr: IpAddr) -> bool {
-    tasks.iter().any(|t| t.subnet.contains(&addr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `addr` lies inside one of the tasks (what `/query` may scan).
+    fn covers(tasks: &[Task], addr: IpAddr) -> bool {
+        tasks.iter().any(|t| t.subnet.contains(&addr))
+    }
 
     fn labels(tasks: &[Task]) -> Vec<String> {
         tasks.iter().map(Task::label).collect()
