@@ -625,6 +625,6 @@ mod tests {
     /// The workspace itself (also checked first thing by `cargo xtask test`).
     #[test]
     fn the_workspace_has_no_circles() {
-        check(&crate::workspace_root()).unwrap();
+        check(&crate::exec::workspace_root()).unwrap();
     }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cmd, run};
+use crate::exec::{cmd, run};
 
 /// The nightly the eBPF crate is built with: the one these machines ship.
 /// A different nightly is installed under its dated name on first use.

@@ -85,8 +85,8 @@ pub fn build(files: &[File], glibc: &str, source_date: u32, out_dir: &Path) -> R
         }
     }
     let deb = out_dir.join(format!("{NAME}_{VERSION}_amd64.deb"));
-    crate::run(
-        crate::cmd("dpkg-deb")
+    crate::exec::run(
+        crate::exec::cmd("dpkg-deb")
             .args(["--build", "--root-owner-group"])
             .arg(&stage)
             .arg(&deb)

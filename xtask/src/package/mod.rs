@@ -17,7 +17,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::workspace_root;
+use clap::Args;
+
+use crate::{build::build, exec::workspace_root};
 
 pub const NAME: &str = "scanner-agent";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -154,7 +156,7 @@ pub fn glibc_requirement(binary: &[u8]) -> Option<String> {
 /// Seconds since the epoch of the last commit, so rebuilding the same tree
 /// gives the same timestamps inside the packages.
 fn source_date() -> u32 {
-    let commit = crate::cmd("git")
+    let commit = crate::exec::cmd("git")
         .args(["log", "-1", "--format=%ct"])
         .output()
         .ok()
@@ -168,6 +170,20 @@ fn source_date() -> u32 {
     })
 }
 
+#[derive(Args)]
+pub(crate) struct Options {
+    /// Package this scanner-agent binary instead of a fresh release build.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Where to write the packages (default: target/package).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+pub(crate) fn run_task(o: Options) -> Result<()> {
+    run(o.binary, o.out_dir).map(drop)
+}
+
 pub struct Built {
     pub deb: PathBuf,
     pub rpm: PathBuf,
@@ -178,7 +194,7 @@ pub struct Built {
 pub fn run(binary: Option<PathBuf>, out_dir: Option<PathBuf>) -> Result<Built> {
     let binary = match binary {
         Some(b) => b,
-        None => crate::build(true)?,
+        None => build(true)?,
     };
     if !binary.is_file() {
         bail!("--binary {}: no such file", binary.display());
