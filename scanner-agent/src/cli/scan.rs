@@ -8,7 +8,7 @@ use scanner_agent::{
     config::Config,
     scan::{
         self, Attachment, ScanOptions, ScanReport,
-        engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
+        engine::tuning::{NmapTimings, Rate, Tuning},
         probes::{Protocol, Shard},
         results::{OutputFormat, PortState, write_results},
         targets::PortList,
@@ -129,48 +129,25 @@ impl ScanArgs {
             (Some(r), ..) => Rate::Fixed(r),
             (None, None, None) => tuning.rate,
             (None, min, max) => {
-                let max = max.filter(|&m| m > 0);
                 let min = min.unwrap_or(section.min_rate.0);
-                if max.is_some_and(|m| m < min) {
-                    return Err(format!(
-                        "--max-rate {} is below --min-rate {min}",
-                        max.unwrap_or_default()
-                    ));
+                match Rate::adaptive(min, max.unwrap_or(0)) {
+                    Rate::Adaptive { max: Some(max), .. } if max < min => {
+                        return Err(format!("--max-rate {max} is below --min-rate {min}"));
+                    }
+                    rate => rate,
                 }
-                Rate::Adaptive { min, max }
             }
-        };
-        let ms = |v: Option<u64>, default: Duration, current: Duration| match v {
-            Some(0) => default,
-            Some(v) => Duration::from_millis(v),
-            None => current,
         };
         tuning.min_parallelism = self.min_parallelism.unwrap_or(tuning.min_parallelism);
         tuning.max_retries = self.max_retries.unwrap_or(tuning.max_retries);
-        if let Some(s) = self.host_timeout {
-            tuning.host_timeout = (s > 0).then(|| Duration::from_secs(s));
-        }
-        tuning.scan_delay = self
-            .scan_delay
-            .map_or(tuning.scan_delay, Duration::from_millis);
-        if let Some(ms) = self.max_scan_delay {
-            tuning.max_scan_delay = (ms > 0).then(|| Duration::from_millis(ms));
-        }
-        tuning.initial_rtt_timeout = ms(
-            self.initial_rtt_timeout,
-            DEFAULT_INITIAL_RTT,
-            tuning.initial_rtt_timeout,
-        );
-        tuning.min_rtt_timeout = ms(
-            self.min_rtt_timeout,
-            DEFAULT_MIN_RTT,
-            tuning.min_rtt_timeout,
-        );
-        tuning.max_rtt_timeout = ms(
-            self.max_rtt_timeout,
-            DEFAULT_MAX_RTT,
-            tuning.max_rtt_timeout,
-        );
+        let mut tuning = tuning.with_nmap_timings(NmapTimings {
+            host_timeout: self.host_timeout,
+            scan_delay: self.scan_delay,
+            max_scan_delay: self.max_scan_delay,
+            initial_rtt_timeout: self.initial_rtt_timeout,
+            max_rtt_timeout: self.max_rtt_timeout,
+            min_rtt_timeout: self.min_rtt_timeout,
+        });
         tuning.wait = Duration::try_from_secs_f64(self.wait).map_err(|_| {
             format!(
                 "invalid --wait {}: expected seconds, e.g. 1 or 0.5",

@@ -25,7 +25,7 @@ pub use self::{
 };
 use crate::{
     scan::{
-        engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
+        engine::tuning::{NmapTimings, Rate, Tuning},
         targets::{self, PortList, TargetSpec},
     },
     web::tls::TlsSettings,
@@ -391,30 +391,21 @@ pub fn parse_web_config(text: &str) -> Result<(), String> {
 impl Scanning {
     /// The scan engine's tuning from these keys (0 means "default" where nmap's did).
     pub fn tuning(&self) -> Tuning {
-        let ms = |v: Millis, default| {
-            if v.0 == 0 {
-                default
-            } else {
-                Duration::from_millis(v.0)
-            }
-        };
         Tuning {
-            rate: Rate::Adaptive {
-                min: self.min_rate.0,
-                max: (self.max_rate.0 > 0).then_some(self.max_rate.0),
-            },
+            rate: Rate::adaptive(self.min_rate.0, self.max_rate.0),
             min_parallelism: self.min_parallelism.0 as usize,
             max_retries: self.max_retries.0 as u8,
-            host_timeout: (self.host_timeout.0 > 0)
-                .then(|| Duration::from_secs(self.host_timeout.0)),
-            scan_delay: Duration::from_millis(self.scan_delay.0),
-            max_scan_delay: (self.max_scan_delay.0 > 0)
-                .then(|| Duration::from_millis(self.max_scan_delay.0)),
-            initial_rtt_timeout: ms(self.initial_rtt_timeout, DEFAULT_INITIAL_RTT),
-            min_rtt_timeout: ms(self.min_rtt_timeout, DEFAULT_MIN_RTT),
-            max_rtt_timeout: ms(self.max_rtt_timeout, DEFAULT_MAX_RTT),
             wait: Duration::from_secs(1),
+            ..Tuning::default()
         }
+        .with_nmap_timings(NmapTimings {
+            host_timeout: Some(self.host_timeout.0),
+            scan_delay: Some(self.scan_delay.0),
+            max_scan_delay: Some(self.max_scan_delay.0),
+            initial_rtt_timeout: Some(self.initial_rtt_timeout.0),
+            max_rtt_timeout: Some(self.max_rtt_timeout.0),
+            min_rtt_timeout: Some(self.min_rtt_timeout.0),
+        })
     }
 
     /// The target specification for `include`, with this section's
