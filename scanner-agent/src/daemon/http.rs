@@ -43,7 +43,7 @@ impl Credentials for Shared {
     }
 
     fn verifier(&self) -> &Verifier {
-        &self.auth
+        &self.runtime.auth
     }
 }
 
@@ -57,7 +57,10 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
     )))?;
     // iptables_exporter's port, for scrape configs that still point there:
     // the same authentication, TLS and connection bounds as the main port.
-    let firewall = match (&shared.firewall_registry, live.config.firewall.listen) {
+    let firewall = match (
+        &shared.metrics.firewall_registry,
+        live.config.firewall.listen,
+    ) {
         (Some(_), Some(ListenAddress(addr))) => Some(bind(addr)?),
         _ => None,
     };
@@ -150,7 +153,7 @@ async fn metrics(
     headers: HeaderMap,
 ) -> Response {
     encoders
-        .respond(&shared, |s| Some(&s.registry), headers)
+        .respond(&shared, |s| Some(&s.metrics.registry), headers)
         .await
 }
 
@@ -160,19 +163,20 @@ async fn firewall_metrics(
     headers: HeaderMap,
 ) -> Response {
     encoders
-        .respond(&shared, |s| s.firewall_registry.as_ref(), headers)
+        .respond(&shared, |s| s.metrics.firewall_registry.as_ref(), headers)
         .await
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let last = *shared
+        .state
         .last_completed
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let full = shared.work.is_full();
+    let full = shared.runtime.work.is_full();
     let capture_ok = shared.capture_ok();
     let mode = shared.capture().map(|c| c.hub.mode().to_string());
-    let stopped = shared.vitals.stopped();
+    let stopped = shared.runtime.vitals.stopped();
     let status = if !stopped.is_empty() {
         format!("a daemon thread stopped: {}", stopped.join(", "))
     } else if full {
@@ -184,7 +188,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     };
     let body = serde_json::json!({
         "status": status,
-        "queue_size": shared.work.len(),
+        "queue_size": shared.runtime.work.len(),
         "xdp": { "attached": mode.is_some(), "healthy": capture_ok, "mode": mode },
         "last_scan_timestamp_seconds": last.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
     });
@@ -207,6 +211,7 @@ async fn passthrough(
         .ok()
         .map(|Path((sitename, hostname))| Target { sitename, hostname });
     shared
+        .runtime
         .passthrough
         .serve(
             &live.config.auth,

@@ -23,12 +23,10 @@ use std::{
     time::SystemTime,
 };
 
-use prometheus_client::registry::Registry;
-
 use scanner_common::maps::MAX_SCANS;
 
 use self::{
-    metrics::{AgentMetrics, ExporterMetrics, ModeLabels, TaskLabels},
+    metrics::{Metrics, TaskLabels},
     report::TaskState,
     tasks::Task,
 };
@@ -38,7 +36,7 @@ use crate::{
     passthrough,
     scan::{
         ScanError,
-        capture::{XdpCounters, hub::Hub},
+        capture::hub::Hub,
         engine::Budget,
         privileges,
         probes::Protocol,
@@ -175,26 +173,38 @@ struct Capture {
     route: Route,
 }
 
-/// What the HTTP handlers, the scheduler and the workers share.
+/// What the HTTP handlers, the scheduler and the workers share, in four
+/// named parts.
 pub(crate) struct Shared {
+    settings: Settings,
+    metrics: Metrics,
+    state: State,
+    runtime: Runtime,
+}
+
+/// The configuration in force, and where it is read from.
+struct Settings {
     live: RwLock<Arc<Live>>,
     /// Bumped by every reload, so the scheduler redoes its timetable.
     generation: AtomicU64,
-    config_path: PathBuf,
+    path: PathBuf,
+}
+
+/// What the daemon knows of its tasks' results, kept across restarts in
+/// the state file (see [`state`]).
+struct State {
+    tasks: Mutex<HashMap<Job, TaskState>>,
+    file: Option<state::StateFile>,
+    last_completed: Mutex<Option<SystemTime>>,
+}
+
+/// The running parts: the attached program, the job queue, the `/query`
+/// records, the threads, and the HTTP side's helpers.
+struct Runtime {
     /// None until there is something to scan.
     capture: Mutex<Option<Capture>>,
-    registry: Registry,
-    /// The firewall counters alone, for their drop-in listener.
-    firewall_registry: Option<Registry>,
-    metrics: ExporterMetrics,
-    agent: AgentMetrics,
-    /// The XDP counters at the last update, to add only what is new.
-    xdp_seen: Mutex<XdpCounters>,
-    tasks: Mutex<HashMap<Job, TaskState>>,
     work: queue::Work,
-    last_completed: Mutex<Option<SystemTime>>,
     queries: Mutex<query::Book>,
-    state_file: Option<state::StateFile>,
     /// The scheduler and worker threads, and which of them have died.
     vitals: vitals::Vitals,
     passthrough: passthrough::Proxy,
@@ -204,11 +214,18 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn live(&self) -> Arc<Live> {
-        Arc::clone(&self.live.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .settings
+                .live
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     fn capture(&self) -> Option<Capture> {
-        self.capture
+        self.runtime
+            .capture
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -225,20 +242,22 @@ impl Shared {
 
     /// Queues a job at once, or says the queue is full (never waits).
     fn enqueue(&self, job: Job) -> Result<(), queue::Full> {
-        let outcome = self.work.push(job);
+        let outcome = self.runtime.work.push(job);
         self.count_queued();
         outcome
     }
 
     fn count_queued(&self) {
-        self.metrics.task_queue_size.set(self.work.len() as i64);
+        self.metrics.queued(self.runtime.work.len());
     }
 
     /// Gets ready to run `live`: the program attached where it scans, the
     /// counters of its jobs created.
     fn prepare(&self, live: &Live) -> Result<(), DaemonError> {
         self.attach(live)?;
-        live.jobs.iter().for_each(|job| report::declare(self, job));
+        live.jobs
+            .iter()
+            .for_each(|job| self.metrics.declare(&job.labels()));
         Ok(())
     }
 
@@ -251,7 +270,11 @@ impl Shared {
         privileges::check_scan().map_err(ScanError::from)?;
         let route = route::lookup(live.allowed.iter().map(|t| t.subnet.network()), None)
             .map_err(ScanError::from)?;
-        let mut capture = self.capture.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut capture = self
+            .runtime
+            .capture
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = capture.as_mut()
             && c.route.interface == route.interface
         {
@@ -263,30 +286,14 @@ impl Shared {
             route::probe_ports().map_err(ScanError::from)?,
         )
         .map_err(ScanError::from)?;
-        if let Some(old) = capture.take() {
-            self.agent
-                .xdp_attached
-                .get_or_create(&mode_labels(&old.hub))
-                .set(0);
-            // The new program counts from zero.
-            *self.xdp_seen.lock().unwrap_or_else(PoisonError::into_inner) = XdpCounters::default();
-        }
-        self.agent
-            .xdp_attached
-            .get_or_create(&mode_labels(&hub))
-            .set(1);
+        let old = capture.take().map(|old| old.hub.mode().to_string());
+        self.metrics.attached(hub.mode().to_string(), old);
         tracing::info!(interface = %route.interface, mode = %hub.mode(), "XDP program attached");
         *capture = Some(Capture {
             hub: Arc::new(hub),
             route,
         });
         Ok(())
-    }
-}
-
-fn mode_labels(hub: &Hub) -> ModeLabels {
-    ModeLabels {
-        mode: hub.mode().to_string(),
     }
 }
 
@@ -320,41 +327,41 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let workers = scanners(s.worker_count.0);
     let work = queue::Work::new(s.task_queue_size.0 as usize);
 
-    let mut registry = Registry::default();
-    let metrics = ExporterMetrics::register(&mut registry, s.duration_metrics);
-    let agent = AgentMetrics::register(&mut registry);
-    let firewall_registry = crate::firewall::start(&live.config.firewall, &mut registry);
-    let passthrough = passthrough::Proxy::new(&mut registry);
+    let (metrics, passthrough) = Metrics::register(s.duration_metrics, &live.config.firewall);
     let shared = Arc::new(Shared {
-        live: RwLock::new(Arc::new(live)),
-        generation: AtomicU64::new(0),
-        config_path: config_path.to_owned(),
-        capture: Mutex::new(None),
-        registry,
-        firewall_registry,
+        settings: Settings {
+            live: RwLock::new(Arc::new(live)),
+            generation: AtomicU64::new(0),
+            path: config_path.to_owned(),
+        },
         metrics,
-        agent,
-        xdp_seen: Mutex::new(XdpCounters::default()),
-        tasks: Mutex::new(HashMap::new()),
-        work,
-        last_completed: Mutex::new(None),
-        queries: Mutex::new(query::Book::default()),
-        state_file: state_file.map(state::StateFile::new),
-        vitals: vitals::Vitals::default(),
-        passthrough,
-        auth: Verifier::new(),
+        state: State {
+            tasks: Mutex::new(HashMap::new()),
+            file: state_file.map(state::StateFile::new),
+            last_completed: Mutex::new(None),
+        },
+        runtime: Runtime {
+            capture: Mutex::new(None),
+            work,
+            queries: Mutex::new(query::Book::default()),
+            vitals: vitals::Vitals::default(),
+            passthrough,
+            auth: Verifier::new(),
+        },
     });
     shared.prepare(&shared.live())?;
-    reload::record(&shared.agent, true);
+    shared.metrics.reloaded(true);
 
     for n in 0..workers {
         let worker = Arc::clone(&shared);
         shared
+            .runtime
             .vitals
             .spawn(format!("worker-{n}"), move || worker::work(&worker))?;
     }
     let scheduler = Arc::clone(&shared);
     shared
+        .runtime
         .vitals
         .spawn("scheduler".into(), move || scheduler::run(&scheduler))?;
     http::serve(shared)

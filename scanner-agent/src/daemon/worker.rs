@@ -6,35 +6,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{Capture, Job, Shared, metrics::FailureLabels, query, report, scheduler};
+use super::{Capture, Job, Shared, query, report, state};
 use crate::scan::{
     self, Attachment, ScanError, ScanOptions, capture::CaptureError, engine::EngineError,
     probes::Shard, results::PortState,
 };
 
-/// The agent's own metrics after a scan: probes, retries, achieved rate, and
-/// what the (shared) XDP program counted since the last update.
-fn record_operation(shared: &Shared, report: &scan::ScanReport) {
-    let a = &shared.agent;
-    a.probes_sent.inc_by(report.ports.sent);
-    a.probe_retries.inc_by(report.ports.retries);
-    a.last_scan_rate.set(report.ports.achieved_rate());
-    let mut seen = shared
-        .xdp_seen
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let now = report.xdp;
-    a.xdp_frames.inc_by(now.frames.saturating_sub(seen.frames));
-    a.xdp_replies_matched
-        .inc_by(now.matched.saturating_sub(seen.matched));
-    a.xdp_replies_lost
-        .inc_by(now.ringbuf_full.saturating_sub(seen.ringbuf_full));
-    *seen = (*seen).max_each(now);
-}
-
 pub(super) fn work(shared: &Shared) {
     loop {
-        let taken = shared.work.take();
+        let taken = shared.runtime.work.take();
         shared.count_queued();
         let job = &taken.job;
         let started = Instant::now();
@@ -43,11 +23,12 @@ pub(super) fn work(shared: &Shared) {
         let labels = job.labels();
         match &outcome {
             Ok(report) => {
-                record_operation(shared, report);
+                shared.metrics.scanned(report);
                 if report::apply(shared, job, &labels, report, started.elapsed()) {
-                    scheduler::persist(shared);
+                    state::persist(shared);
                 }
                 *shared
+                    .state
                     .last_completed
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
@@ -57,25 +38,12 @@ pub(super) fn work(shared: &Shared) {
             }
             Err(e) => {
                 let error_type = match e {
-                    ScanError::Engine(EngineError::TimedOut) => {
-                        shared
-                            .metrics
-                            .nmap_scan_timeouts
-                            .get_or_create(&labels)
-                            .inc();
-                        "timeout"
-                    }
+                    ScanError::Engine(EngineError::TimedOut) => "timeout",
                     ScanError::Privilege(_) => "permission",
                     _ => "other",
                 };
                 tracing::warn!(target = %labels.target, protocol = %labels.protocol, error_type, "scan failed: {e}");
-                let failure = FailureLabels {
-                    target: labels.target.clone(),
-                    port_range: labels.port_range.clone(),
-                    protocol: labels.protocol.clone(),
-                    error_type: error_type.into(),
-                };
-                shared.metrics.scans_failed.get_or_create(&failure).inc();
+                shared.metrics.failed(&labels, error_type);
             }
         }
         if job.query.is_some() {
