@@ -84,6 +84,7 @@ fn scan_together(
 
 #[test]
 fn a_shared_budget_caps_the_rate_of_all_scans_together() {
+    testbed::require_root!();
     let lab = Lab::new(
         &[
             "198.18.0.2".parse::<IpAddr>().unwrap(),
@@ -115,6 +116,7 @@ fn a_shared_budget_caps_the_rate_of_all_scans_together() {
 
 #[test]
 fn two_scans_share_one_program() {
+    testbed::require_root!();
     let lab = Lab::new(
         &[
             "198.18.0.2".parse::<IpAddr>().unwrap(),

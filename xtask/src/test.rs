@@ -37,6 +37,8 @@ pub(crate) fn run_task(o: Options) -> Result<()> {
     run(&mut lint)?;
     let mut c = cmd("cargo");
     c.arg("test").args(&args);
+    // Run as root here: a privileged test that skips itself is a failure.
+    c.env(testbed::REQUIRE_PRIVILEGED, "1");
     tools.apply(&mut c);
     toolchain::prepend_path(&mut c, &unpacked);
     run(&mut c)?;

@@ -276,6 +276,7 @@ mod tests {
 
     #[test]
     fn pool_sends_everything_through_loopback() {
+        testbed::require_root!();
         use std::net::{Ipv4Addr, UdpSocket};
         // Needs CAP_NET_RAW, like every privileged test here.
         let sink = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
