@@ -31,7 +31,7 @@ pub(crate) fn run_task(o: Options) -> Result<()> {
 }
 
 /// (fuzz crate, target)
-pub const TARGETS: &[(&str, &str)] = &[
+pub(crate) const TARGETS: &[(&str, &str)] = &[
     ("scanner-common/fuzz", "frame_reply"),
     ("scanner-agent/fuzz", "config"),
     ("scanner-agent/fuzz", "query"),
@@ -42,7 +42,7 @@ pub const TARGETS: &[(&str, &str)] = &[
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Fuzzes every target (or only `only`) for `seconds` each.
-pub fn run_all(seconds: u64, only: Option<&str>) -> Result<()> {
+pub(crate) fn run_all(seconds: u64, only: Option<&str>) -> Result<()> {
     let chosen: Vec<_> = TARGETS
         .iter()
         .filter(|(_, t)| only.is_none_or(|o| o == *t))

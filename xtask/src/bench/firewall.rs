@@ -198,7 +198,7 @@ fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// Runs the firewall section; returns its Markdown report.
-pub fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
+pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
     let ns = Netns::named(NAMESPACE)?;
     let dir = out_dir.join("firewall-agent");
     fs::create_dir_all(&dir)?;

@@ -112,7 +112,7 @@ pub(crate) fn run_task(o: Options) -> Result<()> {
 
 /// Which parts of the bench to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Only {
+pub(crate) enum Only {
     Everything,
     Firewall,
     Passthrough,
@@ -120,7 +120,7 @@ pub enum Only {
 
 /// Runs the bench; `agent` is a prebuilt binary to use instead of a fresh
 /// release build (e.g. to compare with an older version).
-pub fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()> {
+pub(crate) fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the bench creates network namespaces and runs raw-socket scanners: run it as root");
     }

@@ -13,7 +13,7 @@ use crate::toolchain;
 
 const AGENT_PORT: u16 = 19950;
 
-pub struct WrkResult {
+pub(super) struct WrkResult {
     pub what: &'static str,
     pub requests_per_s: f64,
     pub mean_ms: f64,
@@ -22,7 +22,7 @@ pub struct WrkResult {
 }
 
 /// Runs the comparison; returns a Markdown table.
-pub fn run(agent: &Path, seconds: u32, out_dir: &Path) -> Result<String> {
+pub(super) fn run(agent: &Path, seconds: u32, out_dir: &Path) -> Result<String> {
     let lab = Lab::build(&[Ipv4Addr::new(198, 18, 0, 2)], 1500)?;
     let _exporter = NodeExporter::launch(
         &lab.target,

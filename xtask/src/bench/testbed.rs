@@ -17,14 +17,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-pub use testbed::{Netns, SCANNER_ADDR, SCANNER_IF};
+pub(super) use testbed::{Netns, SCANNER_ADDR, SCANNER_IF};
 use testbed::{TARGET_IF, run_with_input};
 /// The scanner (198.18.0.1) and the targets (198.19.0.x) share one on-link
 /// /15, so no route has to be added anywhere.
 const PREFIX_LEN: u8 = 15;
 /// Target hosts are 198.19.0.FIRST_HOST ..= 198.19.0.LAST_HOST.
-pub const FIRST_HOST: u8 = 1;
-pub const LAST_HOST: u8 = 254;
+pub(super) const FIRST_HOST: u8 = 1;
+pub(super) const LAST_HOST: u8 = 254;
 
 /// Every target address listens on these ports (bound to 0.0.0.0).
 const LISTEN_PORTS: [u16; 10] = [22, 80, 443, 2049, 5201, 8080, 9100, 10000, 50000, 65535];
@@ -63,13 +63,13 @@ const BLOCKED: [Blocked; 2] = [
     },
 ];
 
-pub fn target_addr(host: u8) -> Ipv4Addr {
+pub(super) fn target_addr(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, 0, host)
 }
 
 /// The (address, port) pairs a correct scan of hosts `first..=last` finds
 /// open: every listener port on every host, minus the firewalled pairs.
-pub fn truth(first: u8, last: u8) -> HashSet<(Ipv4Addr, u16)> {
+pub(super) fn truth(first: u8, last: u8) -> HashSet<(Ipv4Addr, u16)> {
     let mut open = HashSet::new();
     for host in first..=last {
         for port in LISTEN_PORTS {
@@ -84,7 +84,7 @@ pub fn truth(first: u8, last: u8) -> HashSet<(Ipv4Addr, u16)> {
     open
 }
 
-pub struct Testbed {
+pub(super) struct Testbed {
     // Fields drop in order: the heartbeat stops and the listeners close
     // before the namespaces go.
     _heartbeat: Heartbeat,
@@ -96,7 +96,7 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    pub fn up() -> Result<Self> {
+    pub(super) fn up() -> Result<Self> {
         let scanner = Netns::named("sa-bench-scan")?;
         let target = Netns::named("sa-bench-target")?;
         connect(&scanner, &target)?;
@@ -119,7 +119,7 @@ impl Testbed {
 
     /// SYN-ACKs the target sent but that were never answered: half-open
     /// connections a scanner left behind.
-    pub fn half_open(&self) -> Result<usize> {
+    pub(super) fn half_open(&self) -> Result<usize> {
         let out = run_with_input(
             self.target
                 .command("ss")

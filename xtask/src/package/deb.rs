@@ -46,7 +46,12 @@ fn control(files: &[File], glibc: &str) -> String {
 }
 
 /// Builds `scanner-agent_<version>_amd64.deb` in `out_dir`.
-pub fn build(files: &[File], glibc: &str, source_date: u32, out_dir: &Path) -> Result<PathBuf> {
+pub(super) fn build(
+    files: &[File],
+    glibc: &str,
+    source_date: u32,
+    out_dir: &Path,
+) -> Result<PathBuf> {
     let stage = out_dir.join("deb-root");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;

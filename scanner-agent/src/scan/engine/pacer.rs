@@ -11,14 +11,14 @@ use crate::scan::transmit::BATCH;
 /// A token bucket: `rate` tokens per second, holding at most a couple of
 /// milliseconds' worth, so bursts stay short and the average holds.
 #[derive(Debug)]
-pub struct Pacer {
+pub(super) struct Pacer {
     rate: f64,
     tokens: f64,
     last: Instant,
 }
 
 impl Pacer {
-    pub fn new(rate: f64) -> Self {
+    pub(super) fn new(rate: f64) -> Self {
         Self {
             rate: rate.max(1.0),
             tokens: 1.0,
@@ -26,7 +26,7 @@ impl Pacer {
         }
     }
 
-    pub fn set_rate(&mut self, rate: f64) {
+    pub(super) fn set_rate(&mut self, rate: f64) {
         self.refill(Instant::now());
         self.rate = rate.max(1.0);
     }
@@ -42,7 +42,7 @@ impl Pacer {
     }
 
     /// How many packets may go out now (taken from the bucket).
-    pub fn take(&mut self, now: Instant, want: usize) -> usize {
+    pub(super) fn take(&mut self, now: Instant, want: usize) -> usize {
         self.refill(now);
         let n = (self.tokens.floor() as usize).min(want);
         self.tokens -= n as f64;
@@ -50,7 +50,7 @@ impl Pacer {
     }
 
     /// How long until the next packet may go.
-    pub fn next_in(&self) -> Duration {
+    pub(super) fn next_in(&self) -> Duration {
         Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
     }
 }
