@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use common::{
     Lab, SCANNER_IF, agent,
-    daemon::{Daemon, FastScan, await_body, fetch, fetch_status, metric, request},
+    daemon::{Daemon, FastScan, await_body, curl, fetch, fetch_status, metric, request},
     wait_until,
 };
 use rcgen::{
@@ -47,29 +47,6 @@ fn pki() -> Pki {
             ExtendedKeyUsagePurpose::ClientAuth,
         ),
     }
-}
-
-/// curl inside the scanner namespace; the HTTP status, or None when no
-/// HTTP exchange happened (refused handshake, plain HTTP to a TLS port).
-fn curl(lab: &Lab, dir: &std::path::Path, args: &[&str]) -> Option<u16> {
-    let out = lab
-        .scanner
-        .command("curl")
-        .current_dir(dir)
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .args(args)
-        .output()
-        .expect("curl");
-    let code = String::from_utf8_lossy(&out.stdout).parse().ok()?;
-    (out.status.success() && code != 0).then_some(code)
 }
 
 #[test]

@@ -20,7 +20,7 @@ use std::{
 use base64::Engine as _;
 use common::{
     Lab, agent,
-    daemon::{Daemon, FastScan, PORT, await_body, fetch, metric, request, request_to},
+    daemon::{Daemon, FastScan, PORT, await_body, curl, fetch, metric, request, request_to},
     wait_until,
 };
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -572,25 +572,18 @@ fn the_tls_listener_has_the_same_bounds() {
             ("tls.key", &cert.signing_key.serialize_pem()),
         ],
     );
+    let url = format!("https://localhost:{PORT}/metrics");
+    let args = [
+        "--cacert",
+        "tls.crt",
+        "-H",
+        "Authorization: Bearer tok",
+        &url,
+    ];
     let curl = || {
-        let out = lab
-            .scanner
-            .command("curl")
-            .current_dir(&daemon.dir)
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-            ])
-            .args(["--cacert", "tls.crt", "-H", "Authorization: Bearer tok"])
-            .arg(format!("https://localhost:{PORT}/metrics"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        curl(&lab, &daemon.dir, &args)
+            .map(|code| code.to_string())
+            .unwrap_or_default()
     };
     assert!(wait_until(Duration::from_secs(10), || curl() == "200"));
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));

@@ -31,19 +31,10 @@ pub fn request(
     path: &str,
     headers: &str,
 ) -> Option<(u16, String, String)> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n");
-    host.as_ref().run(move || {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-        s.write_all(request.as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let status = out.split_whitespace().nth(1)?.parse().ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        Some((status, head.to_owned(), body.to_owned()))
-    })
+    request_to(host, (Ipv4Addr::LOCALHOST, port).into(), path, headers)
 }
 
-/// An HTTP GET to `addr` (e.g. `[::1]:PORT`) from inside the scanner
+/// An HTTP GET to `addr` (e.g. `[::1]:PORT`) from inside `host`'s
 /// namespace, with extra header lines; returns status, head and body.
 pub fn request_to(
     host: &impl AsRef<Netns>,
@@ -61,6 +52,30 @@ pub fn request_to(
         let (head, body) = out.split_once("\r\n\r\n")?;
         Some((status, head.to_owned(), body.to_owned()))
     })
+}
+
+/// curl inside `host`'s namespace, run in `dir`; the HTTP status, or None
+/// when no HTTP exchange happened (refused handshake, plain HTTP to a TLS
+/// port).
+pub fn curl(host: &impl AsRef<Netns>, dir: &Path, args: &[&str]) -> Option<u16> {
+    let out = host
+        .as_ref()
+        .command("curl")
+        .current_dir(dir)
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(args)
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).parse().ok()?;
+    (out.status.success() && code != 0).then_some(code)
 }
 
 /// The body of a GET with extra header lines, or "" when nothing answered
