@@ -47,7 +47,30 @@ impl Credentials for Shared {
     }
 }
 
-pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
+/// The HTTP side's runtime, with SIGHUP watched already.
+pub(super) struct Server {
+    runtime: tokio::runtime::Runtime,
+    hangups: Signal,
+}
+
+/// Made first thing in `run`: a SIGHUP sent as soon as the agent shows any
+/// sign of life (its guard) then reloads once serving starts, instead of
+/// ending the process by default.
+pub(super) fn server() -> Result<Server, DaemonError> {
+    // Two threads: a slow handshake or handler on one does not hold the other.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let hangups = {
+        let _context = runtime.enter();
+        signal(SignalKind::hangup())?
+    };
+    Ok(Server { runtime, hangups })
+}
+
+pub(super) fn serve(server: Server, shared: Arc<Shared>) -> Result<(), DaemonError> {
+    let Server { runtime, hangups } = server;
     let live = shared.live();
     web::raise_open_files_limit(live.config.server.max_connections.0);
     let tls = web::tls_cell(live.config.server.tls.as_ref())?;
@@ -64,13 +87,7 @@ pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
         (Some(_), Some(ListenAddress(addr))) => Some(bind(addr)?),
         _ => None,
     };
-    // Two threads: a slow handshake or handler on one does not hold the other.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     runtime.block_on(async move {
-        let hangups = signal(SignalKind::hangup())?;
         tokio::spawn(reload_on_hangup(hangups, Arc::clone(&shared), tls.clone()));
         let encoders = Encoders::new();
         let app = Router::new()

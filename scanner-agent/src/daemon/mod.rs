@@ -317,6 +317,7 @@ pub fn check(config_path: &Path) -> Result<Config, DaemonError> {
 /// Runs the exporter until the process is stopped. `state_file` keeps open
 /// ports and last-scan times across restarts; SIGHUP rereads `config_path`.
 pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonError> {
+    let server = http::server()?;
     let live = Live::new(Config::load(config_path)?)?;
     live.config
         .warnings()
@@ -364,7 +365,7 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
         .runtime
         .vitals
         .spawn("scheduler".into(), move || scheduler::run(&scheduler))?;
-    http::serve(shared)
+    http::serve(server, shared)
 }
 
 /// How many scans run at once: `worker_count`, but never more than the XDP

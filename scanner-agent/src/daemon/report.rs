@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     Job, Live, Shared,
-    metrics::{Metrics, OpenPort, TaskLabels},
+    metrics::{Metrics, OpenPort},
 };
 use crate::scan::ScanReport;
 
@@ -36,14 +36,9 @@ pub(crate) struct TaskState {
 /// to (see `Live::owner_of`) and its metrics. A `/query` scan changes
 /// exactly the (ip, port, protocol) it covered, as a scheduled scan of them
 /// would. Returns false, changing nothing, when no configured task holds
-/// the job any more (a reload removed it while it ran).
-pub(super) fn apply(
-    shared: &Shared,
-    job: &Job,
-    labels: &TaskLabels,
-    report: &ScanReport,
-    took: Duration,
-) -> bool {
+/// the job any more (a reload removed it while it ran). The scan counts
+/// as successful ([`Metrics::succeeded`]) once its state is saved.
+pub(super) fn apply(shared: &Shared, job: &Job, report: &ScanReport, took: Duration) -> bool {
     let m = &shared.metrics;
     let found: BTreeSet<OpenPort> = report
         .results
@@ -105,8 +100,6 @@ pub(super) fn apply(
     }
     touched.extend(state.open.iter().map(|p| p.0));
     count_open_ports(m, &tasks, touched);
-    drop(tasks);
-    m.succeeded(labels, took, job.query.is_some());
     true
 }
 

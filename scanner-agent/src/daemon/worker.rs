@@ -24,8 +24,12 @@ pub(super) fn work(shared: &Shared) {
         match &outcome {
             Ok(report) => {
                 shared.metrics.scanned(report);
-                if report::apply(shared, job, &labels, report, started.elapsed()) {
+                let took = started.elapsed();
+                if report::apply(shared, job, report, took) {
+                    // Saved before it counts: a scan the metrics show as
+                    // done is in the state file.
                     state::persist(shared);
+                    shared.metrics.succeeded(&labels, took, job.query.is_some());
                 }
                 *shared
                     .state
