@@ -1,26 +1,19 @@
 //! scanner-agent: an XDP-assisted port scanner for data-transfer nodes.
 //!
-//! Data flow of a scan: [`targets`] (what to scan) -> [`probes`] (order and
-//! wire format) -> [`transmit`] (raw sockets, pacing) -> [`capture`] (the
-//! XDP program and its ring buffer) -> [`results`] (port states, output),
-//! driven by [`engine`] (retries, timeouts, rate) and [`scan`] (one scan
-//! from start to end).
+//! [`scan`] is the scan path, in data-flow order: targets -> probes ->
+//! transmit -> capture -> results, driven by the engine. [`config`] reads
+//! `config.yaml`; [`daemon`] is `scanner-agent run` (scheduled tasks,
+//! workers, metrics, state), served through [`web`] (listeners, TLS,
+//! content negotiation, credentials). The daemon also serves the
+//! [`firewall`] counters and the node_exporter [`passthrough`], and
+//! installs the port [`guard`].
 
-pub mod capture;
+pub mod scan;
+
 pub mod config;
 pub mod daemon;
-pub mod engine;
-pub mod exposition;
+pub mod web;
+
 pub mod firewall;
 pub mod guard;
-pub mod metrics;
 pub mod passthrough;
-pub mod privileges;
-pub mod probes;
-pub mod results;
-pub mod route;
-pub mod scan;
-pub mod schedule;
-pub mod targets;
-pub mod tls;
-pub mod transmit;

@@ -11,6 +11,7 @@ const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 #[test]
 fn driver_mode_on_a_jumbo_frame_veth() {
+    testbed::require_root!();
     let lab = Lab::new(&[TARGET], 9000);
     let _l = lab.target.listen(&[(TARGET, 5201)]);
     let out = lab
@@ -54,12 +55,13 @@ impl Drop for Bpffs {
 
 #[test]
 fn never_replaces_someone_elses_program() {
+    testbed::require_root!();
     let lab = Lab::new(&[TARGET], 1500);
     let bpffs = Bpffs::mount();
     // Someone else's program, attached the classic way (netlink, `ip link`).
     let pin = format!("{}/foreign", bpffs.0);
-    let mut ebpf = scanner_agent::capture::load(Settings::default()).unwrap();
-    let prog = scanner_agent::capture::loaded_program(&mut ebpf).unwrap();
+    let mut ebpf = scanner_agent::scan::capture::load(Settings::default()).unwrap();
+    let prog = scanner_agent::scan::capture::loaded_program(&mut ebpf).unwrap();
     prog.pin(&pin).unwrap();
     lab.scanner.ip(&[
         "link",
@@ -97,6 +99,7 @@ fn never_replaces_someone_elses_program() {
 
 #[test]
 fn sigkill_leaves_no_program_attached() {
+    testbed::require_root!();
     let lab = Lab::new(&[TARGET], 1500);
     // Slow enough to still be running when killed.
     let mut child = lab

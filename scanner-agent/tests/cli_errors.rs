@@ -22,6 +22,7 @@ fn scan_fails(args: &[&str]) -> String {
 
 #[test]
 fn invalid_address_is_named() {
+    testbed::require_root!();
     let e = scan_fails(&["198.18.0.300"]);
     assert_eq!(
         e,
@@ -31,6 +32,7 @@ fn invalid_address_is_named() {
 
 #[test]
 fn invalid_ports_are_named() {
+    testbed::require_root!();
     let e = scan_fails(&["-p", "80,90-70", "198.18.0.2"]);
     assert_eq!(
         e,
@@ -40,6 +42,7 @@ fn invalid_ports_are_named() {
 
 #[test]
 fn never_targets_are_refused() {
+    testbed::require_root!();
     let e = scan_fails(&["224.0.0.0/24"]);
     assert!(
         e.contains("cannot be scanned: it includes multicast addresses"),
@@ -49,6 +52,7 @@ fn never_targets_are_refused() {
 
 #[test]
 fn oversized_ipv6_range_is_refused() {
+    testbed::require_root!();
     let e = scan_fails(&["2001:db8::/64"]);
     assert_eq!(
         e,
@@ -58,6 +62,7 @@ fn oversized_ipv6_range_is_refused() {
 
 #[test]
 fn bad_shard_is_named() {
+    testbed::require_root!();
     let e = scan_fails(&["--shard", "4/3", "198.18.0.2"]);
     assert!(
         e.contains("invalid shard \"4/3\": expected i/N with 1 <= i <= N"),
@@ -67,6 +72,7 @@ fn bad_shard_is_named() {
 
 #[test]
 fn hostname_without_dns_is_named() {
+    testbed::require_root!();
     let e = scan_fails(&["--disable-dns-resolution", "localhost"]);
     assert_eq!(
         e,
@@ -76,12 +82,14 @@ fn hostname_without_dns_is_named() {
 
 #[test]
 fn unknown_interface_is_named() {
+    testbed::require_root!();
     let e = scan_fails(&["--interface", "nope0", "198.18.0.2"]);
     assert_eq!(e, "error: interface nope0 does not exist\n");
 }
 
 #[test]
 fn missing_capability_is_named() {
+    testbed::require_root!();
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     for (cap, name) in [
         ("-net_raw", "CAP_NET_RAW"),

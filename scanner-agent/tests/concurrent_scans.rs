@@ -5,13 +5,16 @@ mod common;
 use std::{collections::BTreeSet, net::IpAddr, thread, time::Duration};
 
 use common::Lab;
-use scanner_agent::{
+use scanner_agent::scan::{
+    self, Attachment, ScanOptions,
     capture::hub::Hub,
-    engine::tuning::{Rate, Tuning},
+    engine::{
+        Budget,
+        tuning::{Rate, Tuning},
+    },
     probes::{Protocol, Shard},
     results::PortState,
     route,
-    scan::{self, ScanOptions},
     targets::{PortList, TargetSet, TargetSpec},
 };
 
@@ -41,7 +44,7 @@ fn options(target: &str) -> ScanOptions {
 fn scan_together(
     lab: &Lab,
     targets: [&'static str; 2],
-    budget: Option<scanner_agent::engine::Budget>,
+    budget: Option<Budget>,
 ) -> (Vec<BTreeSet<(String, u16)>>, Duration) {
     lab.scanner.run(move || {
         let set = TargetSet::parse(&targets).unwrap();
@@ -57,8 +60,7 @@ fn scan_together(
                             budget,
                             ..options(t)
                         };
-                        let targets = TargetSet::build(&opts.targets).unwrap();
-                        scan::run_with(hub, route, targets, &opts).unwrap()
+                        scan::run(&opts, Attachment::Shared { hub, route }).unwrap()
                     })
                 })
                 .into_iter()
@@ -82,6 +84,7 @@ fn scan_together(
 
 #[test]
 fn a_shared_budget_caps_the_rate_of_all_scans_together() {
+    testbed::require_root!();
     let lab = Lab::new(
         &[
             "198.18.0.2".parse::<IpAddr>().unwrap(),
@@ -94,9 +97,7 @@ fn a_shared_budget_caps_the_rate_of_all_scans_together() {
         ("198.18.0.3".parse().unwrap(), 2000),
     ]);
     // 2 x 3000 probes at 20,000 pps each, but 4,000 pps for both together.
-    let budget = std::sync::Arc::new(std::sync::Mutex::new(scanner_agent::transmit::Pacer::new(
-        4000.0,
-    )));
+    let budget = Budget::new(4000.0);
     let (found, took) = scan_together(&lab, ["198.18.0.2", "198.18.0.3"], Some(budget));
     assert_eq!(
         found[0],
@@ -115,6 +116,7 @@ fn a_shared_budget_caps_the_rate_of_all_scans_together() {
 
 #[test]
 fn two_scans_share_one_program() {
+    testbed::require_root!();
     let lab = Lab::new(
         &[
             "198.18.0.2".parse::<IpAddr>().unwrap(),

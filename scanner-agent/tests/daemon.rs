@@ -5,26 +5,20 @@ mod common;
 use std::{net::Ipv4Addr, time::Duration};
 
 use common::{
-    Lab,
-    daemon::{Daemon, PORT, await_body, fetch, get, metric, request},
+    Lab, agent,
+    daemon::{Daemon, FastScan, PORT, await_body, fetch, get, metric, request},
     wait_until,
 };
 
 #[test]
 fn scheduled_scans_become_metrics_and_changes_are_counted() {
+    testbed::require_root!();
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let mut listeners = lab.target.listen(&[
         (Ipv4Addr::new(198, 18, 0, 2), 22),
         (Ipv4Addr::new(198, 18, 0, 2), 25),
     ]);
-    let _daemon = Daemon::start(
-        &lab,
-        "daemon",
-        &format!(
-            "server:\n  port: {PORT}\nscanning:\n  interval: 2\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
-             initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.0/30\n"
-        ),
-    );
+    let _daemon = Daemon::start(agent(), &lab, "daemon", &FastScan::new(PORT).to_string());
     let open22 = "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"}";
     let open25 = "open_port_status{ip=\"198.18.0.2\",port=\"25\",protocol=\"tcp\"}";
     let changes = |body: &str, kind: &str| {
@@ -128,10 +122,12 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
 
 #[test]
 fn basic_auth_guards_every_endpoint() {
+    testbed::require_root!();
     const AUTH_PORT: u16 = 19920;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let hash = bcrypt::hash("s3cret", 4).unwrap();
     let _daemon = Daemon::start(
+        agent(),
         &lab,
         "auth",
         &format!(
@@ -191,17 +187,21 @@ fn basic_auth_guards_every_endpoint() {
 
 #[test]
 fn query_scans_only_configured_targets_on_demand() {
+    testbed::require_root!();
     const QUERY_PORT: u16 = 19921;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let _l = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 443)]);
     let _daemon = Daemon::start(
+        agent(),
         &lab,
         "query",
-        &format!(
-            "server:\n  port: {QUERY_PORT}\nscanning:\n  interval: 3600\n  port_range: \"1-10\"\n  rate_limit: 7\n  \
-             query_ranges: [198.18.0.8/30]\n  min_rate: 5000\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\n\
-             auth:\n  basic:\n    username: ops\n    password: pw\ntargets:\n  - 198.18.0.0/30\n"
-        ),
+        &FastScan::new(QUERY_PORT)
+            .interval(3600)
+            .ports("1-10")
+            .scanning("rate_limit: 7")
+            .scanning("query_ranges: [198.18.0.8/30]")
+            .with("auth:\n  basic:\n    username: ops\n    password: pw\n")
+            .to_string(),
     );
     use base64::Engine as _;
     let auth = format!(
@@ -277,16 +277,15 @@ fn query_scans_only_configured_targets_on_demand() {
 
 #[test]
 fn a_restart_keeps_open_ports_and_scan_times() {
+    testbed::require_root!();
     const STATE_PORT: u16 = 19922;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let _l = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 22)]);
     let first = Daemon::start(
+        agent(),
         &lab,
         "state",
-        &format!(
-            "server:\n  port: {STATE_PORT}\nscanning:\n  interval: 3600\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
-             initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.0/30\n"
-        ),
+        &FastScan::new(STATE_PORT).interval(3600).to_string(),
     );
     let open22 = "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"}";
     let scans = "scans_successful_total{target=\"198.18.0.0/30\"";
@@ -301,7 +300,7 @@ fn a_restart_keeps_open_ports_and_scan_times() {
 
     // Restarted: the open port is known at once, and the task, scanned a
     // moment ago with an interval of an hour, is not scanned again.
-    let _second = Daemon::spawn(&lab, dir, &[]);
+    let _second = Daemon::spawn(agent(), &lab, dir, &[]);
     assert!(wait_until(Duration::from_secs(10), || request(
         &lab, STATE_PORT, "/healthz", ""
     )
@@ -318,6 +317,7 @@ fn a_restart_keeps_open_ports_and_scan_times() {
 
 #[test]
 fn the_series_cap_protects_prometheus() {
+    testbed::require_root!();
     const CAP_PORT: u16 = 19923;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let _l = lab.target.listen(&[
@@ -325,12 +325,14 @@ fn the_series_cap_protects_prometheus() {
         (Ipv4Addr::new(198, 18, 0, 2), 22),
     ]);
     let _daemon = Daemon::start(
+        agent(),
         &lab,
         "cap",
-        &format!(
-            "server:\n  port: {CAP_PORT}\nscanning:\n  interval: 3600\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
-             max_open_port_series: 1\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.2\n"
-        ),
+        &FastScan::new(CAP_PORT)
+            .interval(3600)
+            .scanning("max_open_port_series: 1")
+            .targets(&["198.18.0.2"])
+            .to_string(),
     );
     let body = await_body(
         || fetch(&lab, CAP_PORT, "/metrics", ""),
@@ -356,18 +358,20 @@ fn the_series_cap_protects_prometheus() {
 
 #[test]
 fn query_results_update_the_scheduled_view_and_stay_bounded() {
+    testbed::require_root!();
     const MERGE_PORT: u16 = 19923;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let ssh = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 22)]);
     let _web = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 8080)]);
     let _daemon = Daemon::start(
+        agent(),
         &lab,
         "query-merge",
-        &format!(
-            "server:\n  port: {MERGE_PORT}\nscanning:\n  interval: 3600\n  port_range: \"20-30\"\n  rate_limit: 1000\n  \
-             min_rate: 5000\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\n\
-             auth:\n  bearer_tokens: [merge-token]\ntargets:\n  - 198.18.0.0/30\n"
-        ),
+        &FastScan::new(MERGE_PORT)
+            .interval(3600)
+            .scanning("rate_limit: 1000")
+            .with("auth:\n  bearer_tokens: [merge-token]\n")
+            .to_string(),
     );
     let auth = "Authorization: Bearer merge-token\r\n";
     let call = |path: &str| request(&lab, MERGE_PORT, path, auth);

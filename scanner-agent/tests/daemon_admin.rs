@@ -6,8 +6,8 @@ mod common;
 use std::{net::Ipv4Addr, time::Duration};
 
 use common::{
-    Lab, SCANNER_IF,
-    daemon::{Daemon, await_body, fetch, fetch_status, metric, request},
+    Lab, SCANNER_IF, agent,
+    daemon::{Daemon, FastScan, await_body, curl, fetch, fetch_status, metric, request},
     wait_until,
 };
 use rcgen::{
@@ -49,35 +49,14 @@ fn pki() -> Pki {
     }
 }
 
-/// curl inside the scanner namespace; the HTTP status, or None when no
-/// HTTP exchange happened (refused handshake, plain HTTP to a TLS port).
-fn curl(lab: &Lab, dir: &std::path::Path, args: &[&str]) -> Option<u16> {
-    let out = lab
-        .scanner
-        .command("curl")
-        .current_dir(dir)
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .args(args)
-        .output()
-        .expect("curl");
-    let code = String::from_utf8_lossy(&out.stdout).parse().ok()?;
-    (out.status.success() && code != 0).then_some(code)
-}
-
 #[test]
 fn tls_with_client_certificates() {
+    testbed::require_root!();
     const PORT: u16 = 19930;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let pki = pki();
     let daemon = Daemon::start_with(
+        agent(),
         &lab,
         "tls",
         &format!(
@@ -134,11 +113,13 @@ fn tls_with_client_certificates() {
 
 #[test]
 fn exporter_toolkit_web_config_is_honoured() {
+    testbed::require_root!();
     const PORT: u16 = 19931;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let pki = pki();
     let hash = bcrypt::hash("alice-pw", 4).unwrap();
     let daemon = Daemon::start_with(
+        agent(),
         &lab,
         "webconfig",
         &format!("server:\n  port: {PORT}\n  web_config_file: web-config.yml\n"),
@@ -164,21 +145,22 @@ fn exporter_toolkit_web_config_is_honoured() {
 }
 
 fn config(port: u16, ports: &str, token: &str) -> String {
-    format!(
-        "server:\n  port: {port}\nscanning:\n  interval: 2\n  port_range: \"{ports}\"\n  min_rate: 5000\n  \
-         initial_rtt_timeout: 100\n  max_rtt_timeout: 200\nauth:\n  bearer_tokens: [{token}]\ntargets:\n  - 198.18.0.0/30\n"
-    )
+    FastScan::new(port)
+        .ports(ports)
+        .with(&format!("auth:\n  bearer_tokens: [{token}]\n"))
+        .to_string()
 }
 
 #[test]
 fn sighup_reloads_the_config_and_a_bad_one_changes_nothing() {
+    testbed::require_root!();
     const PORT: u16 = 19932;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let _listeners = lab.target.listen(&[
         (Ipv4Addr::new(198, 18, 0, 2), 22),
         (Ipv4Addr::new(198, 18, 0, 2), 25),
     ]);
-    let mut daemon = Daemon::start(&lab, "reload", &config(PORT, "20-23", "one"));
+    let mut daemon = Daemon::start(agent(), &lab, "reload", &config(PORT, "20-23", "one"));
     let get = |token: &str| {
         request(
             &lab,
@@ -237,9 +219,10 @@ fn sighup_reloads_the_config_and_a_bad_one_changes_nothing() {
 
 #[test]
 fn healthz_fails_when_the_capture_path_is_gone() {
+    testbed::require_root!();
     const PORT: u16 = 19933;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
-    let _daemon = Daemon::start(&lab, "capture", &config(PORT, "20-23", "tok"));
+    let _daemon = Daemon::start(agent(), &lab, "capture", &config(PORT, "20-23", "tok"));
     let health = || fetch_status(&lab, PORT, "/healthz", "Authorization: Bearer tok\r\n");
     let ok = await_body(health, |b| b.starts_with("200 "), "never healthy");
     assert!(ok.contains("\"healthy\":true"), "{ok}");
@@ -254,6 +237,7 @@ fn healthz_fails_when_the_capture_path_is_gone() {
 
 #[test]
 fn a_full_queue_answers_503_at_once() {
+    testbed::require_root!();
     const PORT: u16 = 19934;
     // Four hosts that exist (a missing one fails fast on neighbour
     // resolution and would free the worker), one worker busy for minutes
@@ -262,6 +246,7 @@ fn a_full_queue_answers_503_at_once() {
     let hosts = [4, 5, 6, 7].map(|h| Ipv4Addr::new(198, 18, 0, h));
     let lab = Lab::new(&hosts, 1500);
     let _daemon = Daemon::start(
+        agent(),
         &lab,
         "full",
         &format!(
@@ -285,6 +270,7 @@ fn a_full_queue_answers_503_at_once() {
 /// CAP_NET_RAW and CAP_PERFMON (what the systemd unit grants) scans as root would.
 #[test]
 fn runs_unprivileged_with_exactly_four_capabilities() {
+    testbed::require_root!();
     const PORT: u16 = 19935;
     const NOBODY: u32 = 65534;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
@@ -298,6 +284,7 @@ fn runs_unprivileged_with_exactly_four_capabilities() {
     let caps = "+bpf,+net_admin,+net_raw,+perfmon";
     let uid = NOBODY.to_string();
     let daemon = Daemon::spawn(
+        agent(),
         &lab,
         dir,
         &[

@@ -6,9 +6,9 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
-    process::{Child, Stdio},
+    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,11 +17,15 @@ use std::{
     time::Duration,
 };
 
-use common::{Lab, Netns, agent, wait_until};
+use common::{
+    Lab, Netns, agent,
+    daemon::{Daemon, await_body, request},
+    wait_until,
+};
 use prometheus_client::registry::Registry;
 use scanner_agent::{
     firewall::{FirewallCollector, FirewallConfig},
-    metrics::encode_text,
+    web::exposition::encode_text,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -294,6 +298,7 @@ fn assert_matches_save(lab: &Lab, prefix: &str, tool: &str) -> (Series, Series) 
 
 #[test]
 fn every_label_and_counter_matches_iptables_save() {
+    testbed::require_root!();
     let lab = Lab::new(&[IpAddr::V4(TARGET), IpAddr::V6(TARGET6)], 1500);
     script(&lab.target, IPV4_RULES);
     script(&lab.target, IPV6_RULES);
@@ -360,6 +365,7 @@ fn every_label_and_counter_matches_iptables_save() {
 /// must show in the next scrape without a stale label.
 #[test]
 fn a_changed_ruleset_never_shows_stale_labels() {
+    testbed::require_root!();
     let ns = Netns::new("fw-change");
     script(
         &ns,
@@ -426,6 +432,7 @@ fn a_changed_ruleset_never_shows_stale_labels() {
 
 #[test]
 fn identical_rules_can_be_split_by_position() {
+    testbed::require_root!();
     let ns = Netns::new("fw-pos");
     script(
         &ns,
@@ -452,6 +459,7 @@ fn identical_rules_can_be_split_by_position() {
 /// The seed's example: its rules give exactly the seed's label sets.
 #[test]
 fn the_seeds_cassandra_ruleset_gives_the_seeds_label_sets() {
+    testbed::require_root!();
     let ns = Netns::new("fw-seed");
     let rules = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n\
                  *filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
@@ -533,6 +541,7 @@ fn the_seeds_cassandra_ruleset_gives_the_seeds_label_sets() {
 
 #[test]
 fn native_nft_tables_are_exported_by_handle_and_comment() {
+    testbed::require_root!();
     let ns = Netns::new("fw-nft");
     ns.nft(
         "table inet edge {\n counter ssh_seen { }\n chain input {\n  type filter hook input priority 0; policy accept;\n  \
@@ -588,6 +597,7 @@ fn native_nft_tables_are_exported_by_handle_and_comment() {
 
 #[test]
 fn no_tables_at_all_is_a_successful_empty_scrape() {
+    testbed::require_root!();
     let ns = Netns::new("fw-empty");
     let text = scrape(&ns, FirewallConfig::default());
     assert!(
@@ -604,6 +614,7 @@ fn no_tables_at_all_is_a_successful_empty_scrape() {
 
 #[test]
 fn rules_changing_during_scrapes_never_break_one() {
+    testbed::require_root!();
     let ns = Netns::new("fw-churn");
     script(
         &ns,
@@ -644,6 +655,7 @@ fn rules_changing_during_scrapes_never_break_one() {
 
 #[test]
 fn legacy_x_tables_are_reported() {
+    testbed::require_root!();
     let ns = Netns::new("fw-legacy");
     script(&ns, "iptables-legacy -A INPUT -p tcp --dport 22 -j ACCEPT");
     let text = scrape(&ns, FirewallConfig::default());
@@ -657,92 +669,43 @@ fn legacy_x_tables_are_reported() {
     );
 }
 
-/// An HTTP GET on loopback inside `ns`.
+/// An HTTP GET on loopback inside `ns`; the body.
 fn get(ns: &Netns, port: u16, path: &str) -> Option<String> {
     get_with(ns, port, path, "")
 }
 
 /// A GET with extra header lines; the body.
 fn get_with(ns: &Netns, port: u16, path: &str, headers: &str) -> Option<String> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n{headers}\r\n");
-    ns.run(move || {
-        let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
-        s.write_all(request.as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out.split_once("\r\n\r\n")?.1.to_owned())
-    })
+    request(ns, port, path, headers).map(|(_, _, body)| body)
 }
 
 /// `scanner-agent run` without targets, in `ns`, optionally without any
-/// capability; killed and cleaned up on drop.
-struct Daemon {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, config: &str, drop_caps: bool) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "scanner-agent-fw-{}-{}",
-            ns.name,
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("config.yaml"), config).unwrap();
-        let mut cmd = if drop_caps {
-            let mut c = ns.command("setpriv");
-            c.args(["--inh-caps=-all", "--bounding-set=-all", "--", agent()]);
-            c
-        } else {
-            ns.command(agent())
-        };
-        let child = cmd
-            .args(["run", "--config"])
-            .arg(dir.join("config.yaml"))
-            .arg("--state-file")
-            .arg(dir.join("state.json"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self { child, dir }
-    }
-
-    fn stderr(mut self) -> String {
-        let _ = self.child.kill();
-        let mut text = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut text);
-        }
-        text
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// capability.
+fn start_daemon(ns: &Netns, name: &str, config: &str, drop_caps: bool) -> Daemon {
+    let wrapper: &[&str] = if drop_caps {
+        &["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    } else {
+        &[]
+    };
+    Daemon::start_wrapped(agent(), ns, name, config, &[], wrapper)
 }
 
 fn await_metrics(ns: &Netns, port: u16, cond: impl Fn(&str) -> bool) -> String {
-    let mut body = String::new();
-    let ok = wait_until(Duration::from_secs(20), || {
-        body = get(ns, port, "/metrics").unwrap_or_default();
-        cond(&body)
-    });
-    assert!(ok, "port {port}:\n{body}");
-    body
+    await_body(
+        || get(ns, port, "/metrics").unwrap_or_default(),
+        cond,
+        &format!("port {port}"),
+    )
 }
 
 #[test]
 fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
+    testbed::require_root!();
     let ns = Netns::new("fw-daemon");
     script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let _daemon = Daemon::start(
+    let _daemon = start_daemon(
         &ns,
+        "fw-daemon",
         "server:\n  port: 19455\nfirewall:\n  listen: \"127.0.0.1:19456\"\n",
         false,
     );
@@ -759,10 +722,12 @@ fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
 /// The drop-in port is protected like every other endpoint.
 #[test]
 fn the_drop_in_listener_requires_the_agents_authentication() {
+    testbed::require_root!();
     let ns = Netns::new("fw-auth");
     script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let _daemon = Daemon::start(
+    let _daemon = start_daemon(
         &ns,
+        "fw-auth",
         "server:\n  port: 19458\nfirewall:\n  listen: \"127.0.0.1:19459\"\nauth:\n  bearer_tokens: [tok]\n",
         false,
     );
@@ -779,9 +744,10 @@ fn the_drop_in_listener_requires_the_agents_authentication() {
 
 #[test]
 fn without_cap_net_admin_the_scrape_fails_and_the_rest_of_metrics_works() {
+    testbed::require_root!();
     let ns = Netns::new("fw-nocap");
     script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let daemon = Daemon::start(&ns, "server:\n  port: 19457\n", true);
+    let daemon = start_daemon(&ns, "fw-nocap", "server:\n  port: 19457\n", true);
     let body = await_metrics(&ns, 19457, |b| b.contains("iptables_scrape_success"));
     assert!(
         body.lines().any(|l| l == "iptables_scrape_success 0"),

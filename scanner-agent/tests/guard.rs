@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Lab, Netns, SCANNER_ADDR, SCANNER_ADDR6, daemon::Daemon, sh, wait_until};
+use common::{Lab, Netns, SCANNER_ADDR, SCANNER_ADDR6, agent, daemon::Daemon, sh, wait_until};
 
 const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const TARGET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
@@ -107,6 +107,7 @@ fn table(ns: &Netns, name: &str) -> String {
 
 #[test]
 fn guard_allows_the_listed_sources_only() {
+    testbed::require_root!();
     let lab = Lab::new(&[IpAddr::V4(TARGET), IpAddr::V6(TARGET6)], 1500);
     let outsider = outsider(&lab);
     let _listeners = lab.target.listen(&[
@@ -234,6 +235,7 @@ fn guard_allows_the_listed_sources_only() {
 
 #[test]
 fn ipv6_sources() {
+    testbed::require_root!();
     let lab = Lab::new(&[IpAddr::V4(TARGET), IpAddr::V6(TARGET6)], 1500);
     let _listener = lab
         .target
@@ -270,8 +272,10 @@ fn ipv6_sources() {
 
 #[test]
 fn the_daemon_applies_guard_at_start_and_leaves_it_when_it_stops() {
+    testbed::require_root!();
     let lab = Lab::new(&[TARGET], 1500);
     let daemon = Daemon::start(
+        agent(),
         &lab,
         "guard",
         "server:\n  port: 19940\nguard:\n  enabled: true\n  port: 9100\n  allow: [198.18.0.2]\n",
@@ -290,9 +294,11 @@ fn the_daemon_applies_guard_at_start_and_leaves_it_when_it_stops() {
 
 #[test]
 fn a_reload_replaces_the_guard_and_turning_it_off_removes_it() {
+    testbed::require_root!();
     let lab = Lab::new(&[TARGET], 1500);
     let config = |guard: &str| format!("server:\n  port: 19941\nguard:\n{guard}");
     let daemon = Daemon::start(
+        agent(),
         &lab,
         "guard-reload",
         &config("  enabled: true\n  port: 9100\n  allow: [198.18.0.2]\n"),

@@ -19,8 +19,8 @@ use std::{
 
 use base64::Engine as _;
 use common::{
-    Lab,
-    daemon::{Daemon, PORT, await_body, fetch, metric, request, request_to},
+    Lab, agent,
+    daemon::{Daemon, FastScan, PORT, await_body, curl, fetch, metric, request, request_to},
     wait_until,
 };
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
@@ -141,6 +141,7 @@ impl Tally {
 
 #[test]
 fn a_scrape_succeeds_throughout_a_flood_of_hostile_clients() {
+    testbed::require_root!();
     const SCRAPERS: usize = 200;
     const GUESSERS: usize = 100;
     const IDLE: usize = 1000;
@@ -149,12 +150,13 @@ fn a_scrape_succeeds_throughout_a_flood_of_hostile_clients() {
     let _listener = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 22)]);
     // Cost 10, as `htpasswd -nBC 10` makes.
     let hash = bcrypt::hash("scrape-pw", 10).unwrap();
-    let config = format!(
-        "server:\n  port: {PORT}\nscanning:\n  interval: 5\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
-         initial_rtt_timeout: 100\n  max_rtt_timeout: 200\nauth:\n  users:\n    \
-         - {{username: prometheus, password: \"{hash}\", scopes: [metrics]}}\n  bearer_tokens:\n    \
-         - {{token: query-token, scopes: [query]}}\ntargets:\n  - 198.18.0.0/30\n"
-    );
+    let config = FastScan::new(PORT)
+        .interval(5)
+        .with(&format!(
+            "auth:\n  users:\n    - {{username: prometheus, password: \"{hash}\", scopes: [metrics]}}\n  \
+             bearer_tokens:\n    - {{token: query-token, scopes: [query]}}\n"
+        ))
+        .to_string();
     // Started with the usual soft limit of 1024 open files, which the
     // idle sockets alone would nearly exhaust: the agent raises it itself.
     let hard = raise_own_open_files_limit();
@@ -163,8 +165,14 @@ fn a_scrape_succeeds_throughout_a_flood_of_hostile_clients() {
         "the hard open files limit ({hard}) is too low for this test"
     );
     let nofile = format!("--nofile=1024:{hard}");
-    let mut daemon =
-        Daemon::start_wrapped(&lab, "hostile", &config, &[], &["prlimit", &nofile, "--"]);
+    let mut daemon = Daemon::start_wrapped(
+        agent(),
+        &lab,
+        "hostile",
+        &config,
+        &[],
+        &["prlimit", &nofile, "--"],
+    );
     let scrape = basic("prometheus", "scrape-pw");
     let open22 = "open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"}";
     await_body(
@@ -324,11 +332,13 @@ fn a_scrape_succeeds_throughout_a_flood_of_hostile_clients() {
 
 #[test]
 fn at_the_connection_cap_idle_sockets_make_room_and_kept_alive_connections_stay() {
+    testbed::require_root!();
     const CAP: usize = 50;
     const IDLE: usize = 200;
     let lab = Lab::new::<Ipv4Addr>(&[], 1500);
     let hash = bcrypt::hash("pw", 4).unwrap();
     let _daemon = Daemon::start(
+        agent(),
         &lab,
         "cap",
         &format!(
@@ -395,6 +405,7 @@ fn at_the_connection_cap_idle_sockets_make_room_and_kept_alive_connections_stay(
 
 #[test]
 fn each_credential_kind_gets_its_scopes_from_its_networks_only() {
+    testbed::require_root!();
     const FIREWALL_PORT: u16 = 19455;
     let lab = Lab::new::<Ipv4Addr>(&[], 1500);
     let hash = |pw: &str| bcrypt::hash(pw, 4).unwrap();
@@ -416,7 +427,13 @@ fn each_credential_kind_gets_its_scopes_from_its_networks_only() {
         )
     };
     let web = format!("basic_auth_users:\n  web: \"{}\"\n", hash("web-pw"));
-    let daemon = Daemon::start_with(&lab, "scopes", &config("admin-pw"), &[("web.yml", &web)]);
+    let daemon = Daemon::start_with(
+        agent(),
+        &lab,
+        "scopes",
+        &config("admin-pw"),
+        &[("web.yml", &web)],
+    );
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));
     let firewall = SocketAddr::from((Ipv4Addr::LOCALHOST, FIREWALL_PORT));
     assert!(wait_until(Duration::from_secs(10), || {
@@ -537,11 +554,13 @@ fn each_credential_kind_gets_its_scopes_from_its_networks_only() {
 
 #[test]
 fn the_tls_listener_has_the_same_bounds() {
+    testbed::require_root!();
     const CAP: usize = 10;
     const IDLE: usize = 30;
     let lab = Lab::new::<Ipv4Addr>(&[], 1500);
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let daemon = Daemon::start_with(
+        agent(),
         &lab,
         "tls-bounds",
         &format!(
@@ -553,25 +572,18 @@ fn the_tls_listener_has_the_same_bounds() {
             ("tls.key", &cert.signing_key.serialize_pem()),
         ],
     );
+    let url = format!("https://localhost:{PORT}/metrics");
+    let args = [
+        "--cacert",
+        "tls.crt",
+        "-H",
+        "Authorization: Bearer tok",
+        &url,
+    ];
     let curl = || {
-        let out = lab
-            .scanner
-            .command("curl")
-            .current_dir(&daemon.dir)
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-            ])
-            .args(["--cacert", "tls.crt", "-H", "Authorization: Bearer tok"])
-            .arg(format!("https://localhost:{PORT}/metrics"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        curl(&lab, &daemon.dir, &args)
+            .map(|code| code.to_string())
+            .unwrap_or_default()
     };
     assert!(wait_until(Duration::from_secs(10), || curl() == "200"));
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));

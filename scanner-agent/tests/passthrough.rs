@@ -8,12 +8,12 @@ mod common;
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
 use common::{
-    Lab, Netns,
+    Lab, Netns, NodeExporter, agent,
     daemon::{Daemon, await_body, get, metric},
 };
 
@@ -23,41 +23,6 @@ const EXPORTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 const ROUTE: &str = "/api/T2_TEST/monitoring/prometheus/passthrough";
 const TOKEN: &str = "Authorization: Bearer tok\r\n";
-
-/// node_exporter in a namespace, stopped on drop.
-struct NodeExporter(Child);
-
-impl NodeExporter {
-    fn start(ns: &Netns, addr: SocketAddr) -> Self {
-        let child = ns
-            .command("prometheus-node-exporter")
-            .args([
-                &format!("--web.listen-address={addr}"),
-                // A few collectors: a realistic body, a quick start.
-                "--collector.disable-defaults",
-                "--collector.cpu",
-                "--collector.meminfo",
-                "--collector.loadavg",
-                "--collector.netdev",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus-node-exporter is not on PATH (`cargo xtask test` provides it)");
-        Self(child)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for NodeExporter {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// One raw HTTP exchange from the scanner namespace: status, head, body bytes.
 fn exchange(lab: &Lab, to: SocketAddr, raw: String) -> Option<(u16, String, Vec<u8>)> {
@@ -174,6 +139,7 @@ fn outcome(lab: &Lab, outcome: &str) -> f64 {
 
 #[test]
 fn passthrough_to_a_real_node_exporter() {
+    testbed::require_root!();
     let lab = Lab::new(&[EXPORTER, OTHER], 1500);
     let mut exporter = NodeExporter::start(&lab.target, (EXPORTER, 9100).into());
     // Connected but never answering: the slow upstream.
@@ -192,7 +158,7 @@ fn passthrough_to_a_real_node_exporter() {
     let decoy = lab.target.listen(&[(OTHER, 9300)]).remove(0);
     decoy.set_nonblocking(true).unwrap();
 
-    let daemon = Daemon::start(&lab, "passthrough", &config(true, ""));
+    let daemon = Daemon::start(agent(), &lab, "passthrough", &config(true, ""));
     let route = format!("{ROUTE}/agent-host");
     let direct = || {
         exchange(

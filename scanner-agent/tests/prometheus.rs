@@ -10,8 +10,8 @@ use std::{
 };
 
 use common::{
-    Lab,
-    daemon::{Daemon, await_body, fetch, request},
+    Lab, agent,
+    daemon::{Daemon, FastScan, await_body, fetch, request},
 };
 use serde_json::Value;
 
@@ -96,18 +96,19 @@ fn one(lab: &Lab, promql: &str) -> String {
 
 #[test]
 fn prometheus_sees_the_truth_and_the_changes() {
+    testbed::require_root!();
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let mut listeners = lab.target.listen(&[
         (Ipv4Addr::new(198, 18, 0, 2), 22),
         (Ipv4Addr::new(198, 18, 0, 2), 25),
     ]);
     let daemon = Daemon::start(
+        agent(),
         &lab,
         "prometheus",
-        &format!(
-            "server:\n  port: {AGENT_PORT}\nscanning:\n  interval: 2\n  port_range: \"20-30\"\n  min_rate: 5000\n  \
-             initial_rtt_timeout: 100\n  max_rtt_timeout: 200\nauth:\n  bearer_tokens: [tok]\ntargets:\n  - 198.18.0.0/30\n"
-        ),
+        &FastScan::new(AGENT_PORT)
+            .with("auth:\n  bearer_tokens: [tok]\n")
+            .to_string(),
     );
     let _prometheus = Prometheus::start(&lab, &daemon.dir);
 
@@ -158,16 +159,17 @@ fn prometheus_sees_the_truth_and_the_changes() {
 /// in the README).
 #[test]
 fn promtool_finds_only_the_seeds_forced_warnings() {
+    testbed::require_root!();
     const PORT: u16 = 19942;
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let _listeners = lab.target.listen(&[(Ipv4Addr::new(198, 18, 0, 2), 22)]);
     let _daemon = Daemon::start(
+        agent(),
         &lab,
         "promtool",
-        &format!(
-            "server:\n  port: {PORT}\nscanning:\n  interval: 2\n  port_range: \"20-30\"\n  duration_metrics: true\n  \
-             min_rate: 5000\n  initial_rtt_timeout: 100\n  max_rtt_timeout: 200\ntargets:\n  - 198.18.0.0/30\n"
-        ),
+        &FastScan::new(PORT)
+            .scanning("duration_metrics: true")
+            .to_string(),
     );
     let body = await_body(
         || fetch(&lab, PORT, "/metrics", ""),

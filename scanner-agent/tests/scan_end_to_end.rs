@@ -100,6 +100,7 @@ const QUICK: [&str; 4] = ["--initial-rtt-timeout", "100", "--max-rtt-timeout", "
 
 #[test]
 fn finds_exactly_the_open_ports_on_every_address() {
+    testbed::require_root!();
     let targets = [t(2), t(3), t(4)];
     let lab = Lab::new(&targets, 1500);
     let truth: BTreeSet<(IpAddr, u16)> = [
@@ -149,6 +150,7 @@ fn finds_exactly_the_open_ports_on_every_address() {
 
 #[test]
 fn text_output_lists_open_ports_for_people() {
+    testbed::require_root!();
     let lab = Lab::new(&[t(2)], 1500);
     let _l = lab.target.listen(&[(t(2), 2222)]);
     let out = lab
@@ -170,6 +172,7 @@ fn text_output_lists_open_ports_for_people() {
 
 #[test]
 fn tcp_open_closed_and_filtered_follow_nmaps_rules() {
+    testbed::require_root!();
     let lab = Lab::new(&[t(2)], 1500);
     let _l = lab.target.listen(&[(t(2), 22), (t(2), 80)]);
     lab.target.firewall(&[
@@ -207,6 +210,7 @@ fn tcp_open_closed_and_filtered_follow_nmaps_rules() {
 
 #[test]
 fn udp_open_closed_filtered_and_silent() {
+    testbed::require_root!();
     let lab = Lab::new(&[t(2)], 1500);
     lab.target.udp_echo(SocketAddr::new(t(2).into(), 53));
     lab.target.udp_echo(SocketAddr::new(t(2).into(), 7000));
@@ -358,6 +362,7 @@ fn checksum(start: u32, data: &[u8]) -> u16 {
 
 #[test]
 fn spoofed_answers_neither_open_nor_close_silent_ports() {
+    testbed::require_root!();
     let v6: IpAddr = "2001:db8::2".parse().unwrap();
     let lab = Lab::new(&[IpAddr::V4(t(2)), v6], 1500);
     // Every probed port is silent: the target drops the probes.
@@ -465,6 +470,7 @@ fn spoofed_answers_neither_open_nor_close_silent_ports() {
 
 #[test]
 fn a_local_udp_service_in_the_probe_range_loses_nothing_during_a_tcp_scan() {
+    testbed::require_root!();
     let lab = Lab::new(&[t(2)], 1500);
     let _l = lab.target.listen(&[(t(2), 22)]);
     // A UDP service of the scanning host on a port of slot 0.
@@ -571,6 +577,7 @@ impl Drop for ChildGuard {
 
 #[test]
 fn ipv6_and_ipv4_targets_in_one_scan() {
+    testbed::require_root!();
     let v6: IpAddr = "2001:db8::2".parse().unwrap();
     let lab = Lab::new(&[IpAddr::V4(t(2)), v6], 1500);
     let _l = lab.target.listen(&[(v6, 8443), (IpAddr::V4(t(2)), 8443)]);
@@ -617,6 +624,7 @@ fn ipv6_and_ipv4_targets_in_one_scan() {
 
 #[test]
 fn host_discovery_skips_hosts_that_do_not_answer() {
+    testbed::require_root!();
     // .4 answers everything; .5 drops pings but answers TCP; .6 and .7 do not exist.
     let lab = Lab::new(&[t(4), t(5)], 1500);
     let _l = lab.target.listen(&[(t(4), 22), (t(5), 22)]);
@@ -643,6 +651,7 @@ fn host_discovery_skips_hosts_that_do_not_answer() {
 
 #[test]
 fn exclusions_always_win() {
+    testbed::require_root!();
     let lab = Lab::new(&[t(4), t(5)], 1500);
     let _l = lab.target.listen(&[(t(4), 22), (t(5), 22)]);
     let (found, stderr) = scan(
@@ -670,6 +679,7 @@ fn exclusions_always_win() {
 
 #[test]
 fn shards_split_the_scan_without_overlap() {
+    testbed::require_root!();
     let lab = Lab::new(&[t(2), t(3)], 1500);
     let _l = lab
         .target
@@ -708,6 +718,7 @@ fn shards_split_the_scan_without_overlap() {
 
 #[test]
 fn retries_recover_deliberately_dropped_probes() {
+    testbed::require_root!();
     let lab = Lab::new(&[t(2)], 1500);
     let open = [
         (t(2), 21),
@@ -747,6 +758,7 @@ fn retries_recover_deliberately_dropped_probes() {
 
 #[test]
 fn scan_settings_come_from_a_config_file() {
+    testbed::require_root!();
     let lab = Lab::new(&[t(2)], 1500);
     let _l = lab.target.listen(&[(t(2), 22), (t(2), 80)]);
     lab.target.udp_echo(SocketAddr::new(t(2).into(), 53));

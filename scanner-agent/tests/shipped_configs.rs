@@ -13,9 +13,12 @@ use std::{
 
 use common::agent;
 use prometheus_client::registry::Registry;
-use scanner_agent::metrics::{
-    AgentMetrics, ChangeLabels, ExporterMetrics, FailureLabels, IpLabels, ModeLabels, PortLabels,
-    TargetLabels, TaskLabels, encode_text,
+use scanner_agent::{
+    daemon::metrics::{
+        AgentMetrics, ChangeLabels, ExporterMetrics, FailureLabels, IpLabels, ModeLabels,
+        PortLabels, TargetLabels, TaskLabels,
+    },
+    web::exposition::encode_text,
 };
 
 fn configs(rel: &str) -> PathBuf {

@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::{
-    Lab,
+    Lab, agent,
     daemon::{Daemon, PORT, fetch, metric},
     wait_until,
 };
@@ -92,6 +92,7 @@ fn probes_to_removed(lab: &Lab) -> u64 {
 
 #[test]
 fn seed_defaults_scan_a_site_and_a_reload_stops_probing_removed_targets() {
+    testbed::require_root!();
     let addrs: Vec<Ipv4Addr> = (0..HOSTS).map(addr).collect();
     let lab = Lab::new(&addrs, 1500);
     let endpoints: Vec<(Ipv4Addr, u16)> = (0..HOSTS)
@@ -111,7 +112,7 @@ fn seed_defaults_scan_a_site_and_a_reload_stops_probing_removed_targets() {
          ip daddr {{ {removed_set} }} tcp flags & (syn | ack) == syn counter name \"removed\"\n  \
          ip daddr {{ {removed_set} }} tcp dport 29 drop\n }}\n}}\n"
     ));
-    let daemon = Daemon::start(&lab, "site-scale", &config(0..HOSTS, 5, ""));
+    let daemon = Daemon::start(agent(), &lab, "site-scale", &config(0..HOSTS, 5, ""));
     let state_path = daemon.dir.join("state.json");
 
     // Whoever reads the state file at any moment finds a whole one.
@@ -217,7 +218,7 @@ fn seed_defaults_scan_a_site_and_a_reload_stops_probing_removed_targets() {
         config(kept.clone(), 3600, "  max_open_port_series: 5\n"),
     )
     .unwrap();
-    let _restarted = Daemon::spawn(&lab, dir, &[]);
+    let _restarted = Daemon::spawn(agent(), &lab, dir, &[]);
     let up = wait_until(Duration::from_secs(20), || {
         body = fetch(&lab, PORT, "/metrics", "");
         body.contains("open_ports_total{")

@@ -83,6 +83,7 @@ fn scan_as_nobody(lab: &Lab, agent: &Path, caps: &[String]) -> Output {
 
 #[test]
 fn the_units_capabilities_are_enough_and_each_is_needed() {
+    testbed::require_root!();
     let caps = unit_capabilities();
     assert_eq!(caps, ["bpf", "net_admin", "net_raw", "perfmon"]);
     let lab = Lab::new(&[TARGET], 1500);

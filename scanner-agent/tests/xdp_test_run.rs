@@ -10,7 +10,7 @@ use aya::{
 use std::net::IpAddr;
 
 use etherparse::PacketBuilder;
-use scanner_agent::{capture::PROGRAMS, probes::packets};
+use scanner_agent::scan::{capture::PROGRAMS, probes::packets};
 use scanner_common::{
     Addr, ReplyEvent, ReplyKind,
     cookie::{echo_data, echo_id_seq, ident_of, payload_secret, probe_hash, seq_of, tag_of},
@@ -37,7 +37,7 @@ fn loaded() -> Ebpf {
 
 /// The program with a scan sending `protocols` in slot 1.
 fn loaded_with(protocols: u64) -> Ebpf {
-    let mut ebpf = scanner_agent::capture::load(SETTINGS).expect("load XDP program");
+    let mut ebpf = scanner_agent::scan::capture::load(SETTINGS).expect("load XDP program");
     let mut keys: Array<_, SlotKey> = Array::try_from(ebpf.map_mut("KEYS").unwrap()).unwrap();
     keys.set(
         1,
@@ -118,6 +118,7 @@ fn events(ebpf: &mut Ebpf) -> Vec<ReplyEvent> {
 
 #[test]
 fn valid_syn_ack_yields_exactly_one_event_per_run_and_is_consumed() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     let (verdict, _) = run(&ebpf, &reply(cookie().wrapping_add(1), true)).unwrap();
     assert_eq!(verdict, XDP_DROP);
@@ -135,6 +136,7 @@ fn valid_syn_ack_yields_exactly_one_event_per_run_and_is_consumed() {
 
 #[test]
 fn valid_rst_reports_closed() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     let (verdict, _) = run(&ebpf, &reply(cookie().wrapping_add(1), false)).unwrap();
     assert_eq!(verdict, XDP_DROP);
@@ -152,6 +154,7 @@ fn assert_passed_untouched(ebpf: &mut Ebpf, frame: &[u8], what: &str) {
 
 #[test]
 fn foreign_traffic_passes_untouched() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     assert_passed_untouched(
         &mut ebpf,
@@ -178,6 +181,7 @@ fn foreign_traffic_passes_untouched() {
 
 #[test]
 fn truncated_frames_pass_untouched() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     let frame = reply(cookie().wrapping_add(1), true);
     for len in 0..frame.len() {
@@ -203,6 +207,7 @@ fn ours(ebpf: &mut Ebpf, frame: &[u8]) -> ReplyEvent {
 
 #[test]
 fn udp_answers_icmp_errors_and_echo_replies_are_ours() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     let eth = || PacketBuilder::ethernet2([2; 6], [4; 6]);
 
@@ -401,6 +406,7 @@ fn answer_to(port: u16, request: &[u8]) -> Vec<u8> {
 
 #[test]
 fn udp_answers_must_echo_the_request_id_of_their_service() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     // (port, verified when the id is right)
     for (port, verified) in [
@@ -453,6 +459,7 @@ fn udp_answers_must_echo_the_request_id_of_their_service() {
 
 #[test]
 fn icmp_errors_must_quote_the_probes_ip_id_and_checksum() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     let syn = our_syn(TARGET, 22);
     let ev = ours(&mut ebpf, &icmp_unreach_v4(13, &syn[..28]));
@@ -496,6 +503,7 @@ fn icmp_errors_must_quote_the_probes_ip_id_and_checksum() {
 
 #[test]
 fn icmpv6_errors_must_quote_the_probes_flow_label() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     let (t6, u6): ([u8; 16], [u8; 16]) = (
         "2001:db8::2"
@@ -550,6 +558,7 @@ fn icmpv6_errors_must_quote_the_probes_flow_label() {
 
 #[test]
 fn echo_replies_must_echo_the_requests_data() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     let (id, seq, data) = echo_fields();
     assert_eq!(
@@ -572,6 +581,7 @@ fn echo_replies_must_echo_the_requests_data() {
 
 #[test]
 fn replies_of_protocols_the_scan_does_not_send_pass() {
+    testbed::require_root!();
     // A TCP-only scan in slot 1: valid-looking UDP answers, ICMP errors
     // quoting UDP probes and echo replies to the slot are someone else's.
     let mut ebpf = loaded_with(protocols::TCP);
@@ -610,6 +620,7 @@ fn replies_of_protocols_the_scan_does_not_send_pass() {
 
 #[test]
 fn ipv6_syn_ack_is_ours() {
+    testbed::require_root!();
     let mut ebpf = loaded();
     let (t6, u6): ([u8; 16], [u8; 16]) = (
         "2001:db8::2"

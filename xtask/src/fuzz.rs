@@ -9,11 +9,29 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
+use clap::Args;
 
-use crate::{cmd, run, toolchain};
+use crate::{
+    exec::{cmd, run, workspace_root},
+    toolchain,
+};
+
+#[derive(Args)]
+pub(crate) struct Options {
+    /// Seconds per target.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Only this target (frame_reply, config, query, specs).
+    #[arg(long)]
+    target: Option<String>,
+}
+
+pub(crate) fn run_task(o: Options) -> Result<()> {
+    run_all(o.seconds, o.target.as_deref())
+}
 
 /// (fuzz crate, target)
-pub const TARGETS: &[(&str, &str)] = &[
+pub(crate) const TARGETS: &[(&str, &str)] = &[
     ("scanner-common/fuzz", "frame_reply"),
     ("scanner-agent/fuzz", "config"),
     ("scanner-agent/fuzz", "query"),
@@ -24,7 +42,7 @@ pub const TARGETS: &[(&str, &str)] = &[
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Fuzzes every target (or only `only`) for `seconds` each.
-pub fn run_all(seconds: u64, only: Option<&str>) -> Result<()> {
+pub(crate) fn run_all(seconds: u64, only: Option<&str>) -> Result<()> {
     let chosen: Vec<_> = TARGETS
         .iter()
         .filter(|(_, t)| only.is_none_or(|o| o == *t))
@@ -73,7 +91,7 @@ fn fuzz(nightly: &str, dir: &str, target: &str, seconds: u64) -> Result<()> {
     let seeds = Path::new("corpus").join(target);
     eprintln!("xtask: fuzzing {target} for {seconds} s");
     let mut c = cmd("rustup");
-    c.current_dir(crate::workspace_root().join(dir))
+    c.current_dir(workspace_root().join(dir))
         .args([
             "run",
             nightly,

@@ -10,15 +10,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cmd, run};
+use crate::exec::{cmd, run};
 
 /// The nightly the eBPF crate is built with: the one these machines ship.
 /// A different nightly is installed under its dated name on first use.
-pub const NIGHTLY_DATE: &str = "2026-05-19";
+pub(crate) const NIGHTLY_DATE: &str = "2026-05-19";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// What the agent's build script needs to build the eBPF crate.
-pub struct Toolchain {
+pub(crate) struct Toolchain {
     /// rustup toolchain name of the pinned nightly.
     pub nightly: String,
     /// Directory holding `bpf-linker`, to put first on PATH.
@@ -27,14 +27,14 @@ pub struct Toolchain {
 
 impl Toolchain {
     /// Sets up a `cargo` invocation to build the agent with its XDP program.
-    pub fn apply(&self, cmd: &mut Command) {
+    pub(crate) fn apply(&self, cmd: &mut Command) {
         prepend_path(cmd, &self.linker_bin);
         cmd.env("SCANNER_EBPF_TOOLCHAIN", &self.nightly);
     }
 }
 
 /// Puts `dir` first in the PATH `cmd` will run with.
-pub fn prepend_path(cmd: &mut Command, dir: &Path) {
+pub(crate) fn prepend_path(cmd: &mut Command, dir: &Path) {
     let current = cmd
         .get_envs()
         .find(|(key, _)| *key == "PATH")
@@ -179,7 +179,7 @@ fn ensure_bpf_linker(info: &RustcInfo) -> Result<PathBuf> {
     Ok(bin)
 }
 
-pub fn ensure() -> Result<Toolchain> {
+pub(crate) fn ensure() -> Result<Toolchain> {
     let (nightly, info) = pick_nightly()?;
     ensure_rust_src(&nightly, &info)?;
     let linker_bin = ensure_bpf_linker(&info)?;
@@ -191,13 +191,13 @@ pub fn ensure() -> Result<Toolchain> {
 
 /// Debian packages building the agent needs: the firewall reader links
 /// libnftnl and libmnl, found through pkg-config.
-pub const BUILD_PACKAGES: &[&str] = &["pkg-config", "libnftnl-dev", "libmnl-dev"];
+pub(crate) const BUILD_PACKAGES: &[&str] = &["pkg-config", "libnftnl-dev", "libmnl-dev"];
 
 /// Debian packages the tests and benchmarks drive: `systemd` for
 /// `systemd-analyze verify`, `rpm` to inspect the built `.rpm`, `util-linux`
 /// for `setpriv`, iptables (the firewall counters are checked against
 /// `iptables-save`). prometheus and promtool come from `ensure_prometheus`.
-pub const TEST_PACKAGES: &[&str] = &[
+pub(crate) const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
     "procps",
@@ -218,7 +218,7 @@ const UNPACKED: &[(&str, &[&str])] = &[
 
 /// The directory holding the [`UNPACKED`] programs, taken out of their
 /// packages with `apt-get download` and `dpkg-deb -x`; put it on PATH.
-pub fn ensure_unpacked() -> Result<PathBuf> {
+pub(crate) fn ensure_unpacked() -> Result<PathBuf> {
     let dir = data_dir().join("unpacked");
     let runs = |p: &Path| {
         Command::new(p)
@@ -269,9 +269,10 @@ pub fn ensure_unpacked() -> Result<PathBuf> {
 /// Debian packages `cargo xtask bench` drives: the scanners compared with,
 /// the target's firewall, `iptables-save` for the firewall reader's bench,
 /// and `wrk` for the passthrough's (node_exporter comes from `ensure_unpacked`).
-pub const BENCH_PACKAGES: &[&str] = &["masscan", "nmap", "nftables", "iproute2", "iptables", "wrk"];
+pub(crate) const BENCH_PACKAGES: &[&str] =
+    &["masscan", "nmap", "nftables", "iproute2", "iptables", "wrk"];
 
-pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+pub(crate) fn ensure_packages(packages: &[&str]) -> Result<()> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f", "${Package} ${db:Status-Abbrev}\n"])
         .args(packages)
@@ -302,7 +303,7 @@ pub fn ensure_packages(packages: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

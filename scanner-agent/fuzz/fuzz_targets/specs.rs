@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scanner_agent::targets::{PortList, TargetSet, TargetSpec, check_syntax};
+use scanner_agent::scan::targets::{PortList, TargetSet, TargetSpec, check_syntax};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

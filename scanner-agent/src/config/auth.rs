@@ -13,7 +13,7 @@ use serde::{
     de::{self, IntoDeserializer as _, value::MapAccessDeserializer},
 };
 
-use super::checked_str;
+use super::values::checked_str;
 
 /// What a credential may call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -8,23 +8,27 @@
 //! with a warning.
 
 mod auth;
+pub mod values;
 mod web;
 
 use std::{
-    fmt,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer};
 
-pub use self::auth::{
-    Account, Auth, BasicAuth, Networks, Password, Scope, Scopes, Token, User, Username,
+use self::values::{checked_str, listening_port, yaml_error};
+pub use self::{
+    auth::{Account, Auth, BasicAuth, Networks, Password, Scope, Scopes, Token, User, Username},
+    values::{Bounded, Millis, Prefix},
 };
 use crate::{
-    engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
-    targets::{self, PortList, TargetSpec},
-    tls::TlsSettings,
+    scan::{
+        engine::tuning::{NmapTimings, Rate, Tuning},
+        targets::{self, PortList, TargetSpec},
+    },
+    web::tls::TlsSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,19 +56,19 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// SiteRM `main.yaml`'s keys for this host's node_exporter passthrough.
     #[serde(default)]
-    pub general: crate::passthrough::General,
+    pub general: crate::passthrough::config::General,
     /// Further hosts the passthrough fronts, its timeout and size limit.
     #[serde(default)]
-    pub passthrough: crate::passthrough::Settings,
+    pub passthrough: crate::passthrough::config::Settings,
     /// The port guard installed at start.
     #[serde(default)]
-    pub guard: crate::guard::GuardSettings,
+    pub guard: crate::guard::config::GuardSettings,
     /// Warnings found while reading the files the configuration names.
     #[serde(skip)]
     web_warnings: Vec<String>,
     /// Firewall counters (new section).
     #[serde(default)]
-    pub firewall: crate::firewall::FirewallConfig,
+    pub firewall: crate::firewall::config::FirewallConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -191,7 +195,7 @@ mod defaults {
         Prefix(120)
     }
     pub(super) fn max_ipv6_prefix() -> Prefix<128> {
-        Prefix(crate::targets::DEFAULT_MAX_V6_PREFIX)
+        Prefix(crate::scan::targets::DEFAULT_MAX_V6_PREFIX)
     }
     pub(super) fn timeout() -> Bounded<1, 604_800> {
         Bounded(3600)
@@ -225,106 +229,9 @@ mod defaults {
     }
 }
 
-/// Reads a whole number and checks it inside the deserializer, so a bad
-/// value is reported with its key and line.
-fn checked_int<'de, D: Deserializer<'de>, T>(
-    d: D,
-    expected: impl fmt::Display,
-    check: impl FnOnce(u64) -> Result<T, String>,
-) -> Result<T, D::Error> {
-    struct V<X, F>(X, F);
-    impl<'de, T, X: fmt::Display, F: FnOnce(u64) -> Result<T, String>> de::Visitor<'de> for V<X, F> {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "{}", self.0)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-            (self.1)(v).map_err(|e| E::custom(format!("{e} (expected {})", self.0)))
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-            let v =
-                u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))?;
-            self.visit_u64(v)
-        }
-    }
-    d.deserialize_u64(V(expected, check))
-}
-
-/// Reads a string and checks it inside the deserializer (see [`checked_int`]).
-pub(crate) fn checked_str<'de, D: Deserializer<'de>, T>(
-    d: D,
-    expected: &'static str,
-    check: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error> {
-    struct V<F>(&'static str, F);
-    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> de::Visitor<'de> for V<F> {
-        type Value = T;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(self.0)
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-            (self.1)(v).map_err(E::custom)
-        }
-    }
-    d.deserialize_str(V(expected, check))
-}
-
 /// Probes per second a rate key may ask for: far above what one host's
 /// kernel sends, low enough that every computation with it stays exact.
 pub const MAX_RATE: u64 = 100_000_000;
-
-/// A whole number from `MIN` to `MAX`: every numeric key has a range in
-/// which the agent is known to work, so no accepted value can overflow a
-/// computation or an allocation later.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
-
-/// Milliseconds of a delay or round-trip timeout: at most a minute.
-pub type Millis = Bounded<0, 60_000>;
-
-impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        checked_int(d, format!("a whole number from {MIN} to {MAX}"), |v| {
-            if (MIN..=MAX).contains(&v) {
-                Ok(Self(v))
-            } else {
-                Err(format!("{v} is out of range"))
-            }
-        })
-    }
-}
-
-/// A port to listen on: 0 would mean "any free port", which no scrape
-/// configuration could point at.
-fn listening_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    checked_int(d, "a port from 1 to 65535", |v| {
-        u16::try_from(v)
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("{v} is out of range"))
-    })
-}
-
-/// A prefix length of at most `MAX`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Prefix<const MAX: u8>(pub u8);
-
-impl<'de, const MAX: u8> Deserialize<'de> for Prefix<MAX> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let expected = if MAX == 32 {
-            "a prefix length 0-32"
-        } else {
-            "a prefix length 0-128"
-        };
-        checked_int(d, expected, |v| {
-            u8::try_from(v)
-                .ok()
-                .filter(|&p| p <= MAX)
-                .map(Self)
-                .ok_or_else(|| format!("{v} is out of range"))
-        })
-    }
-}
 
 /// A port specification such as `22,80,8000-8100`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -387,17 +294,6 @@ impl<'de> Deserialize<'de> for Target {
     }
 }
 
-/// serde_yaml's message, with the position it leaves out of some top-level errors.
-fn yaml_error(e: serde_yaml::Error) -> String {
-    let message = e.to_string();
-    match e.location() {
-        Some(at) if !message.contains(" at line ") => {
-            format!("{message} at line {} column {}", at.line(), at.column())
-        }
-        _ => message,
-    }
-}
-
 impl Config {
     /// Reads, parses and validates a configuration file, with the files it
     /// names (web config, certificates): nothing starts with a bad one.
@@ -423,8 +319,8 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let config = serde_yaml::from_str(text).map_err(yaml_error)?;
-        crate::passthrough::config::check(&config)?;
+        let config: Self = serde_yaml::from_str(text).map_err(yaml_error)?;
+        crate::passthrough::config::check(&config.general, &config.passthrough)?;
         Ok(config)
     }
 
@@ -477,7 +373,11 @@ impl Config {
         for key in self.auth.plain_password_keys() {
             w.push(format!("{key} is a plain password; prefer a bcrypt hash"));
         }
-        w.extend(crate::passthrough::config::warnings(self));
+        w.extend(crate::passthrough::config::warnings(
+            &self.general,
+            &self.passthrough,
+            self.auth.configured(),
+        ));
         w
     }
 }
@@ -491,30 +391,21 @@ pub fn parse_web_config(text: &str) -> Result<(), String> {
 impl Scanning {
     /// The scan engine's tuning from these keys (0 means "default" where nmap's did).
     pub fn tuning(&self) -> Tuning {
-        let ms = |v: Millis, default| {
-            if v.0 == 0 {
-                default
-            } else {
-                Duration::from_millis(v.0)
-            }
-        };
         Tuning {
-            rate: Rate::Adaptive {
-                min: self.min_rate.0,
-                max: (self.max_rate.0 > 0).then_some(self.max_rate.0),
-            },
+            rate: Rate::adaptive(self.min_rate.0, self.max_rate.0),
             min_parallelism: self.min_parallelism.0 as usize,
             max_retries: self.max_retries.0 as u8,
-            host_timeout: (self.host_timeout.0 > 0)
-                .then(|| Duration::from_secs(self.host_timeout.0)),
-            scan_delay: Duration::from_millis(self.scan_delay.0),
-            max_scan_delay: (self.max_scan_delay.0 > 0)
-                .then(|| Duration::from_millis(self.max_scan_delay.0)),
-            initial_rtt_timeout: ms(self.initial_rtt_timeout, DEFAULT_INITIAL_RTT),
-            min_rtt_timeout: ms(self.min_rtt_timeout, DEFAULT_MIN_RTT),
-            max_rtt_timeout: ms(self.max_rtt_timeout, DEFAULT_MAX_RTT),
             wait: Duration::from_secs(1),
+            ..Tuning::default()
         }
+        .with_nmap_timings(NmapTimings {
+            host_timeout: Some(self.host_timeout.0),
+            scan_delay: Some(self.scan_delay.0),
+            max_scan_delay: Some(self.max_scan_delay.0),
+            initial_rtt_timeout: Some(self.initial_rtt_timeout.0),
+            max_rtt_timeout: Some(self.max_rtt_timeout.0),
+            min_rtt_timeout: Some(self.min_rtt_timeout.0),
+        })
     }
 
     /// The target specification for `include`, with this section's

@@ -6,8 +6,11 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Deserializer};
 
-use super::{BasicAuth, Password, Username, checked_str, yaml_error};
-use crate::tls::TlsSettings;
+use super::{
+    BasicAuth, Password, Username,
+    values::{checked_str, yaml_error},
+};
+use crate::web::tls::TlsSettings;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,13 +1,10 @@
-//! The HTTP endpoints (axum, over TLS when configured): `/metrics`,
-//! `/healthz`, `/query` and the passthrough, all behind the same
-//! authentication, each route behind its scope, every listener within the
-//! bounds of [`connections`].
-
-mod connections;
+//! The daemon's HTTP endpoints: `/metrics`, `/healthz`, `/query` and the
+//! passthrough, each behind its scope, served through [`crate::web`]
+//! (listeners, TLS, connection bounds, authentication).
 
 use std::{
     net::{Ipv6Addr, SocketAddr},
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, PoisonError},
     time::UNIX_EPOCH,
 };
 
@@ -15,169 +12,128 @@ use axum::{
     Extension, Json, Router,
     body::Body,
     extract::{Path, Request, State, rejection::PathRejection},
-    http::{HeaderMap, StatusCode, header},
-    middleware,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
-use prometheus_client::registry::Registry;
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::{
-    signal::unix::{Signal, SignalKind, signal},
-    sync::Semaphore,
-};
-use tokio_rustls::TlsAcceptor;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use self::connections::{Serving, Table};
-use super::{DaemonError, Shared, auth, query, reload};
+use super::{DaemonError, Live, Shared, query, reload};
 use crate::{
-    config::Scope,
-    exposition,
+    config::{Auth, Scope},
     firewall::ListenAddress,
     passthrough::{self, handler::Target},
-    tls::TlsSettings,
+    web::{
+        self, Table, TlsCell,
+        auth::{Credentials, Verifier},
+        exposition::Encoders,
+    },
 };
 
-/// The TLS configuration in use, replaced when SIGHUP renews the certificate.
-type TlsCell = Arc<RwLock<Arc<rustls::ServerConfig>>>;
+/// The daemon's credentials are those of the configuration in force.
+impl Credentials for Shared {
+    type Current = Arc<Live>;
 
-/// Expositions encoded at once: each runs on a blocking thread (the
-/// firewall counters read netlink), so a burst of scrapes waits its turn
-/// there instead of holding the threads that serve requests.
-#[derive(Clone)]
-struct Encoders(Arc<Semaphore>);
+    fn current(&self) -> Arc<Live> {
+        self.live()
+    }
 
-pub(super) fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
+    fn auth(current: &Arc<Live>) -> &Auth {
+        &current.config.auth
+    }
+
+    fn verifier(&self) -> &Verifier {
+        &self.runtime.auth
+    }
+}
+
+/// The HTTP side's runtime, with SIGHUP watched already.
+pub(super) struct Server {
+    runtime: tokio::runtime::Runtime,
+    hangups: Signal,
+}
+
+/// Made first thing in `run`: a SIGHUP sent as soon as the agent shows any
+/// sign of life (its guard) then reloads once serving starts, instead of
+/// ending the process by default.
+pub(super) fn server() -> Result<Server, DaemonError> {
+    // Two threads: a slow handshake or handler on one does not hold the other.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let hangups = {
+        let _context = runtime.enter();
+        signal(SignalKind::hangup())?
+    };
+    Ok(Server { runtime, hangups })
+}
+
+pub(super) fn serve(server: Server, shared: Arc<Shared>) -> Result<(), DaemonError> {
+    let Server { runtime, hangups } = server;
     let live = shared.live();
-    connections::raise_open_files_limit(live.config.server.max_connections.0);
-    let tls: Option<TlsCell> = live
-        .config
-        .server
-        .tls
-        .as_ref()
-        .map(TlsSettings::server_config)
-        .transpose()?
-        .map(|c| Arc::new(RwLock::new(c)));
+    web::raise_open_files_limit(live.config.server.max_connections.0);
+    let tls = web::tls_cell(live.config.server.tls.as_ref())?;
     let main = bind(SocketAddr::from((
         Ipv6Addr::UNSPECIFIED,
         live.config.server.port,
     )))?;
     // iptables_exporter's port, for scrape configs that still point there:
     // the same authentication, TLS and connection bounds as the main port.
-    let firewall = match (&shared.firewall_registry, live.config.firewall.listen) {
+    let firewall = match (
+        &shared.metrics.firewall_registry,
+        live.config.firewall.listen,
+    ) {
         (Some(_), Some(ListenAddress(addr))) => Some(bind(addr)?),
         _ => None,
     };
-    // Two threads: a slow handshake or handler on one does not hold the other.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     runtime.block_on(async move {
-        let hangups = signal(SignalKind::hangup())?;
         tokio::spawn(reload_on_hangup(hangups, Arc::clone(&shared), tls.clone()));
-        let encoders = Encoders(Arc::new(Semaphore::new(
-            std::thread::available_parallelism().map_or(1, usize::from),
-        )));
+        let encoders = Encoders::new();
         let app = Router::new()
-            .merge(scoped(
+            .merge(web::scoped(
                 Scope::Metrics,
                 Router::new()
                     .route("/metrics", get(metrics))
                     .route("/healthz", get(healthz)),
             ))
-            .merge(scoped(
+            .merge(web::scoped(
                 Scope::Query,
                 Router::new()
                     .route("/query", get(query::enqueue))
                     .route("/query/{id}", get(query::status)),
             ))
-            .merge(scoped(
+            .merge(web::scoped(
                 Scope::Passthrough,
                 Router::new().route(passthrough::ROUTE, get(passthrough)),
             ));
         let table = Table::new();
+        let max_connections = |shared: &Arc<Shared>| {
+            let limit = Arc::clone(shared);
+            Arc::new(move || {
+                usize::try_from(limit.live().config.server.max_connections.0).unwrap_or(usize::MAX)
+            }) as Arc<dyn Fn() -> usize + Send + Sync>
+        };
         if let Some(listener) = firewall {
-            let app = scoped(
+            let app = web::scoped(
                 Scope::Metrics,
                 Router::new().route("/metrics", get(firewall_metrics)),
-            );
-            let serving = serving(app, &shared, tls.as_ref(), &table, &encoders);
-            tokio::spawn(run(listener, serving));
+            )
+            .layer(Extension(encoders.clone()));
+            let serving =
+                web::serving(app, &shared, tls.as_ref(), &table, max_connections(&shared));
+            tokio::spawn(web::run(listener, serving));
         }
-        let serving = serving(app, &shared, tls.as_ref(), &table, &encoders);
-        run(main, serving).await
+        let app = app.layer(Extension(encoders));
+        let serving = web::serving(app, &shared, tls.as_ref(), &table, max_connections(&shared));
+        web::run(main, serving).await?;
+        Ok(())
     })
 }
 
-/// Routes that need `scope`.
-fn scoped(scope: Scope, routes: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
-    routes.route_layer(middleware::from_fn_with_state(scope, auth::authorize))
-}
-
-/// A listening socket on `addr`; `[::]` takes IPv4 clients too.
+/// A listening socket on `addr`, or the error that names it.
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
-    let listen = || -> std::io::Result<std::net::TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(false)?;
-        }
-        socket.bind(&addr.into())?;
-        // Room for a burst of new connections between two accepts.
-        socket.listen(1024)?;
-        socket.set_nonblocking(true)?;
-        Ok(socket.into())
-    };
-    listen().map_err(|source| DaemonError::Listen { addr, source })
-}
-
-/// `app` behind the authentication, over TLS when configured, within the
-/// connection bounds of `table`.
-fn serving(
-    app: Router<Arc<Shared>>,
-    shared: &Arc<Shared>,
-    tls: Option<&TlsCell>,
-    table: &Arc<Table>,
-    encoders: &Encoders,
-) -> Serving {
-    let app = app
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(shared),
-            auth::authenticate,
-        ))
-        .layer(Extension(encoders.clone()))
-        .with_state(Arc::clone(shared));
-    let tls = tls.map(|cell| {
-        let cell = Arc::clone(cell);
-        Arc::new(move || {
-            TlsAcceptor::from(Arc::clone(
-                &cell.read().unwrap_or_else(PoisonError::into_inner),
-            ))
-        }) as Arc<dyn Fn() -> TlsAcceptor + Send + Sync>
-    });
-    let limit = Arc::clone(shared);
-    Serving {
-        app,
-        tls,
-        table: Arc::clone(table),
-        max_connections: Arc::new(move || {
-            usize::try_from(limit.live().config.server.max_connections.0).unwrap_or(usize::MAX)
-        }),
-    }
-}
-
-async fn run(listener: std::net::TcpListener, serving: Serving) -> Result<(), DaemonError> {
-    let addr = listener.local_addr()?;
-    let scheme = if serving.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    tracing::info!(%addr, scheme, "serving HTTP");
-    connections::accept_loop(listener, serving).await;
-    Ok(())
+    web::bind(addr).map_err(|source| DaemonError::Listen { addr, source })
 }
 
 /// Reloads the configuration on every SIGHUP, and with it the TLS
@@ -208,39 +164,14 @@ async fn reload_on_hangup(mut hangups: Signal, shared: Arc<Shared>, tls: Option<
     }
 }
 
-/// `registry` encoded for `headers` on a blocking thread, a few at a time.
-async fn exposition(
-    encoders: &Encoders,
-    shared: &Arc<Shared>,
-    registry: fn(&Shared) -> Option<&Registry>,
-    headers: HeaderMap,
-) -> Response {
-    let Ok(_permit) = encoders.0.acquire().await else {
-        return StatusCode::SERVICE_UNAVAILABLE.into_response();
-    };
-    let shared = Arc::clone(shared);
-    let encoded = tokio::task::spawn_blocking(move || {
-        registry(&shared).map(|r| exposition::encode(r, &headers))
-    })
-    .await;
-    match encoded {
-        Ok(Some((content_type, body))) => {
-            ([(header::CONTENT_TYPE, content_type)], body).into_response()
-        }
-        Ok(None) => StatusCode::NOT_FOUND.into_response(),
-        Err(e) => {
-            tracing::error!("encoding the metrics failed: {e}");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
-}
-
 async fn metrics(
     State(shared): State<Arc<Shared>>,
     Extension(encoders): Extension<Encoders>,
     headers: HeaderMap,
 ) -> Response {
-    exposition(&encoders, &shared, |s| Some(&s.registry), headers).await
+    encoders
+        .respond(&shared, |s| Some(&s.metrics.registry), headers)
+        .await
 }
 
 async fn firewall_metrics(
@@ -248,24 +179,21 @@ async fn firewall_metrics(
     Extension(encoders): Extension<Encoders>,
     headers: HeaderMap,
 ) -> Response {
-    exposition(
-        &encoders,
-        &shared,
-        |s| s.firewall_registry.as_ref(),
-        headers,
-    )
-    .await
+    encoders
+        .respond(&shared, |s| s.metrics.firewall_registry.as_ref(), headers)
+        .await
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let last = *shared
+        .state
         .last_completed
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let full = shared.work.is_full();
+    let full = shared.runtime.work.is_full();
     let capture_ok = shared.capture_ok();
     let mode = shared.capture().map(|c| c.hub.mode().to_string());
-    let stopped = shared.vitals.stopped();
+    let stopped = shared.runtime.vitals.stopped();
     let status = if !stopped.is_empty() {
         format!("a daemon thread stopped: {}", stopped.join(", "))
     } else if full {
@@ -277,7 +205,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     };
     let body = serde_json::json!({
         "status": status,
-        "queue_size": shared.work.len(),
+        "queue_size": shared.runtime.work.len(),
         "xdp": { "attached": mode.is_some(), "healthy": capture_ok, "mode": mode },
         "last_scan_timestamp_seconds": last.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
     });
@@ -300,6 +228,7 @@ async fn passthrough(
         .ok()
         .map(|Path((sitename, hostname))| Target { sitename, hostname });
     shared
+        .runtime
         .passthrough
         .serve(
             &live.config.auth,

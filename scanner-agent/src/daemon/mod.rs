@@ -3,16 +3,17 @@
 //! `worker_count` workers scan them through one shared XDP program, and the
 //! results become the OpenPort Exporter's metrics, served over HTTP.
 
-pub(crate) mod auth;
-mod http;
-mod query;
-mod queue;
-mod reload;
-mod report;
+mod tasks;
 mod scheduler;
-mod state;
-mod vitals;
+mod queue;
 mod worker;
+mod report;
+pub mod metrics;
+mod state;
+mod query;
+mod reload;
+mod http;
+mod vitals;
 
 use std::{
     collections::HashMap,
@@ -22,23 +23,26 @@ use std::{
     time::SystemTime,
 };
 
-use prometheus_client::registry::Registry;
-
-use self::report::TaskState;
 use scanner_common::maps::MAX_SCANS;
 
+use self::{
+    metrics::{Metrics, TaskLabels},
+    report::TaskState,
+    tasks::Task,
+};
 use crate::{
-    capture::{XdpCounters, hub::Hub},
     config::{Config, Ports},
-    engine::Budget,
     guard::Guard,
-    metrics::{AgentMetrics, ExporterMetrics, ModeLabels, TaskLabels},
-    passthrough, privileges,
-    probes::Protocol,
-    route::{self, Route},
-    scan::ScanError,
-    schedule::{self, Task},
-    transmit::Pacer,
+    passthrough,
+    scan::{
+        ScanError,
+        capture::hub::Hub,
+        engine::Budget,
+        privileges,
+        probes::Protocol,
+        route::{self, Route},
+    },
+    web::auth::Verifier,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +55,7 @@ pub enum DaemonError {
     #[error("{key}: {source}")]
     Targets {
         key: &'static str,
-        source: crate::targets::TargetError,
+        source: crate::scan::targets::TargetError,
     },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -61,7 +65,7 @@ pub enum DaemonError {
     #[error("cannot start the HTTP server: {0}")]
     Runtime(#[from] std::io::Error),
     #[error("server.tls: {0}")]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::web::tls::TlsError),
     #[error("guard: {0}")]
     Guard(#[from] crate::guard::GuardError),
 }
@@ -107,14 +111,14 @@ impl Live {
         let jobs = jobs(&config)?;
         let allowed = query_allowed(&config, &jobs)?;
         let max_rate = config.scanning.max_rate.0;
-        let budget = (max_rate > 0).then(|| Arc::new(Mutex::new(Pacer::new(max_rate as f64))));
+        let budget = (max_rate > 0).then(|| Budget::new(max_rate as f64));
         let g = &config.guard;
         let guard = g
             .enabled
             .then(|| Guard::new(g.port, &g.sources(), config.server.port, g.force))
             .transpose()?;
         Ok(Self {
-            passthrough: passthrough::Hosts::from_config(&config),
+            passthrough: passthrough::Hosts::new(&config.general, &config.passthrough),
             config,
             jobs,
             allowed,
@@ -169,40 +173,59 @@ struct Capture {
     route: Route,
 }
 
-/// What the HTTP handlers, the scheduler and the workers share.
+/// What the HTTP handlers, the scheduler and the workers share, in four
+/// named parts.
 pub(crate) struct Shared {
+    settings: Settings,
+    metrics: Metrics,
+    state: State,
+    runtime: Runtime,
+}
+
+/// The configuration in force, and where it is read from.
+struct Settings {
     live: RwLock<Arc<Live>>,
     /// Bumped by every reload, so the scheduler redoes its timetable.
     generation: AtomicU64,
-    config_path: PathBuf,
+    path: PathBuf,
+}
+
+/// What the daemon knows of its tasks' results, kept across restarts in
+/// the state file (see [`state`]).
+struct State {
+    tasks: Mutex<HashMap<Job, TaskState>>,
+    file: Option<state::StateFile>,
+    last_completed: Mutex<Option<SystemTime>>,
+}
+
+/// The running parts: the attached program, the job queue, the `/query`
+/// records, the threads, and the HTTP side's helpers.
+struct Runtime {
     /// None until there is something to scan.
     capture: Mutex<Option<Capture>>,
-    registry: Registry,
-    /// The firewall counters alone, for their drop-in listener.
-    firewall_registry: Option<Registry>,
-    metrics: ExporterMetrics,
-    agent: AgentMetrics,
-    /// The XDP counters at the last update, to add only what is new.
-    xdp_seen: Mutex<XdpCounters>,
-    tasks: Mutex<HashMap<Job, TaskState>>,
     work: queue::Work,
-    last_completed: Mutex<Option<SystemTime>>,
     queries: Mutex<query::Book>,
-    state_file: Option<state::StateFile>,
     /// The scheduler and worker threads, and which of them have died.
     vitals: vitals::Vitals,
     passthrough: passthrough::Proxy,
     /// Checks credentials off the serving threads and remembers good ones.
-    auth: auth::Verifier,
+    auth: Verifier,
 }
 
 impl Shared {
     fn live(&self) -> Arc<Live> {
-        Arc::clone(&self.live.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .settings
+                .live
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     fn capture(&self) -> Option<Capture> {
-        self.capture
+        self.runtime
+            .capture
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -219,20 +242,22 @@ impl Shared {
 
     /// Queues a job at once, or says the queue is full (never waits).
     fn enqueue(&self, job: Job) -> Result<(), queue::Full> {
-        let outcome = self.work.push(job);
+        let outcome = self.runtime.work.push(job);
         self.count_queued();
         outcome
     }
 
     fn count_queued(&self) {
-        self.metrics.task_queue_size.set(self.work.len() as i64);
+        self.metrics.queued(self.runtime.work.len());
     }
 
     /// Gets ready to run `live`: the program attached where it scans, the
     /// counters of its jobs created.
     fn prepare(&self, live: &Live) -> Result<(), DaemonError> {
         self.attach(live)?;
-        live.jobs.iter().for_each(|job| report::declare(self, job));
+        live.jobs
+            .iter()
+            .for_each(|job| self.metrics.declare(&job.labels()));
         Ok(())
     }
 
@@ -245,7 +270,11 @@ impl Shared {
         privileges::check_scan().map_err(ScanError::from)?;
         let route = route::lookup(live.allowed.iter().map(|t| t.subnet.network()), None)
             .map_err(ScanError::from)?;
-        let mut capture = self.capture.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut capture = self
+            .runtime
+            .capture
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = capture.as_mut()
             && c.route.interface == route.interface
         {
@@ -257,30 +286,14 @@ impl Shared {
             route::probe_ports().map_err(ScanError::from)?,
         )
         .map_err(ScanError::from)?;
-        if let Some(old) = capture.take() {
-            self.agent
-                .xdp_attached
-                .get_or_create(&mode_labels(&old.hub))
-                .set(0);
-            // The new program counts from zero.
-            *self.xdp_seen.lock().unwrap_or_else(PoisonError::into_inner) = XdpCounters::default();
-        }
-        self.agent
-            .xdp_attached
-            .get_or_create(&mode_labels(&hub))
-            .set(1);
+        let old = capture.take().map(|old| old.hub.mode().to_string());
+        self.metrics.attached(hub.mode().to_string(), old);
         tracing::info!(interface = %route.interface, mode = %hub.mode(), "XDP program attached");
         *capture = Some(Capture {
             hub: Arc::new(hub),
             route,
         });
         Ok(())
-    }
-}
-
-fn mode_labels(hub: &Hub) -> ModeLabels {
-    ModeLabels {
-        mode: hub.mode().to_string(),
     }
 }
 
@@ -304,6 +317,7 @@ pub fn check(config_path: &Path) -> Result<Config, DaemonError> {
 /// Runs the exporter until the process is stopped. `state_file` keeps open
 /// ports and last-scan times across restarts; SIGHUP rereads `config_path`.
 pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonError> {
+    let server = http::server()?;
     let live = Live::new(Config::load(config_path)?)?;
     live.config
         .warnings()
@@ -314,44 +328,44 @@ pub fn run(config_path: &Path, state_file: Option<&Path>) -> Result<(), DaemonEr
     let workers = scanners(s.worker_count.0);
     let work = queue::Work::new(s.task_queue_size.0 as usize);
 
-    let mut registry = Registry::default();
-    let metrics = ExporterMetrics::register(&mut registry, s.duration_metrics);
-    let agent = AgentMetrics::register(&mut registry);
-    let firewall_registry = crate::firewall::start(&live.config.firewall, &mut registry);
-    let passthrough = passthrough::Proxy::new(&mut registry);
+    let (metrics, passthrough) = Metrics::register(s.duration_metrics, &live.config.firewall);
     let shared = Arc::new(Shared {
-        live: RwLock::new(Arc::new(live)),
-        generation: AtomicU64::new(0),
-        config_path: config_path.to_owned(),
-        capture: Mutex::new(None),
-        registry,
-        firewall_registry,
+        settings: Settings {
+            live: RwLock::new(Arc::new(live)),
+            generation: AtomicU64::new(0),
+            path: config_path.to_owned(),
+        },
         metrics,
-        agent,
-        xdp_seen: Mutex::new(XdpCounters::default()),
-        tasks: Mutex::new(HashMap::new()),
-        work,
-        last_completed: Mutex::new(None),
-        queries: Mutex::new(query::Book::default()),
-        state_file: state_file.map(state::StateFile::new),
-        vitals: vitals::Vitals::default(),
-        passthrough,
-        auth: auth::Verifier::new(),
+        state: State {
+            tasks: Mutex::new(HashMap::new()),
+            file: state_file.map(state::StateFile::new),
+            last_completed: Mutex::new(None),
+        },
+        runtime: Runtime {
+            capture: Mutex::new(None),
+            work,
+            queries: Mutex::new(query::Book::default()),
+            vitals: vitals::Vitals::default(),
+            passthrough,
+            auth: Verifier::new(),
+        },
     });
     shared.prepare(&shared.live())?;
-    reload::record(&shared.agent, true);
+    shared.metrics.reloaded(true);
 
     for n in 0..workers {
         let worker = Arc::clone(&shared);
         shared
+            .runtime
             .vitals
             .spawn(format!("worker-{n}"), move || worker::work(&worker))?;
     }
     let scheduler = Arc::clone(&shared);
     shared
+        .runtime
         .vitals
         .spawn("scheduler".into(), move || scheduler::run(&scheduler))?;
-    http::serve(shared)
+    http::serve(server, shared)
 }
 
 /// How many scans run at once: `worker_count`, but never more than the XDP
@@ -378,7 +392,7 @@ fn query_allowed(config: &Config, jobs: &[Job]) -> Result<Vec<Task>, DaemonError
     if !s.query_ranges.is_empty() {
         let spec = s.target_spec(s.query_ranges.iter().map(|t| t.0.clone()).collect());
         let extra =
-            schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
+            tasks::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
                 DaemonError::Targets {
                     key: "scanning.query_ranges",
                     source,
@@ -401,13 +415,12 @@ fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
         return Ok(Vec::new());
     }
     let spec = s.target_spec(config.targets.iter().map(|t| t.0.clone()).collect());
-    let tasks =
-        schedule::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
-            DaemonError::Targets {
-                key: "targets",
-                source,
-            }
-        })?;
+    let tasks = tasks::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
+        DaemonError::Targets {
+            key: "targets",
+            source,
+        }
+    })?;
     let protocols: &[Protocol] = if s.udp_scan {
         &[Protocol::Tcp, Protocol::Udp]
     } else {

@@ -19,14 +19,11 @@ use axum::{
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use super::{Job, Shared, auth};
+use super::{Job, Shared, metrics::TaskLabels, tasks::Task};
 use crate::{
     config::Ports,
-    metrics::{FailureLabels, TaskLabels},
-    probes::Protocol,
-    results::PortResult,
-    scan::{ScanError, ScanReport},
-    schedule::Task,
+    scan::{ScanError, ScanReport, probes::Protocol, results::PortResult},
+    web::auth,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +150,7 @@ pub(super) async fn enqueue(
     }
     let interval = Duration::from_secs(shared.live().config.scanning.interval.0);
     let mut book = shared
+        .runtime
         .queries
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -202,6 +200,7 @@ pub(super) async fn enqueue(
 fn rate_limited(shared: &Shared) -> Option<Duration> {
     let limit = shared.live().config.scanning.rate_limit.0 as usize;
     let mut book = shared
+        .runtime
         .queries
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -256,6 +255,7 @@ pub(super) fn parse(params: &HashMap<String, String>) -> Result<(IpNet, Ports, P
 
 pub(super) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
     let mut book = shared
+        .runtime
         .queries
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -278,6 +278,7 @@ pub(super) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<u64
 pub(super) fn started(shared: &Shared, job: &Job) {
     let Some(id) = job.query else { return };
     if let Some(e) = shared
+        .runtime
         .queries
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -291,6 +292,7 @@ pub(super) fn started(shared: &Shared, job: &Job) {
 pub(super) fn finished(shared: &Shared, job: &Job, outcome: &Result<ScanReport, ScanError>) {
     let Some(id) = job.query else { return };
     let mut book = shared
+        .runtime
         .queries
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -319,6 +321,7 @@ pub(super) fn keep_series(shared: &Shared, labels: &TaskLabels) {
         return;
     }
     let mut book = shared
+        .runtime
         .queries
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -331,20 +334,7 @@ pub(super) fn keep_series(shared: &Shared, labels: &TaskLabels) {
         if live.jobs.iter().any(|j| j.labels() == old) {
             continue;
         }
-        let m = &shared.metrics;
-        m.scans_successful.remove(&old);
-        m.nmap_scan_timeouts.remove(&old);
-        m.last_scan_timestamp_seconds.remove(&old);
-        m.scan_duration_seconds.remove(&old);
-        m.scan_duration_histogram_seconds.remove(&old);
-        for error_type in super::report::ERROR_TYPES {
-            m.scans_failed.remove(&FailureLabels {
-                target: old.target.clone(),
-                port_range: old.port_range.clone(),
-                protocol: old.protocol.clone(),
-                error_type: error_type.into(),
-            });
-        }
+        shared.metrics.forget_query(&old);
     }
 }
 

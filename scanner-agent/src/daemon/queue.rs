@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::Job;
-use crate::engine::Cancel;
+use crate::scan::engine::Cancel;
 
 /// The queue has `capacity` jobs waiting already.
 #[derive(Debug)]
@@ -167,7 +167,7 @@ mod tests {
     use std::{net::IpAddr, thread};
 
     use super::*;
-    use crate::{config::Ports, probes::Protocol, schedule::Task};
+    use crate::{config::Ports, daemon::tasks::Task, scan::probes::Protocol};
 
     fn job(addr: &str) -> Job {
         Job {

@@ -3,16 +3,16 @@
 
 use std::{
     sync::{Arc, PoisonError, atomic::Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use super::{DaemonError, Job, Live, Shared, apply_guard, report, scheduler};
-use crate::{config::Config, metrics::AgentMetrics};
+use super::{DaemonError, Job, Live, Shared, apply_guard, report, state};
+use crate::config::Config;
 
 /// Rereads the configuration file and swaps it in; on error nothing changes.
 pub(super) fn reload(shared: &Shared) -> Result<(), DaemonError> {
     let outcome = apply(shared);
-    record(&shared.agent, outcome.is_ok());
+    shared.metrics.reloaded(outcome.is_ok());
     outcome
 }
 
@@ -22,7 +22,7 @@ pub(super) fn reload(shared: &Shared) -> Result<(), DaemonError> {
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
 
 fn apply(shared: &Shared) -> Result<(), DaemonError> {
-    let config = Config::load(&shared.config_path)?;
+    let config = Config::load(&shared.settings.path)?;
     let new = Live::new(config)?;
     shared.prepare(&new)?;
     let old = shared.live();
@@ -36,12 +36,20 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
         .iter()
         .for_each(|w| tracing::warn!("{w}"));
     let new = Arc::new(new);
-    *shared.live.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&new);
-    shared.generation.fetch_add(1, Ordering::Relaxed);
+    *shared
+        .settings
+        .live
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = Arc::clone(&new);
+    shared.settings.generation.fetch_add(1, Ordering::Relaxed);
     // A changed password stops working at once.
-    shared.auth.flush();
+    shared.runtime.auth.flush();
     // The reload is done only when nothing it removed is probed any more.
-    match shared.work.withdraw(|job| new.wants(job), STOP_PATIENCE) {
+    match shared
+        .runtime
+        .work
+        .withdraw(|job| new.wants(job), STOP_PATIENCE)
+    {
         Ok((0, 0)) => {}
         Ok((dropped, cancelled)) => {
             tracing::info!(
@@ -59,6 +67,7 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
     }
     shared.count_queued();
     let gone: Vec<Job> = shared
+        .state
         .tasks
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -70,9 +79,9 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
         report::forget(shared, job);
     }
     if !gone.is_empty() {
-        scheduler::persist(shared);
+        state::persist(shared);
     }
-    tracing::info!(path = %shared.config_path.display(), "configuration reloaded");
+    tracing::info!(path = %shared.settings.path.display(), "configuration reloaded");
     Ok(())
 }
 
@@ -100,17 +109,6 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     .filter(|(_, changed)| *changed)
     .map(|(key, _)| format!("{key} changed: it takes effect at the next restart"))
     .collect()
-}
-
-/// The outcome of a (re)load, as Prometheus reports its own.
-pub(super) fn record(metrics: &AgentMetrics, ok: bool) {
-    metrics.config_reload_ok.set(i64::from(ok));
-    if ok {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        metrics.config_reload_time.set(now.as_secs() as i64);
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! What the daemon remembers across restarts: each scheduled task's open
 //! ports and the time of its last completed scan, so a restart neither
 //! reports every port as newly opened nor immediately repeats every scan.
+//! [`persist`] saves the tasks' state, [`restore`] reads it back at start.
 
 use std::{
+    collections::BTreeSet,
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
     net::IpAddr,
@@ -13,6 +15,14 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+use super::{
+    Job, Live, Shared,
+    metrics::OpenPort,
+    report::{self, TaskState},
+    tasks::Task,
+};
+use crate::config::Ports;
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Saved {
@@ -72,7 +82,7 @@ impl SavedTask {
         let protocols = std::iter::once(&self.protocol)
             .chain(self.open.iter().chain(&self.closed).map(|p| &p.1));
         for protocol in protocols {
-            if protocol.parse::<crate::probes::Protocol>().is_err() {
+            if protocol.parse::<crate::scan::probes::Protocol>().is_err() {
                 return Err(format!("{name}: unknown protocol {protocol:?}"));
             }
         }
@@ -159,6 +169,98 @@ impl StateFile {
         drop(file);
         fs::rename(&tmp, &self.path)?;
         File::open(dir)?.sync_all()
+    }
+}
+
+/// Restores what the state file remembers of the tasks this configuration
+/// keeps (scheduled ones and those `/query` results were merged into).
+pub(super) fn restore(shared: &Shared) {
+    let Some(file) = &shared.state.file else {
+        return;
+    };
+    let saved = file.load();
+    let live = shared.live();
+    let mut tasks = shared
+        .state
+        .tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    for saved in saved.tasks {
+        let Some(job) = saved_job(&live, &saved) else {
+            continue;
+        };
+        let ports = |list: &[SavedPort]| -> BTreeSet<OpenPort> {
+            list.iter()
+                .filter_map(|(ip, proto, port)| Some((*ip, proto.parse().ok()?, *port)))
+                .collect()
+        };
+        let state = TaskState {
+            open: ports(&saved.open),
+            closed: ports(&saved.closed),
+            last_scan: saved.last_scan_time(),
+            hosts: saved.hosts,
+            took: saved.took(),
+            ..TaskState::default()
+        };
+        report::restore(shared, &mut tasks, job, state);
+    }
+    let ips = tasks
+        .values()
+        .flat_map(|t| t.open.iter().chain(&t.closed))
+        .map(|p| p.0)
+        .collect();
+    report::count_open_ports(&shared.metrics, &tasks, ips);
+}
+
+/// The task a saved entry describes, if this configuration keeps it.
+fn saved_job(live: &Live, saved: &SavedTask) -> Option<Job> {
+    let job = Job {
+        task: Task {
+            subnet: saved.target.parse().ok()?,
+        },
+        protocol: saved.protocol.parse().ok()?,
+        ports: Ports::parse(&saved.ports).ok()?,
+        query: None,
+    };
+    live.keeps(&job).then_some(job)
+}
+
+/// Writes every kept task's open ports, last scan and host counts.
+pub(super) fn persist(shared: &Shared) {
+    let Some(file) = &shared.state.file else {
+        return;
+    };
+    let saved_ports = |set: &BTreeSet<OpenPort>| -> Vec<SavedPort> {
+        set.iter()
+            .map(|(ip, proto, port)| (*ip, proto.to_string(), *port))
+            .collect()
+    };
+    let tasks = shared
+        .state
+        .tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let saved = Saved {
+        tasks: tasks
+            .iter()
+            .map(|(job, t)| SavedTask {
+                target: job.task.label(),
+                protocol: job.protocol.to_string(),
+                ports: job.ports.spec.clone(),
+                last_scan: t
+                    .last_scan
+                    .and_then(|l| l.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+                open: saved_ports(&t.open),
+                closed: saved_ports(&t.closed),
+                hosts: t.hosts,
+                duration_seconds: t.took.map(|d| d.as_secs_f64()),
+            })
+            .collect(),
+    };
+    drop(tasks);
+    if let Err(e) = file.save(&saved) {
+        tracing::warn!(path = %file.path().display(), "cannot write the state file: {e}");
     }
 }
 

@@ -6,40 +6,15 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{Capture, Job, Shared, query, report, scheduler};
-use crate::{
-    capture::CaptureError,
-    engine::EngineError,
-    metrics::FailureLabels,
-    probes::Shard,
-    results::PortState,
-    scan::{self, ScanError, ScanOptions},
-    targets::TargetSet,
+use super::{Capture, Job, Shared, query, report, state};
+use crate::scan::{
+    self, Attachment, ScanError, ScanOptions, capture::CaptureError, engine::EngineError,
+    probes::Shard, results::PortState,
 };
-
-/// The agent's own metrics after a scan: probes, retries, achieved rate, and
-/// what the (shared) XDP program counted since the last update.
-fn record_operation(shared: &Shared, report: &scan::ScanReport) {
-    let a = &shared.agent;
-    a.probes_sent.inc_by(report.ports.sent);
-    a.probe_retries.inc_by(report.ports.retries);
-    a.last_scan_rate.set(report.ports.achieved_rate());
-    let mut seen = shared
-        .xdp_seen
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let now = report.xdp;
-    a.xdp_frames.inc_by(now.frames.saturating_sub(seen.frames));
-    a.xdp_replies_matched
-        .inc_by(now.matched.saturating_sub(seen.matched));
-    a.xdp_replies_lost
-        .inc_by(now.ringbuf_full.saturating_sub(seen.ringbuf_full));
-    *seen = (*seen).max_each(now);
-}
 
 pub(super) fn work(shared: &Shared) {
     loop {
-        let taken = shared.work.take();
+        let taken = shared.runtime.work.take();
         shared.count_queued();
         let job = &taken.job;
         let started = Instant::now();
@@ -48,11 +23,16 @@ pub(super) fn work(shared: &Shared) {
         let labels = job.labels();
         match &outcome {
             Ok(report) => {
-                record_operation(shared, report);
-                if report::apply(shared, job, &labels, report, started.elapsed()) {
-                    scheduler::persist(shared);
+                shared.metrics.scanned(report);
+                let took = started.elapsed();
+                if report::apply(shared, job, report, took) {
+                    // Saved before it counts: a scan the metrics show as
+                    // done is in the state file.
+                    state::persist(shared);
+                    shared.metrics.succeeded(&labels, took, job.query.is_some());
                 }
                 *shared
+                    .state
                     .last_completed
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
@@ -62,25 +42,12 @@ pub(super) fn work(shared: &Shared) {
             }
             Err(e) => {
                 let error_type = match e {
-                    ScanError::Engine(EngineError::TimedOut) => {
-                        shared
-                            .metrics
-                            .nmap_scan_timeouts
-                            .get_or_create(&labels)
-                            .inc();
-                        "timeout"
-                    }
+                    ScanError::Engine(EngineError::TimedOut) => "timeout",
                     ScanError::Privilege(_) => "permission",
                     _ => "other",
                 };
                 tracing::warn!(target = %labels.target, protocol = %labels.protocol, error_type, "scan failed: {e}");
-                let failure = FailureLabels {
-                    target: labels.target.clone(),
-                    port_range: labels.port_range.clone(),
-                    protocol: labels.protocol.clone(),
-                    error_type: error_type.into(),
-                };
-                shared.metrics.scans_failed.get_or_create(&failure).inc();
+                shared.metrics.failed(&labels, error_type);
             }
         }
         if job.query.is_some() {
@@ -97,7 +64,7 @@ pub(super) fn work(shared: &Shared) {
 fn scan_job(
     shared: &Shared,
     job: &Job,
-    cancel: &crate::engine::Cancel,
+    cancel: &crate::scan::engine::Cancel,
 ) -> Result<scan::ScanReport, ScanError> {
     let Some(Capture { hub, route }) = shared.capture() else {
         // Unreachable in practice: nothing is allowed to scan before the program is attached.
@@ -105,9 +72,8 @@ fn scan_job(
     };
     let live = shared.live();
     let s = &live.config.scanning;
-    let targets = s.target_spec(vec![job.task.label()]);
     let opts = ScanOptions {
-        targets: targets.clone(),
+        targets: s.target_spec(vec![job.task.label()]),
         ports: job.ports.list.clone(),
         protocols: vec![job.protocol],
         tuning: s.tuning(),
@@ -121,5 +87,11 @@ fn scan_job(
         cancel: Some(Arc::clone(cancel)),
         budget: live.budget.clone(),
     };
-    scan::run_with(&hub, &route, TargetSet::build(&targets)?, &opts)
+    scan::run(
+        &opts,
+        Attachment::Shared {
+            hub: &hub,
+            route: &route,
+        },
+    )
 }

@@ -73,7 +73,10 @@ pub(super) struct Series<L> {
 
 impl<L> Series<L> {
     /// Each label set with its value.
-    pub fn with<'a>(&'a self, values: &'a [Counters]) -> impl Iterator<Item = (&'a L, Counters)> {
+    pub(super) fn with<'a>(
+        &'a self,
+        values: &'a [Counters],
+    ) -> impl Iterator<Item = (&'a L, Counters)> {
         let values = &values[self.first..self.first + self.labels.len()];
         self.labels.iter().zip(values.iter().copied())
     }
@@ -111,7 +114,7 @@ pub(super) struct Layout {
 
 impl Layout {
     /// The layout of a full read (`counts` from the same read).
-    pub fn new(
+    pub(super) fn new(
         generation: Generation,
         ruleset: Ruleset,
         counts: &Counts,
@@ -162,7 +165,7 @@ impl Layout {
 
     /// Every series' value: the counters of `counts` added up. `None` when
     /// `counts` is not a read of this layout's structure.
-    pub fn values(&self, counts: &Counts) -> Option<Vec<Counters>> {
+    pub(super) fn values(&self, counts: &Counts) -> Option<Vec<Counters>> {
         let mut values = vec![Counters::default(); self.series];
         for (slots, handled) in [
             (&self.chain_slots, &counts.chains),

@@ -11,7 +11,8 @@ use std::{collections::HashMap, fmt::Write as _, net::Ipv4Addr, sync::OnceLock};
 
 use super::{
     ruleset::{Expr, Family, Rule},
-    xt_match::{self, INV_DSTPT, INV_FLAGS, INV_SRCPT, Match, PortMatch},
+    save_text::{hex, v4_mask_suffix, v6_addr, v6_mask_suffix},
+    xt_match::{INV_DSTPT, INV_FLAGS, INV_SRCPT, Match, PortMatch},
     xt_target,
 };
 
@@ -267,14 +268,14 @@ fn describe_cmp(r: &Register, op: u32, data: &[u8]) -> String {
         Loaded::Nothing => "reg".to_owned(),
         Loaded::Meta(key) => format!("meta {key}"),
         Loaded::Payload { base, offset, len } => format!("payload {base}+{offset}/{len}"),
-        Loaded::Immediate(d) => format!("imm 0x{}", xt_match::hex(d)),
+        Loaded::Immediate(d) => format!("imm 0x{}", hex(d)),
     };
     let mask = r
         .mask
         .as_ref()
-        .map(|m| format!(" & 0x{}", xt_match::hex(m)))
+        .map(|m| format!(" & 0x{}", hex(m)))
         .unwrap_or_default();
-    format!("[nft {what}{mask} cmp {op} 0x{}]", xt_match::hex(data))
+    format!("[nft {what}{mask} cmp {op} 0x{}]", hex(data))
 }
 
 /// An interface name from cmp data: a trailing NUL means an exact name,
@@ -465,11 +466,7 @@ fn range(cmd: &mut Command, r: &Register, op: u32, from: &[u8], to: &[u8]) {
         }
         _ => native(
             cmd,
-            format!(
-                "[nft range {op} 0x{}-0x{}]",
-                xt_match::hex(from),
-                xt_match::hex(to)
-            ),
+            format!("[nft range {op} 0x{}-0x{}]", hex(from), hex(to)),
         ),
     }
 }
@@ -550,68 +547,6 @@ fn save_address(out: &mut String, letter: char, a: &Address, v6: bool) {
             v4_mask_suffix(mask, true)
         );
     }
-}
-
-fn prefix_len(mask: &[u8]) -> Option<u32> {
-    let ones: u32 = mask.iter().map(|b| b.count_ones()).sum();
-    let contiguous = mask
-        .iter()
-        .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1))
-        .skip(ones as usize)
-        .all(|bit| bit == 0);
-    contiguous.then_some(ones)
-}
-
-/// `/N`, or `/a.b.c.d` for a non-contiguous mask; `/32` only when `full`
-/// (iptables-save prints it, the extensions' printers leave it out).
-pub(super) fn v4_mask_suffix(mask: [u8; 4], full: bool) -> String {
-    match prefix_len(&mask) {
-        Some(32) if !full => String::new(),
-        Some(n) => format!("/{n}"),
-        None => format!("/{}", Ipv4Addr::from(mask)),
-    }
-}
-
-/// As [`v4_mask_suffix`] for IPv6.
-pub(super) fn v6_mask_suffix(mask: [u8; 16], full: bool) -> String {
-    match prefix_len(&mask) {
-        Some(128) if !full => String::new(),
-        Some(n) => format!("/{n}"),
-        None => format!("/{}", v6_addr(mask)),
-    }
-}
-
-/// An IPv6 address as glibc's `inet_ntop` writes it (which differs from
-/// Rust's for IPv4-compatible addresses such as `::198.18.0.4`).
-pub(super) fn v6_addr(bytes: [u8; 16]) -> String {
-    let addr = std::net::Ipv6Addr::from(bytes);
-    let seg = addr.segments();
-    if seg[..6] == [0; 6] && seg[6] != 0 {
-        return format!(
-            "::{}",
-            Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15])
-        );
-    }
-    addr.to_string()
-}
-
-/// libxtables' `xtables_save_string`: bare when safe, else double-quoted
-/// with `"`, `\` and `'` escaped.
-pub(super) fn save_string(out: &mut String, value: &str) {
-    let safe = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if !value.is_empty() && value.chars().all(safe) {
-        out.push(' ');
-        out.push_str(value);
-        return;
-    }
-    out.push_str(" \"");
-    for c in value.chars() {
-        if matches!(c, '"' | '\\' | '\'') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
 }
 
 /// The protocol name iptables prints for `-p`: `/etc/protocols` (what
@@ -732,32 +667,6 @@ mod tests {
             iptables_rule(&r),
             "-s 198.18.0.0/24 ! -i lo -p udp -m udp --dport 1000:2000 -j DROP"
         );
-    }
-
-    #[test]
-    fn masks_and_addresses_print_like_libxtables() {
-        assert_eq!(v4_mask_suffix([255, 255, 0, 255], true), "/255.255.0.255");
-        assert_eq!(v4_mask_suffix([255; 4], true), "/32");
-        assert_eq!(v4_mask_suffix([255; 4], false), "");
-        let mut m = [0u8; 16];
-        m[..2].fill(0xff);
-        m[4..6].fill(0xff);
-        assert_eq!(v6_mask_suffix(m, true), "/ffff:0:ffff::");
-        let mut a = [0u8; 16];
-        a[12..].copy_from_slice(&[198, 18, 0, 4]);
-        assert_eq!(v6_addr(a), "::198.18.0.4");
-    }
-
-    #[test]
-    fn strings_are_quoted_like_xtables_save_string() {
-        let q = |s: &str| {
-            let mut out = String::new();
-            save_string(&mut out, s);
-            out
-        };
-        assert_eq!(q("simple_word-1"), " simple_word-1");
-        assert_eq!(q(""), " \"\"");
-        assert_eq!(q(r#"a "b" \c 'd'"#), r#" "a \"b\" \\c \'d\'""#);
     }
 
     #[test]

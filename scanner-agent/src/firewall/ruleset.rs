@@ -6,18 +6,18 @@
 
 /// An nftables family (`NFPROTO_*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Family(pub u8);
+pub(super) struct Family(pub u8);
 
 impl Family {
-    pub const INET: Self = Self(1);
-    pub const IPV4: Self = Self(2);
-    pub const ARP: Self = Self(3);
-    pub const NETDEV: Self = Self(5);
-    pub const BRIDGE: Self = Self(7);
-    pub const IPV6: Self = Self(10);
+    pub(super) const INET: Self = Self(1);
+    pub(super) const IPV4: Self = Self(2);
+    pub(super) const ARP: Self = Self(3);
+    pub(super) const NETDEV: Self = Self(5);
+    pub(super) const BRIDGE: Self = Self(7);
+    pub(super) const IPV6: Self = Self(10);
 
     /// The name `nft` uses for the family.
-    pub fn name(self) -> String {
+    pub(super) fn name(self) -> String {
         match self {
             Self::INET => "inet".into(),
             Self::IPV4 => "ip".into(),
@@ -32,7 +32,7 @@ impl Family {
 
 /// Packet and byte counts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
+pub(super) struct Counters {
     pub packets: u64,
     pub bytes: u64,
 }
@@ -45,7 +45,7 @@ impl std::ops::AddAssign for Counters {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chain {
+pub(super) struct Chain {
     pub family: Family,
     pub table: String,
     pub name: String,
@@ -56,7 +56,7 @@ pub struct Chain {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rule {
+pub(super) struct Rule {
     pub family: Family,
     pub table: String,
     pub chain: String,
@@ -68,13 +68,13 @@ pub struct Rule {
 
 impl Rule {
     /// Whether the rule has a counter (the values are read apart).
-    pub fn has_counter(&self) -> bool {
+    pub(super) fn has_counter(&self) -> bool {
         self.exprs.iter().any(|e| matches!(e, Expr::Counter))
     }
 
     /// Whether the rule carries xtables compat expressions: `nft` calls such
     /// tables "managed by iptables-nft".
-    pub fn has_xt(&self) -> bool {
+    pub(super) fn has_xt(&self) -> bool {
         self.exprs
             .iter()
             .any(|e| matches!(e, Expr::Match { .. } | Expr::Target { .. }))
@@ -83,7 +83,7 @@ impl Rule {
 
 /// One expression of a rule, with the attributes the renderer needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Expr {
+pub(super) enum Expr {
     /// `meta load KEY => dreg`, or `meta set KEY <= sreg` when `set`.
     Meta {
         key: u32,
@@ -150,7 +150,7 @@ pub enum Expr {
 /// A named counter object (`counter NAME { }` in nft), which rules refer to
 /// by name and may share.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NamedCounter {
+pub(super) struct NamedCounter {
     pub family: Family,
     pub table: String,
     pub name: String,
@@ -158,7 +158,7 @@ pub struct NamedCounter {
 
 /// Everything read in one consistent dump.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ruleset {
+pub(super) struct Ruleset {
     pub chains: Vec<Chain>,
     pub rules: Vec<Rule>,
     pub counters: Vec<NamedCounter>,

@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use super::render::{save_string, v4_mask_suffix, v6_addr, v6_mask_suffix};
+use super::save_text::{
+    cstr, hex, save_string, u16_at, u32_at, v4_mask_suffix, v6_addr, v6_mask_suffix,
+};
 
 /// Ports, flags and inversions of the tcp and udp matches (`struct xt_tcp` /
 /// `xt_udp` without the option byte for udp).
@@ -77,28 +79,6 @@ pub(super) enum Match {
     },
     /// A native expression iptables would not turn into a match: shown as is.
     Native(String),
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
-/// Hex of binary data, without the trailing zero padding.
-pub(super) fn hex(b: &[u8]) -> String {
-    let end = b.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
-    b[..end].iter().fold(String::new(), |mut s, c| {
-        let _ = write!(s, "{c:02x}");
-        s
-    })
 }
 
 impl Match {

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{render::save_string, xt_match::hex};
+use super::save_text::{hex, save_string, u32_at};
 
 /// ` -j NAME ...` for a compat target.
 pub(super) fn save(out: &mut String, name: &str, rev: u32, info: &[u8], v6: bool) {
@@ -26,10 +26,6 @@ pub(super) fn save(out: &mut String, name: &str, rev: u32, info: &[u8], v6: bool
 /// ` -j MARK --set-xmark` for iptables-nft's native `meta mark set`.
 pub(super) fn save_mark(out: &mut String, mark: u32, mask: u32) {
     let _ = write!(out, " -j MARK --set-xmark 0x{mark:x}/0x{mask:x}");
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// `struct xt_log_info`: level, flags, 30-byte prefix.

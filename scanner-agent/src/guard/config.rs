@@ -1,6 +1,8 @@
 //! The `guard:` section: the guard applied when the daemon starts.
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer};
+
+use crate::config::values::checked_string;
 
 /// One allowed source, checked when read so errors name the key and line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -8,10 +10,11 @@ pub struct Source(pub String);
 
 impl<'de> Deserialize<'de> for Source {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        super::parse_source(&s)
-            .map(|_| Self(s.clone()))
-            .ok_or_else(|| de::Error::custom(format!("{s:?} is not an IP address or CIDR range")))
+        checked_string(d, |s| {
+            super::parse_source(s)
+                .map(|_| Self(s.to_owned()))
+                .ok_or_else(|| format!("{s:?} is not an IP address or CIDR range"))
+        })
     }
 }
 

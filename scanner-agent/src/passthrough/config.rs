@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use super::normalise;
-use crate::config::{Bounded, Config, checked_str};
+use crate::config::values::{Bounded, checked_str};
 
 /// A site or host name as it appears in the route: a path segment that
 /// needs no escaping.
@@ -150,28 +150,21 @@ fn machine_hostname() -> Option<String> {
     nix::unistd::gethostname().ok()?.into_string().ok()
 }
 
-/// Checks across sections that serde cannot: errors name the keys.
-pub fn check(config: &Config) -> Result<(), String> {
-    let g = &config.general;
+/// Checks across the two sections that serde cannot: errors name the keys.
+pub fn check(g: &General, settings: &Settings) -> Result<(), String> {
     if g.node_exporter_passthrough && g.node_exporter.is_none() {
         return Err(
             "general.node_exporter_passthrough is true but general.node_exporter is not set".into(),
         );
     }
-    let enabled = g.node_exporter_passthrough
-        || config
-            .passthrough
-            .hosts
-            .iter()
-            .any(|h| h.node_exporter_passthrough);
-    if enabled && g.sitename.is_none() {
+    if any_enabled(g, settings) && g.sitename.is_none() {
         return Err(
             "general.sitename is not set, but a passthrough is enabled: the route needs it".into(),
         );
     }
     let own = own_hostname(g);
     if let Some(own) = own
-        && config.passthrough.hosts.iter().any(|h| h.hostname.0 == own)
+        && settings.hosts.iter().any(|h| h.hostname.0 == own)
     {
         return Err(format!(
             "passthrough.hosts lists {own:?}, which is this host (general.hostname or the machine's name): configure it under general"
@@ -187,15 +180,14 @@ fn own_hostname(g: &General) -> Option<String> {
         .or_else(machine_hostname)
 }
 
-/// Allowed but probably not meant.
-pub fn warnings(config: &Config) -> Vec<String> {
-    let any_enabled = config.general.node_exporter_passthrough
-        || config
-            .passthrough
-            .hosts
-            .iter()
-            .any(|h| h.node_exporter_passthrough);
-    if any_enabled && !config.auth.configured() {
+/// Whether a passthrough is on for this host or any further one.
+fn any_enabled(g: &General, settings: &Settings) -> bool {
+    g.node_exporter_passthrough || settings.hosts.iter().any(|h| h.node_exporter_passthrough)
+}
+
+/// Allowed but probably not meant (`credentials`: whether any are configured).
+pub fn warnings(g: &General, settings: &Settings, credentials: bool) -> Vec<String> {
+    if any_enabled(g, settings) && !credentials {
         vec!["the passthrough route answers 401 to everyone: it is never anonymous and no credentials are configured (auth.basic, auth.users, auth.bearer_tokens or the web config's basic_auth_users)".into()]
     } else {
         Vec::new()
@@ -217,8 +209,7 @@ pub struct Hosts {
 }
 
 impl Hosts {
-    pub fn from_config(config: &Config) -> Self {
-        let g = &config.general;
+    pub fn new(g: &General, settings: &Settings) -> Self {
         let uri = |u: &NodeExporter| u.0.as_str().parse::<Uri>().ok();
         let mut table = HashMap::new();
         if let Some(own) = own_hostname(g) {
@@ -230,7 +221,7 @@ impl Hosts {
                 },
             );
         }
-        for h in &config.passthrough.hosts {
+        for h in &settings.hosts {
             table.insert(
                 h.hostname.0.clone(),
                 Upstream {
@@ -263,7 +254,7 @@ mod tests {
              - {hostname: dtn3, node_exporter: \"dtn3:9100\"}\n",
         )
         .unwrap();
-        let hosts = super::Hosts::from_config(&c);
+        let hosts = super::Hosts::new(&c.general, &c.passthrough);
         assert_eq!(hosts.sitename.as_deref(), Some("T2_XX_Example"));
         let uri = |h: &str| hosts.table[h].uri.as_ref().map(ToString::to_string);
         assert_eq!(

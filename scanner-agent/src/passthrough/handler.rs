@@ -25,7 +25,7 @@ use super::{
     config::{Hosts, Settings},
     metrics::{Outcome, PassthroughMetrics},
 };
-use crate::{config::Auth, daemon::auth};
+use crate::{config::Auth, web::auth};
 
 pub const ROUTE: &str = "/api/{sitename}/monitoring/prometheus/passthrough/{hostname}";
 

@@ -13,7 +13,10 @@ use prometheus_client::{
 
 /// How a passthrough request ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
+#[allow(
+    non_camel_case_types,
+    reason = "the variants are the `outcome` label values, written as the metric shows them"
+)]
 pub enum Outcome {
     /// The exporter's answer was passed on.
     ok,

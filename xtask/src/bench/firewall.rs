@@ -14,17 +14,16 @@ use std::{
     io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{
-    measure,
-    testbed::{Netns, sh},
-};
+use testbed::{Netns, daemon::Daemon, run_with_input as sh};
+
+use super::measure;
 
 const NAMESPACE: &str = "sa-bench-fw";
 const DROP_IN_PORT: u16 = 19911;
@@ -198,37 +197,18 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
-struct Daemon(Child, std::path::PathBuf);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = fs::remove_dir_all(&self.1);
-    }
-}
-
 /// Runs the firewall section; returns its Markdown report.
-pub fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
-    let ns = Netns::create(NAMESPACE)?;
+pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
+    let ns = Netns::named(NAMESPACE)?;
     let dir = out_dir.join("firewall-agent");
     fs::create_dir_all(&dir)?;
     fs::write(
         dir.join("config.yaml"),
         format!("server:\n  port: 19910\nfirewall:\n  listen: \"127.0.0.1:{DROP_IN_PORT}\"\n"),
     )?;
-    let child = ns
-        .command(&agent.display().to_string())
-        .args(["run", "--config"])
-        .arg(dir.join("config.yaml"))
-        .arg("--state-file")
-        .arg(dir.join("state.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let daemon = Daemon::try_spawn(&agent.display().to_string(), &ns, dir, &[])
         .context("starting the agent")?;
-    let pid = child.id();
-    let daemon = Daemon(child, dir);
+    let pid = daemon.child.id();
     let start = Instant::now();
     while scrape(&ns).is_err() {
         if start.elapsed() > Duration::from_secs(20) {

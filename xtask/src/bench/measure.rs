@@ -21,7 +21,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
 
 /// Turns Ctrl-C and SIGTERM into an error at the next check instead of an
 /// immediate exit, so the testbed's drop guards still tear everything down.
-pub fn catch_interrupts() -> Result<()> {
+pub(super) fn catch_interrupts() -> Result<()> {
     let action = SigAction::new(
         SigHandler::Handler(on_interrupt),
         SaFlags::SA_RESTART,
@@ -36,14 +36,14 @@ pub fn catch_interrupts() -> Result<()> {
 }
 
 /// Fails once Ctrl-C (or SIGTERM) has been received.
-pub fn check_interrupted() -> Result<()> {
+pub(super) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
     Ok(())
 }
 
-pub struct Measured {
+pub(super) struct Measured {
     pub status: ExitStatus,
     pub wall: Duration,
     /// User + system time of the process and its reaped descendants.
@@ -56,7 +56,7 @@ const POLL: Duration = Duration::from_millis(5);
 
 /// Runs `c` to completion (its output already redirected by the caller),
 /// killing it after `timeout` or on Ctrl-C.
-pub fn run(c: &mut Command, timeout: Duration) -> Result<Measured> {
+pub(super) fn run(c: &mut Command, timeout: Duration) -> Result<Measured> {
     let start = Instant::now();
     let mut child = c.spawn().with_context(|| format!("cannot start {c:?}"))?;
     let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;

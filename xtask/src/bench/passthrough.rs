@@ -4,54 +4,16 @@
 //! default route). The difference of mean latencies is the passthrough's
 //! overhead per request.
 
-use std::{
-    fs,
-    path::Path,
-    process::{Child, Command, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{fs, net::Ipv4Addr, path::Path, thread, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
+use testbed::{Lab, Netns, NodeExporter, daemon::Daemon};
 
 use crate::toolchain;
 
-const SCANNER: &str = "sa-bench-pt-scan";
-const TARGET: &str = "sa-bench-pt-target";
 const AGENT_PORT: u16 = 19950;
 
-/// The namespaces and processes, removed on drop (also on error).
-struct Bed {
-    children: Vec<Child>,
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in [SCANNER, TARGET] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let status = Command::new("ip").args(args).status()?;
-    if !status.success() {
-        bail!("ip {args:?} failed");
-    }
-    Ok(())
-}
-
-fn in_ns(ns: &str, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]);
-    c
-}
-
-pub struct WrkResult {
+pub(super) struct WrkResult {
     pub what: &'static str,
     pub requests_per_s: f64,
     pub mean_ms: f64,
@@ -60,82 +22,26 @@ pub struct WrkResult {
 }
 
 /// Runs the comparison; returns a Markdown table.
-pub fn run(agent: &Path, seconds: u32, out_dir: &Path) -> Result<String> {
-    for ns in [SCANNER, TARGET] {
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(Stdio::null())
-            .status();
-        ip(&["netns", "add", ns])?;
-    }
-    let mut bed = Bed {
-        children: Vec::new(),
-    };
-    ip(&[
-        "link",
-        "add",
-        "veth-pt-s",
-        "netns",
-        SCANNER,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-pt-t",
-        "netns",
-        TARGET,
-    ])?;
-    for (ns, dev, addr) in [
-        (SCANNER, "veth-pt-s", "198.18.0.1/24"),
-        (TARGET, "veth-pt-t", "198.18.0.2/24"),
-    ] {
-        ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
-        ip(&["-n", ns, "link", "set", dev, "up"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    }
-    bed.children.push(
-        in_ns(
-            TARGET,
-            &toolchain::ensure_unpacked()?
-                .join("prometheus-node-exporter")
-                .to_string_lossy(),
-        )
-        .args([
-            "--web.listen-address=198.18.0.2:9100",
-            // Its default of 40 concurrent scrapes would answer 503 to the rest.
-            "--web.max-requests=0",
-            "--collector.disable-defaults",
-            "--collector.cpu",
-            "--collector.meminfo",
-            "--collector.loadavg",
-            "--collector.netdev",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("prometheus-node-exporter")?,
-    );
+pub(super) fn run(agent: &Path, seconds: u32, out_dir: &Path) -> Result<String> {
+    let lab = Lab::build(&[Ipv4Addr::new(198, 18, 0, 2)], 1500)?;
+    let _exporter = NodeExporter::launch(
+        &lab.target,
+        &toolchain::ensure_unpacked()?.join("prometheus-node-exporter"),
+        "198.18.0.2:9100".parse()?,
+        // Its default of 40 concurrent scrapes would answer 503 to the rest.
+        &["--web.max-requests=0"],
+    )?;
     let dir = out_dir.join("passthrough");
     fs::create_dir_all(&dir)?;
-    let config = dir.join("config.yaml");
     fs::write(
-        &config,
+        dir.join("config.yaml"),
         format!(
             "server:\n  port: {AGENT_PORT}\nauth:\n  bearer_tokens: [bench]\ngeneral:\n  sitename: BENCH\n  \
              hostname: bench-host\n  node_exporter: \"198.18.0.2:9100\"\n  node_exporter_passthrough: true\n"
         ),
     )?;
-    bed.children.push(
-        in_ns(SCANNER, &agent.to_string_lossy())
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--state-file")
-            .arg(dir.join("state.json"))
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("agent.log"))?)
-            .spawn()
-            .context("scanner-agent run")?,
-    );
+    let daemon = Daemon::try_spawn(&agent.to_string_lossy(), &lab.scanner, dir, &[])
+        .context("scanner-agent run")?;
     let route = format!(
         "http://127.0.0.1:{AGENT_PORT}/api/BENCH/monitoring/prometheus/passthrough/bench-host"
     );
@@ -143,7 +49,9 @@ pub fn run(agent: &Path, seconds: u32, out_dir: &Path) -> Result<String> {
     // Both answer before the load starts.
     for url in [route.as_str(), direct] {
         let up = (0..100).any(|_| {
-            let ok = in_ns(SCANNER, "curl")
+            let ok = lab
+                .scanner
+                .command("curl")
                 .args([
                     "-sf",
                     "-o",
@@ -164,15 +72,18 @@ pub fn run(agent: &Path, seconds: u32, out_dir: &Path) -> Result<String> {
         }
     }
     let results = [
-        wrk("node_exporter directly", direct, seconds)?,
-        wrk("through the passthrough", &route, seconds)?,
+        wrk(&lab.scanner, "node_exporter directly", direct, seconds)?,
+        wrk(&lab.scanner, "through the passthrough", &route, seconds)?,
     ];
+    // The agent's log stays in the run's directory.
+    daemon.kill();
     Ok(markdown(&results))
 }
 
-fn wrk(what: &'static str, url: &str, seconds: u32) -> Result<WrkResult> {
+fn wrk(scanner: &Netns, what: &'static str, url: &str, seconds: u32) -> Result<WrkResult> {
     eprintln!("xtask: bench: wrk, 100 connections, {seconds} s: {what}");
-    let out = in_ns(SCANNER, "wrk")
+    let out = scanner
+        .command("wrk")
         .args(["-t2", "-c100", &format!("-d{seconds}s"), "--latency"])
         .args(["-H", "Authorization: Bearer bench", url])
         .output()

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 use super::tools::Found;
 
 /// What a finished run measured.
-pub struct Metrics {
+pub(super) struct Metrics {
     pub wall: Duration,
     pub cpu: Duration,
     /// Ports x hosts: every tool is asked for one probe per pair
@@ -18,7 +18,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(wall: Duration, cpu: Duration, probes: u64, found: &Found, truth: &Found) -> Self {
+    pub(super) fn new(
+        wall: Duration,
+        cpu: Duration,
+        probes: u64,
+        found: &Found,
+        truth: &Found,
+    ) -> Self {
         Self {
             wall,
             cpu,
@@ -30,7 +36,7 @@ impl Metrics {
     }
 }
 
-pub struct Row {
+pub(super) struct Row {
     pub workload: &'static str,
     pub tool: &'static str,
     pub rate: String,
@@ -50,7 +56,7 @@ const HEADER: [&str; 9] = [
     "precision",
 ];
 
-pub fn markdown(rows: &[Row]) -> String {
+pub(super) fn markdown(rows: &[Row]) -> String {
     let mut out = String::new();
     line(&mut out, HEADER.map(String::from));
     line(&mut out, HEADER.map(|_| "---".to_owned()));

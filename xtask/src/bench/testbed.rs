@@ -1,15 +1,13 @@
 //! The benchmark's test hosts: a scanner and a target network namespace
-//! joined by a veth pair. Every address is in 198.18.0.0/15 (RFC 2544's
-//! benchmarking range) and on-link, so neither namespace has any route
-//! beyond that /15: no probe can leave the two namespaces. Removed again on
-//! drop, also on error or Ctrl-C.
+//! joined by a veth pair, built with the shared testbed (`xtask/testbed`).
+//! Every address is in 198.18.0.0/15 (RFC 2544's benchmarking range) and
+//! on-link, so neither namespace has any route beyond that /15: no probe
+//! can leave the two namespaces. Removed again on drop, also on error or
+//! Ctrl-C.
 
 use std::{
     collections::HashSet,
-    fs::File,
-    io::Write as _,
     net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -18,24 +16,15 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
-use nix::{
-    sched::{CloneFlags, setns},
-    sys::socket::{
-        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, setsockopt, socket,
-        sockopt,
-    },
-};
-
-pub const SCANNER_IF: &str = "veth-scan";
-const TARGET_IF: &str = "veth-target";
-pub const SCANNER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+use anyhow::{Context as _, Result};
+pub(super) use testbed::{Netns, SCANNER_ADDR, SCANNER_IF};
+use testbed::{TARGET_IF, run_with_input};
 /// The scanner (198.18.0.1) and the targets (198.19.0.x) share one on-link
 /// /15, so no route has to be added anywhere.
 const PREFIX_LEN: u8 = 15;
 /// Target hosts are 198.19.0.FIRST_HOST ..= 198.19.0.LAST_HOST.
-pub const FIRST_HOST: u8 = 1;
-pub const LAST_HOST: u8 = 254;
+pub(super) const FIRST_HOST: u8 = 1;
+pub(super) const LAST_HOST: u8 = 254;
 
 /// Every target address listens on these ports (bound to 0.0.0.0).
 const LISTEN_PORTS: [u16; 10] = [22, 80, 443, 2049, 5201, 8080, 9100, 10000, 50000, 65535];
@@ -74,13 +63,13 @@ const BLOCKED: [Blocked; 2] = [
     },
 ];
 
-pub fn target_addr(host: u8) -> Ipv4Addr {
+pub(super) fn target_addr(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 19, 0, host)
 }
 
 /// The (address, port) pairs a correct scan of hosts `first..=last` finds
 /// open: every listener port on every host, minus the firewalled pairs.
-pub fn truth(first: u8, last: u8) -> HashSet<(Ipv4Addr, u16)> {
+pub(super) fn truth(first: u8, last: u8) -> HashSet<(Ipv4Addr, u16)> {
     let mut open = HashSet::new();
     for host in first..=last {
         for port in LISTEN_PORTS {
@@ -95,105 +84,7 @@ pub fn truth(first: u8, last: u8) -> HashSet<(Ipv4Addr, u16)> {
     open
 }
 
-/// Runs a command to completion with `stdin` as its input; its stdout, or
-/// an error carrying its stderr.
-pub(super) fn sh(c: &mut Command, stdin: &str) -> Result<String> {
-    let mut child = c
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {c:?}"))?;
-    child
-        .stdin
-        .take()
-        .context("stdin is piped")?
-        .write_all(stdin.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{c:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub struct Netns {
-    name: &'static str,
-}
-
-impl Netns {
-    /// A fresh namespace; one left over by a killed earlier run is removed.
-    pub(super) fn create(name: &'static str) -> Result<Self> {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        sh(Command::new("ip").args(["netns", "add", name]), "")?;
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `ip` inside the namespace.
-    fn ip(&self, args: &[&str]) -> Result<String> {
-        sh(Command::new("ip").args(["-n", self.name]).args(args), "")
-    }
-
-    /// Many `ip` commands, one per line, in a single `ip -batch`.
-    fn ip_batch(&self, commands: &str) -> Result<()> {
-        sh(
-            Command::new("ip").args(["-n", self.name, "-batch", "-"]),
-            commands,
-        )
-        .map(drop)
-    }
-
-    /// A command that runs inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", self.name, program]);
-        c
-    }
-
-    fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        sh(
-            self.command("sysctl")
-                .arg("-qw")
-                .arg(format!("{key}={value}")),
-            "",
-        )
-        .map(drop)
-    }
-
-    /// Runs `f` on a thread that has entered the namespace; sockets it
-    /// creates stay in the namespace.
-    pub(super) fn run_inside<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let path = format!("/run/netns/{}", self.name);
-        thread::spawn(move || {
-            let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
-            setns(ns, CloneFlags::CLONE_NEWNET).context("setns")?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread inside {} panicked", self.name))?
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace also deletes the veth end inside it.
-        let _ = Command::new("ip")
-            .args(["netns", "del", self.name])
-            .status();
-    }
-}
-
-pub struct Testbed {
+pub(super) struct Testbed {
     // Fields drop in order: the heartbeat stops and the listeners close
     // before the namespaces go.
     _heartbeat: Heartbeat,
@@ -205,23 +96,17 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    pub fn up() -> Result<Self> {
-        let scanner = Netns::create("sa-bench-scan")?;
-        let target = Netns::create("sa-bench-target")?;
+    pub(super) fn up() -> Result<Self> {
+        let scanner = Netns::named("sa-bench-scan")?;
+        let target = Netns::named("sa-bench-target")?;
         connect(&scanner, &target)?;
         for ns in [&scanner, &target] {
-            let routes = ns.ip(&["route", "show", "default"])?;
-            ensure!(
-                routes.trim().is_empty(),
-                "bench namespace {} has a default route: refusing to scan",
-                ns.name
-            );
+            ns.check_no_default_route()?;
         }
         let target_mac = link_mac(&target, TARGET_IF)?;
         pin_neighbours(&scanner, &target_mac)?;
         tune_target(&target)?;
-        let listeners =
-            target.run_inside(|| LISTEN_PORTS.iter().map(|&p| listener(p)).collect())?;
+        let listeners = target.listen_deep(&LISTEN_PORTS)?;
         let heartbeat = Heartbeat::start(&target)?;
         Ok(Self {
             _heartbeat: heartbeat,
@@ -234,8 +119,8 @@ impl Testbed {
 
     /// SYN-ACKs the target sent but that were never answered: half-open
     /// connections a scanner left behind.
-    pub fn half_open(&self) -> Result<usize> {
-        let out = sh(
+    pub(super) fn half_open(&self) -> Result<usize> {
+        let out = run_with_input(
             self.target
                 .command("ss")
                 .args(["-Htn", "state", "syn-recv"]),
@@ -248,11 +133,7 @@ impl Testbed {
 /// The veth pair, created directly inside the namespaces, and the
 /// addresses: the scanner's and all target hosts', in one on-link /15.
 fn connect(scanner: &Netns, target: &Netns) -> Result<()> {
-    let veth = format!(
-        "link add {SCANNER_IF} netns {} mtu 1500 type veth peer name {TARGET_IF} netns {} mtu 1500",
-        scanner.name, target.name
-    );
-    sh(Command::new("ip").args(veth.split_whitespace()), "")?;
+    testbed::veth(scanner, target, 1500)?;
     scanner.ip_batch(&format!(
         "addr add {SCANNER_ADDR}/{PREFIX_LEN} dev {SCANNER_IF}\nlink set {SCANNER_IF} up\n"
     ))?;
@@ -263,7 +144,7 @@ fn connect(scanner: &Netns, target: &Netns) -> Result<()> {
 }
 
 fn link_mac(ns: &Netns, dev: &str) -> Result<String> {
-    let json = ns.ip(&["-j", "link", "show", dev])?;
+    let json = ns.try_ip(&["-j", "link", "show", dev])?;
     let links: serde_json::Value = serde_json::from_str(&json).context("ip -j link output")?;
     links[0]["address"]
         .as_str()
@@ -291,18 +172,15 @@ fn pin_neighbours(scanner: &Netns, mac: &str) -> Result<()> {
 /// reject is sent), deep SYN queues and SYN cookies (so open ports are not
 /// lost at high rates), and the firewall of `BLOCKED`.
 fn tune_target(target: &Netns) -> Result<()> {
-    for (key, value) in [
-        ("net.ipv4.icmp_ratelimit", "0"),
-        ("net.ipv4.icmp_msgs_per_sec", "1000000"),
-        ("net.ipv4.icmp_msgs_burst", "1000000"),
-        ("net.ipv4.tcp_max_syn_backlog", "65536"),
-        ("net.core.somaxconn", "65535"),
-        ("net.ipv4.tcp_syncookies", "1"),
-    ] {
-        target.sysctl(key, value)?;
-    }
-    sh(target.command("nft").args(["-f", "-"]), &nft_ruleset())?;
-    Ok(())
+    target.try_sysctl(&[
+        "net.ipv4.icmp_ratelimit=0",
+        "net.ipv4.icmp_msgs_per_sec=1000000",
+        "net.ipv4.icmp_msgs_burst=1000000",
+        "net.ipv4.tcp_max_syn_backlog=65536",
+        "net.core.somaxconn=65535",
+        "net.ipv4.tcp_syncookies=1",
+    ])?;
+    target.try_nft(&nft_ruleset())
 }
 
 /// No rule uses conntrack, so the target keeps no state per probe.
@@ -325,22 +203,6 @@ fn nft_ruleset() -> String {
     format!(
         "table ip sa_bench {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
     )
-}
-
-/// A listener on 0.0.0.0:`port` with the largest backlog the namespace's
-/// somaxconn allows (std's TcpListener would fix it at 128).
-fn listener(port: u16) -> Result<TcpListener> {
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    let addr = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).with_context(|| format!("bind :{port}"))?;
-    listen(&fd, Backlog::MAXALLOWABLE)?;
-    Ok(TcpListener::from(fd))
 }
 
 /// A tiny UDP datagram from the target to the scanner every 100 ms.

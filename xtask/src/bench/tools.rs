@@ -14,10 +14,10 @@ use anyhow::{Context as _, Result, bail};
 use super::testbed::{SCANNER_ADDR, SCANNER_IF, Testbed, target_addr};
 
 /// Open (address, port) pairs a scanner reported.
-pub type Found = HashSet<(Ipv4Addr, u16)>;
+pub(super) type Found = HashSet<(Ipv4Addr, u16)>;
 
 #[derive(Clone, Copy)]
-pub enum NmapProfile {
+pub(super) enum NmapProfile {
     /// As fast as nmap reasonably goes.
     MinRate100k,
     /// The tuning the OpenPort exporter runs nmap with in production.
@@ -51,14 +51,14 @@ impl NmapProfile {
 }
 
 #[derive(Clone, Copy)]
-pub enum Scanner {
+pub(super) enum Scanner {
     Agent { rate: u64 },
     Masscan { rate: u64 },
     Nmap(NmapProfile),
 }
 
 /// Where one run leaves its files (kept under target/bench/runs/ to look at).
-pub struct RunFiles {
+pub(super) struct RunFiles {
     /// The scanner's result output.
     pub results: PathBuf,
     /// Everything else it printed.
@@ -66,7 +66,7 @@ pub struct RunFiles {
 }
 
 impl Scanner {
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Self::Agent { .. } => "scanner-agent",
             Self::Masscan { .. } => "masscan",
@@ -75,7 +75,7 @@ impl Scanner {
     }
 
     /// A file-name-safe label, e.g. `masscan-100000`.
-    pub fn slug(self) -> String {
+    pub(super) fn slug(self) -> String {
         match self {
             Self::Agent { rate } => format!("agent-{rate}"),
             Self::Masscan { rate } => format!("masscan-{rate}"),
@@ -84,7 +84,7 @@ impl Scanner {
         }
     }
 
-    pub fn requested_rate(self) -> String {
+    pub(super) fn requested_rate(self) -> String {
         match self {
             Self::Agent { rate } | Self::Masscan { rate } => rate.to_string(),
             Self::Nmap(NmapProfile::MinRate100k) => "min 100000".into(),
@@ -93,7 +93,7 @@ impl Scanner {
     }
 
     /// The rate the scanner is expected to keep, to bound how long it may run.
-    pub fn nominal_rate(self) -> u64 {
+    pub(super) fn nominal_rate(self) -> u64 {
         match self {
             Self::Agent { rate } | Self::Masscan { rate } => rate,
             Self::Nmap(NmapProfile::MinRate100k) => 100_000,
@@ -103,7 +103,7 @@ impl Scanner {
 
     /// The scan of all ports of hosts `first..=last`, run inside the
     /// scanner namespace.
-    pub fn command(
+    pub(super) fn command(
         self,
         testbed: &Testbed,
         agent: &Path,
@@ -161,7 +161,7 @@ impl Scanner {
     }
 
     /// Reads the open ports from the scanner's result output.
-    pub fn parse(self, results: &str) -> Result<Found> {
+    pub(super) fn parse(self, results: &str) -> Result<Found> {
         match self {
             Self::Agent { .. } => parse_ndjson(results),
             Self::Masscan { .. } => parse_masscan_list(results),

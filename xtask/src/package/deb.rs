@@ -46,7 +46,12 @@ fn control(files: &[File], glibc: &str) -> String {
 }
 
 /// Builds `scanner-agent_<version>_amd64.deb` in `out_dir`.
-pub fn build(files: &[File], glibc: &str, source_date: u32, out_dir: &Path) -> Result<PathBuf> {
+pub(super) fn build(
+    files: &[File],
+    glibc: &str,
+    source_date: u32,
+    out_dir: &Path,
+) -> Result<PathBuf> {
     let stage = out_dir.join("deb-root");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
@@ -85,8 +90,8 @@ pub fn build(files: &[File], glibc: &str, source_date: u32, out_dir: &Path) -> R
         }
     }
     let deb = out_dir.join(format!("{NAME}_{VERSION}_amd64.deb"));
-    crate::run(
-        crate::cmd("dpkg-deb")
+    crate::exec::run(
+        crate::exec::cmd("dpkg-deb")
             .args(["--build", "--root-owner-group"])
             .arg(&stage)
             .arg(&deb)

@@ -11,7 +11,12 @@ use super::{DESCRIPTION, File, Kind, LICENSE, NAME, SUMMARY, VERSION, scripts};
 const UNIT_DIR: &str = "/usr/lib/systemd/system";
 
 /// Builds `scanner-agent-<version>-1.x86_64.rpm` in `out_dir`.
-pub fn build(files: &[File], glibc: &str, source_date: u32, out_dir: &Path) -> Result<PathBuf> {
+pub(super) fn build(
+    files: &[File],
+    glibc: &str,
+    source_date: u32,
+    out_dir: &Path,
+) -> Result<PathBuf> {
     // gzip: every rpm since RHEL 5 reads it, and it needs no C library here.
     let config = BuildConfig::default()
         .compression(CompressionType::Gzip)

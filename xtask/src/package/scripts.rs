@@ -51,7 +51,7 @@ fn sh(body: &str) -> String {
 
 /// Debian `postinst`: runs after the files are unpacked, so the config's
 /// group is set here (dpkg lays every file down as root:root).
-pub fn deb_postinst() -> String {
+pub(super) fn deb_postinst() -> String {
     let configure = format!(
         "{CREATE_USER}# The config may hold passwords: readable by the service's group only,
 # unless the admin chose otherwise with dpkg-statoverride.
@@ -72,7 +72,7 @@ if [ -n \"$2\" ]; then
     ))
 }
 
-pub fn deb_prerm() -> String {
+pub(super) fn deb_prerm() -> String {
     sh(&format!(
         "if [ \"$1\" = remove ]; then\n{}fi\n",
         indent(STOP_AND_DISABLE)
@@ -81,23 +81,23 @@ pub fn deb_prerm() -> String {
 
 /// The service user stays on purge: files it owned elsewhere must not pass
 /// to a later user that reuses its uid.
-pub fn deb_postrm() -> String {
+pub(super) fn deb_postrm() -> String {
     sh(&format!(
         "{DAEMON_RELOAD}if [ \"$1\" = purge ]; then\n    rm -rf /var/lib/scanner-agent\nfi\n"
     ))
 }
 
 /// RPM `%pre`: before the files land, since they name the group.
-pub fn rpm_pre() -> String {
+pub(super) fn rpm_pre() -> String {
     sh(CREATE_USER)
 }
 
-pub fn rpm_post() -> String {
+pub(super) fn rpm_post() -> String {
     sh(DAEMON_RELOAD)
 }
 
 /// RPM `%preun`: `$1` is 0 on removal, 1 on upgrade.
-pub fn rpm_preun() -> String {
+pub(super) fn rpm_preun() -> String {
     sh(&format!(
         "if [ \"$1\" -eq 0 ]; then\n{}fi\n",
         indent(STOP_AND_DISABLE)
@@ -105,7 +105,7 @@ pub fn rpm_preun() -> String {
 }
 
 /// RPM `%postun`: `$1` is 1 or more after an upgrade.
-pub fn rpm_postun() -> String {
+pub(super) fn rpm_postun() -> String {
     sh(&format!(
         "{DAEMON_RELOAD}if [ \"$1\" -ge 1 ]; then\n{}fi\n",
         indent(RESTART_IF_RUNNING)

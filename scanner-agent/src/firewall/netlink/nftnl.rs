@@ -1,9 +1,13 @@
 //! The structure of chains, rules and counter objects, parsed by libnftnl
-//! from one netlink message each: every object is allocated, filled, copied
-//! into owned Rust values and freed in the same function. Counter values are
-//! not taken from here but from [`super::attrs`], for every read alike.
+//! from one netlink message each: every object is an [`Object`] (allocated,
+//! filled from the message, freed when dropped on every path), copied into
+//! owned Rust values before it goes. Counter values are not taken from here
+//! but from [`super::attrs`], for every read alike.
 
-use std::ffi::{CStr, c_char};
+use std::{
+    ffi::{CStr, c_char, c_int},
+    ptr::NonNull,
+};
 
 use nftnl_sys as sys;
 
@@ -43,20 +47,131 @@ unsafe fn owned_bytes(ptr: *const libc::c_void, len: u32) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) }.to_vec()
 }
 
+/// A libnftnl object type that is filled from one netlink message.
+trait Parsed {
+    /// What the message holds, for [`FirewallError::Malformed`].
+    const WHAT: &'static str;
+    /// # Safety
+    /// None beyond libnftnl's own: it returns null when out of memory.
+    unsafe fn alloc() -> *mut Self;
+    /// # Safety
+    /// `nlh` must point to one complete netlink message, `o` to a live object.
+    unsafe fn parse(nlh: *const libc::nlmsghdr, o: *mut Self) -> c_int;
+    /// # Safety
+    /// `o` must be a live object of [`Parsed::alloc`], not used afterwards.
+    unsafe fn free(o: *const Self);
+}
+
+macro_rules! parsed {
+    ($type:ty, $what:literal, $alloc:path, $parse:path, $free:path) => {
+        impl Parsed for $type {
+            const WHAT: &'static str = $what;
+            unsafe fn alloc() -> *mut Self {
+                // SAFETY: guaranteed by the caller.
+                unsafe { $alloc() }
+            }
+            unsafe fn parse(nlh: *const libc::nlmsghdr, o: *mut Self) -> c_int {
+                // SAFETY: guaranteed by the caller.
+                unsafe { $parse(nlh, o) }
+            }
+            unsafe fn free(o: *const Self) {
+                // SAFETY: guaranteed by the caller.
+                unsafe { $free(o) }
+            }
+        }
+    };
+}
+
+parsed!(
+    sys::nftnl_chain,
+    "chain",
+    sys::nftnl_chain_alloc,
+    sys::nftnl_chain_nlmsg_parse,
+    sys::nftnl_chain_free
+);
+parsed!(
+    sys::nftnl_obj,
+    "object",
+    sys::nftnl_obj_alloc,
+    sys::nftnl_obj_nlmsg_parse,
+    sys::nftnl_obj_free
+);
+parsed!(
+    sys::nftnl_rule,
+    "rule",
+    sys::nftnl_rule_alloc,
+    sys::nftnl_rule_nlmsg_parse,
+    sys::nftnl_rule_free
+);
+
+/// A libnftnl object filled from one netlink message; freed when dropped.
+struct Object<T: Parsed>(NonNull<T>);
+
+impl<T: Parsed> Object<T> {
+    /// Allocates an object and fills it from `msg`, one complete netlink
+    /// message (as the kernel's dump replies are split).
+    fn parse(msg: &[u8]) -> Result<Self, FirewallError> {
+        // SAFETY: no precondition; null is checked.
+        let object = Self(NonNull::new(unsafe { T::alloc() }).ok_or(FirewallError::OutOfMemory)?);
+        // SAFETY: `msg` is one complete message; the object is live. It is
+        // freed on the error path too, by its drop.
+        if unsafe { T::parse(msg.as_ptr().cast(), object.as_ptr()) } < 0 {
+            return Err(FirewallError::Malformed(T::WHAT));
+        }
+        Ok(object)
+    }
+
+    fn as_ptr(&self) -> *mut T {
+        self.0.as_ptr()
+    }
+}
+
+impl<T: Parsed> Drop for Object<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `T::alloc` and owned by this value alone.
+        unsafe { T::free(self.0.as_ptr()) }
+    }
+}
+
+/// The expressions of a rule, through libnftnl's iterator (destroyed when dropped).
+struct Exprs<'a> {
+    iter: NonNull<sys::nftnl_expr_iter>,
+    _rule: &'a Object<sys::nftnl_rule>,
+}
+
+impl<'a> Exprs<'a> {
+    /// `None` when libnftnl cannot allocate the iterator.
+    fn of(rule: &'a Object<sys::nftnl_rule>) -> Option<Self> {
+        // SAFETY: the rule is live for the iterator's lifetime `'a`.
+        let iter = NonNull::new(unsafe { sys::nftnl_expr_iter_create(rule.as_ptr()) })?;
+        Some(Self { iter, _rule: rule })
+    }
+}
+
+impl Iterator for Exprs<'_> {
+    type Item = *mut sys::nftnl_expr;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // SAFETY: the iterator is live and its rule outlives it.
+        let e = unsafe { sys::nftnl_expr_iter_next(self.iter.as_ptr()) };
+        (!e.is_null()).then_some(e)
+    }
+}
+
+impl Drop for Exprs<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by `nftnl_expr_iter_create`, owned by this value alone.
+        unsafe { sys::nftnl_expr_iter_destroy(self.iter.as_ptr()) }
+    }
+}
+
 pub(super) fn parse_chain(msg: &[u8]) -> Result<Chain, FirewallError> {
-    // SAFETY: `msg` is one complete netlink message; every pointer read from
-    // the chain object is copied before the object is freed at the end.
+    let chain = Object::<sys::nftnl_chain>::parse(msg)?;
+    let c = chain.as_ptr();
+    // SAFETY: `c` is live until `chain` drops, after every value was copied out.
     unsafe {
-        let c = sys::nftnl_chain_alloc();
-        if c.is_null() {
-            return Err(FirewallError::OutOfMemory);
-        }
-        if sys::nftnl_chain_nlmsg_parse(msg.as_ptr().cast(), c) < 0 {
-            sys::nftnl_chain_free(c);
-            return Err(FirewallError::Malformed("chain"));
-        }
         let is_set = |attr: u32| sys::nftnl_chain_is_set(c, attr as u16);
-        let chain = Chain {
+        Ok(Chain {
             family: Family(sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_FAMILY as u16) as u8),
             table: owned_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TABLE as u16)),
             name: owned_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16)),
@@ -64,58 +179,37 @@ pub(super) fn parse_chain(msg: &[u8]) -> Result<Chain, FirewallError> {
                 .then(|| sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16)),
             policy: is_set(sys::NFTNL_CHAIN_POLICY)
                 .then(|| sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_POLICY as u16)),
-        };
-        sys::nftnl_chain_free(c);
-        Ok(chain)
+        })
     }
 }
 
 /// A stateful object: its names when it is a named counter.
 pub(super) fn parse_named_counter(msg: &[u8]) -> Result<Option<NamedCounter>, FirewallError> {
-    // SAFETY: `msg` is one complete netlink message; every value is copied
-    // out of the object before it is freed.
+    let object = Object::<sys::nftnl_obj>::parse(msg)?;
+    let o = object.as_ptr();
+    // SAFETY: `o` is live until `object` drops, after every value was copied out.
     unsafe {
-        let o = sys::nftnl_obj_alloc();
-        if o.is_null() {
-            return Err(FirewallError::OutOfMemory);
-        }
-        if sys::nftnl_obj_nlmsg_parse(msg.as_ptr().cast(), o) < 0 {
-            sys::nftnl_obj_free(o);
-            return Err(FirewallError::Malformed("object"));
-        }
-        let counter = (sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_TYPE as u16) == OBJECT_COUNTER)
-            .then(|| NamedCounter {
-                family: Family(sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_FAMILY as u16) as u8),
-                table: owned_str(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_TABLE as u16)),
-                name: owned_str(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_NAME as u16)),
-            });
-        sys::nftnl_obj_free(o);
-        Ok(counter)
+        Ok(
+            (sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_TYPE as u16) == OBJECT_COUNTER).then(|| {
+                NamedCounter {
+                    family: Family(sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_FAMILY as u16) as u8),
+                    table: owned_str(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_TABLE as u16)),
+                    name: owned_str(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_NAME as u16)),
+                }
+            }),
+        )
     }
 }
 
 pub(super) fn parse_rule(msg: &[u8]) -> Result<Rule, FirewallError> {
-    // SAFETY: `msg` is one complete netlink message; the iterator and the
-    // rule object are destroyed after every value was copied out.
+    let rule = Object::<sys::nftnl_rule>::parse(msg)?;
+    let r = rule.as_ptr();
+    // SAFETY: every expression is copied while the iterator and `rule` live.
+    let exprs = Exprs::of(&rule)
+        .map(|exprs| exprs.map(|e| unsafe { parse_expr(e) }).collect())
+        .unwrap_or_default();
+    // SAFETY: `r` is live until `rule` drops, after every value was copied out.
     unsafe {
-        let r = sys::nftnl_rule_alloc();
-        if r.is_null() {
-            return Err(FirewallError::OutOfMemory);
-        }
-        if sys::nftnl_rule_nlmsg_parse(msg.as_ptr().cast(), r) < 0 {
-            sys::nftnl_rule_free(r);
-            return Err(FirewallError::Malformed("rule"));
-        }
-        let mut exprs = Vec::new();
-        let iter = sys::nftnl_expr_iter_create(r);
-        if !iter.is_null() {
-            let mut e = sys::nftnl_expr_iter_next(iter);
-            while !e.is_null() {
-                exprs.push(parse_expr(e));
-                e = sys::nftnl_expr_iter_next(iter);
-            }
-            sys::nftnl_expr_iter_destroy(iter);
-        }
         let comment = if sys::nftnl_rule_is_set(r, sys::NFTNL_RULE_USERDATA as u16) {
             let mut len = 0u32;
             let data = sys::nftnl_rule_get_data(r, sys::NFTNL_RULE_USERDATA as u16, &mut len);
@@ -123,16 +217,14 @@ pub(super) fn parse_rule(msg: &[u8]) -> Result<Rule, FirewallError> {
         } else {
             None
         };
-        let rule = Rule {
+        Ok(Rule {
             family: Family(sys::nftnl_rule_get_u32(r, sys::NFTNL_RULE_FAMILY as u16) as u8),
             table: owned_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16)),
             chain: owned_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16)),
             handle: sys::nftnl_rule_get_u64(r, sys::NFTNL_RULE_HANDLE as u16),
             exprs,
             comment,
-        };
-        sys::nftnl_rule_free(r);
-        Ok(rule)
+        })
     }
 }
 

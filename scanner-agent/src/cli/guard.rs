@@ -1,15 +1,54 @@
 //! `scanner-agent guard apply | remove | status`.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
+use clap::{Args, Subcommand};
 use scanner_agent::{
     config::Config,
     guard::{self, Guard, GuardError, netlink, ruleset},
 };
 
-use crate::{GuardAction, usage_error};
+use super::{failure, usage_error};
 
-pub(crate) fn run(action: GuardAction) -> ExitCode {
+#[derive(Args)]
+pub(crate) struct GuardArgs {
+    #[command(subcommand)]
+    action: GuardAction,
+}
+
+#[derive(Subcommand)]
+enum GuardAction {
+    /// Install the table, or replace it atomically.
+    Apply {
+        /// The port to guard (TCP).
+        #[arg(long)]
+        port: u16,
+        /// An address or CIDR range allowed to reach the port (repeat for more).
+        #[arg(long)]
+        allow: Vec<String>,
+        /// Print the ruleset (nft syntax) without applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Allow guarding port 22 or the agent's own listening port.
+        #[arg(long)]
+        force: bool,
+        /// The agent's configuration, for its listening port (server.port).
+        #[arg(long, default_value = "/etc/scanner-agent/config.yaml")]
+        config: PathBuf,
+    },
+    /// Delete the table (nothing happens if there is none).
+    Remove,
+    /// Whether the table is installed.
+    Status,
+}
+
+impl GuardArgs {
+    pub(crate) fn run(self) -> ExitCode {
+        run(self.action)
+    }
+}
+
+fn run(action: GuardAction) -> ExitCode {
     match action {
         GuardAction::Apply {
             port,
@@ -68,9 +107,4 @@ fn outcome(result: Result<(), GuardError>, ok: impl FnOnce() -> String) -> ExitC
         }
         Err(e) => failure(e),
     }
-}
-
-fn failure(e: GuardError) -> ExitCode {
-    eprintln!("error: {e}");
-    ExitCode::FAILURE
 }

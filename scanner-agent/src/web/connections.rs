@@ -88,7 +88,7 @@ struct Conn {
 }
 
 /// Every open connection of all listeners.
-pub(super) struct Table {
+pub(crate) struct Table {
     epoch: Instant,
     open: Mutex<Open>,
 }
@@ -100,7 +100,7 @@ struct Open {
 }
 
 impl Table {
-    pub(super) fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             epoch: Instant::now(),
             open: Mutex::new(Open::default()),
@@ -308,17 +308,17 @@ impl AsyncWrite for Watched {
 /// How one listener serves: the router, TLS if any, and its share of the
 /// connection table.
 #[derive(Clone)]
-pub(super) struct Serving {
-    pub(super) app: Router,
+pub(crate) struct Serving {
+    pub(crate) app: Router,
     /// Called per connection, so a reloaded certificate applies to the next one.
-    pub(super) tls: Option<Arc<dyn Fn() -> TlsAcceptor + Send + Sync>>,
-    pub(super) table: Arc<Table>,
+    pub(crate) tls: Option<Arc<dyn Fn() -> TlsAcceptor + Send + Sync>>,
+    pub(crate) table: Arc<Table>,
     /// The connection cap, read per connection (a reload changes it).
-    pub(super) max_connections: Arc<dyn Fn() -> usize + Send + Sync>,
+    pub(crate) max_connections: Arc<dyn Fn() -> usize + Send + Sync>,
 }
 
 /// Accepts connections on `listener` forever.
-pub(super) async fn accept_loop(listener: TcpListener, serving: Serving) {
+pub(crate) async fn accept_loop(listener: TcpListener, serving: Serving) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -409,7 +409,7 @@ where
 
 /// Raises this process's soft limit of open files to its hard limit: the
 /// default soft limit (1024) is far below `server.max_connections`.
-pub(super) fn raise_open_files_limit(max_connections: u64) {
+pub(crate) fn raise_open_files_limit(max_connections: u64) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;

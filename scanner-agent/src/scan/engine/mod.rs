@@ -1,8 +1,11 @@
 //! The scan loop: sends probes from a [`ProbePlan`] at the controlled rate,
 //! retries what goes unanswered, turns replies into port states, and closes
 //! half-open connections. One thread does it all: the ring buffer is read
-//! through shared memory, so only sending costs system calls.
+//! through shared memory, so only sending costs system calls. The rate
+//! belongs here too: each scan's own [`pacer`], under the [`Budget`] that
+//! the daemon's scans share.
 
+mod pacer;
 pub mod rate;
 pub mod tuning;
 mod window;
@@ -20,16 +23,18 @@ use scanner_common::{
     reply,
 };
 
+pub use self::pacer::Budget;
 use self::{
+    pacer::Pacer,
     rate::{RateController, RttEstimator},
     tuning::Tuning,
     window::{Fate, Window},
 };
-use crate::{
+use crate::scan::{
     capture::hub::Replies,
     probes::{Probe, ProbePlan, Protocol, packets},
     results::{PortState, Reason, ResultSet, classify},
-    transmit::{BATCH, Pacer, Packet, TransmitError, TxPool},
+    transmit::{BATCH, Packet, TransmitError, TxPool},
 };
 
 /// Probes awaiting an answer at once, unless `min_parallelism` asks for more.
@@ -139,10 +144,6 @@ pub struct Engine<'a> {
 /// target): the engine sends nothing more once it has seen it.
 pub type Cancel = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
-/// A rate ceiling shared by every scan of the agent (the daemon's budget):
-/// each scan takes its packets from its own pacer and from this one.
-pub type Budget = std::sync::Arc<std::sync::Mutex<Pacer>>;
-
 impl<'a> Engine<'a> {
     pub fn new(
         plan: &'a ProbePlan,
@@ -250,10 +251,7 @@ impl<'a> Engine<'a> {
                 + usize::from(self.window.head < self.plan.len() && self.window.has_room()) * BATCH;
             let mut allowed = self.pacer.take(now, wanted.min(BATCH));
             if let Some(budget) = &self.budget {
-                allowed = budget
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .take(now, allowed);
+                allowed = budget.take(now, allowed);
             }
             period_limited |= wanted > 0 && allowed < wanted.min(BATCH);
             let mut batch = tx.buffer();
@@ -304,12 +302,7 @@ impl<'a> Engine<'a> {
         {
             wake = wake.min(self.pacer.next_in());
             if let Some(budget) = &self.budget {
-                wake = wake.min(
-                    budget
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .next_in(),
-                );
+                wake = wake.min(budget.next_in());
             }
         }
         if let Some(deadline) = self.window.next_deadline() {
@@ -543,7 +536,7 @@ fn silence_of(protocol: Protocol) -> PortState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use crate::scan::{
         probes::Shard,
         targets::{PortList, TargetSet},
     };

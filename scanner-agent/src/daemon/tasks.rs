@@ -6,24 +6,24 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::targets::{TargetError, TargetSet, TargetSpec};
+use crate::scan::targets::{TargetError, TargetSet, TargetSpec};
 
 /// One unit of scheduled work: a subnet, named as it appears in the metrics'
 /// `target` label.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Task {
+pub(super) struct Task {
     pub subnet: IpNet,
 }
 
 impl Task {
-    pub fn label(&self) -> String {
+    pub(super) fn label(&self) -> String {
         self.subnet.to_string()
     }
 }
 
 /// The tasks for `targets` (addresses, CIDR or first-last ranges, hostnames
 /// when `spec.resolve_dns`), after the spec's exclusions and never-targets.
-pub fn split(spec: &TargetSpec, max_v4: u8, max_v6: u8) -> Result<Vec<Task>, TargetError> {
+pub(super) fn split(spec: &TargetSpec, max_v4: u8, max_v6: u8) -> Result<Vec<Task>, TargetError> {
     // Building the set validates everything and applies the exclusions.
     let set = TargetSet::build(spec)?;
     let mut tasks = Vec::new();
@@ -47,14 +47,14 @@ pub fn split(spec: &TargetSpec, max_v4: u8, max_v6: u8) -> Result<Vec<Task>, Tar
     Ok(tasks)
 }
 
-/// Whether `addr` lies inside one of the tasks (what `/query` may scan).
-pub fn covers(tasks: &[Task], addr: IpAddr) -> bool {
-    tasks.iter().any(|t| t.subnet.contains(&addr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `addr` lies inside one of the tasks (what `/query` may scan).
+    fn covers(tasks: &[Task], addr: IpAddr) -> bool {
+        tasks.iter().any(|t| t.subnet.contains(&addr))
+    }
 
     fn labels(tasks: &[Task]) -> Vec<String> {
         tasks.iter().map(Task::label).collect()

@@ -9,7 +9,7 @@ use rand::Rng as _;
 use scanner_common::ProbeKey;
 use siphasher::sip::SipHasher13;
 
-use crate::targets::{PortList, TargetSet};
+use crate::scan::targets::{PortList, TargetSet};
 
 /// A keyed bijection on `0..n`, so every probe is sent exactly once in an
 /// order that spreads load over hosts and ports.

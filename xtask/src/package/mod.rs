@@ -17,23 +17,25 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::workspace_root;
+use clap::Args;
 
-pub const NAME: &str = "scanner-agent";
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const SUMMARY: &str =
+use crate::{build::build, exec::workspace_root};
+
+pub(crate) const NAME: &str = "scanner-agent";
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const SUMMARY: &str =
     "XDP-assisted port scanner and Prometheus exporter for data-transfer nodes";
-pub const DESCRIPTION: &str = "scanner-agent scans the configured networks on a schedule with its own \
+pub(crate) const DESCRIPTION: &str = "scanner-agent scans the configured networks on a schedule with its own \
 raw-socket sender and an XDP reply filter, and exports the results with the OpenPort Exporter's \
 metric names. It runs as the unprivileged scanner-agent user with CAP_BPF, CAP_NET_ADMIN, \
 CAP_NET_RAW and CAP_PERFMON granted by its systemd unit.";
-pub const LICENSE: &str = "Apache-2.0";
-pub const MAINTAINER: &str = "scanner-agent developers <scanner-agent@localhost>";
-pub const CONFIG_PATH: &str = "/etc/scanner-agent/config.yaml";
+pub(crate) const LICENSE: &str = "Apache-2.0";
+pub(crate) const MAINTAINER: &str = "scanner-agent developers <scanner-agent@localhost>";
+pub(crate) const CONFIG_PATH: &str = "/etc/scanner-agent/config.yaml";
 
 /// How a packaged file is treated by the package manager.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Program,
     /// Kept when changed by the admin (dpkg conffile, rpm %config(noreplace));
     /// readable by the service's group only (it may hold passwords).
@@ -42,7 +44,7 @@ pub enum Kind {
     Data,
 }
 
-pub struct File {
+pub(crate) struct File {
     /// Where it is installed, `{unitdir}` standing for the distribution's
     /// systemd unit directory.
     pub path: &'static str,
@@ -51,7 +53,7 @@ pub struct File {
 }
 
 impl File {
-    pub fn mode(&self) -> u32 {
+    pub(crate) fn mode(&self) -> u32 {
         match self.kind {
             Kind::Program => 0o755,
             Kind::Config => 0o640,
@@ -60,13 +62,13 @@ impl File {
     }
 
     /// The installed path for a distribution whose unit directory is `unitdir`.
-    pub fn installed(&self, unitdir: &str) -> String {
+    pub(crate) fn installed(&self, unitdir: &str) -> String {
         self.path.replace("{unitdir}", unitdir)
     }
 }
 
 /// Everything both packages install, read from the tree (and `binary`).
-pub fn payload(binary: &Path) -> Result<Vec<File>> {
+pub(crate) fn payload(binary: &Path) -> Result<Vec<File>> {
     let root = workspace_root();
     let read = |rel: &str| fs::read(root.join(rel)).with_context(|| format!("cannot read {rel}"));
     let file = |path, rel: &str, kind| -> Result<File> {
@@ -125,7 +127,7 @@ pub fn payload(binary: &Path) -> Result<Vec<File>> {
 
 /// The newest glibc symbol version the binary links against, e.g. `2.34`:
 /// the oldest C library it runs on, which the packages then require.
-pub fn glibc_requirement(binary: &[u8]) -> Option<String> {
+pub(crate) fn glibc_requirement(binary: &[u8]) -> Option<String> {
     // The version names live in the dynamic string table as plain
     // `GLIBC_2.34` strings; the largest one is what the loader demands.
     const TAG: &[u8] = b"GLIBC_";
@@ -154,7 +156,7 @@ pub fn glibc_requirement(binary: &[u8]) -> Option<String> {
 /// Seconds since the epoch of the last commit, so rebuilding the same tree
 /// gives the same timestamps inside the packages.
 fn source_date() -> u32 {
-    let commit = crate::cmd("git")
+    let commit = crate::exec::cmd("git")
         .args(["log", "-1", "--format=%ct"])
         .output()
         .ok()
@@ -168,17 +170,31 @@ fn source_date() -> u32 {
     })
 }
 
-pub struct Built {
+#[derive(Args)]
+pub(crate) struct Options {
+    /// Package this scanner-agent binary instead of a fresh release build.
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Where to write the packages (default: target/package).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+pub(crate) fn run_task(o: Options) -> Result<()> {
+    run(o.binary, o.out_dir).map(drop)
+}
+
+pub(crate) struct Built {
     pub deb: PathBuf,
     pub rpm: PathBuf,
 }
 
 /// Packages `binary` (or a fresh release build with the XDP program) into
 /// `out_dir` (default `target/package`).
-pub fn run(binary: Option<PathBuf>, out_dir: Option<PathBuf>) -> Result<Built> {
+pub(crate) fn run(binary: Option<PathBuf>, out_dir: Option<PathBuf>) -> Result<Built> {
     let binary = match binary {
         Some(b) => b,
-        None => crate::build(true)?,
+        None => build(true)?,
     };
     if !binary.is_file() {
         bail!("--binary {}: no such file", binary.display());

@@ -11,7 +11,7 @@ use std::{
 use scanner_common::{ReplyEvent, ReplyKind};
 use serde::Serialize;
 
-use crate::probes::Protocol;
+use crate::scan::probes::Protocol;
 
 /// Port states as nmap defines them. The order is the precedence when a
 /// port gets several answers: a definite answer beats silence.

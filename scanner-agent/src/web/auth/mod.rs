@@ -20,8 +20,17 @@ use subtle::ConstantTimeEq as _;
 
 use self::verify::Checked;
 pub(crate) use self::verify::Verifier;
-use super::Shared;
 use crate::config::{Auth, Networks, Scope, Scopes};
+
+/// What [`authenticate`] checks against: the credentials configured now
+/// (a reload replaces them) and the verifier that checks passwords.
+pub(crate) trait Credentials: Send + Sync + 'static {
+    /// Keeps the configuration in force while one request is checked.
+    type Current: Send + 'static;
+    fn current(&self) -> Self::Current;
+    fn auth(current: &Self::Current) -> &Auth;
+    fn verifier(&self) -> &Verifier;
+}
 
 /// Who a request was authenticated as, with what it may do; a request
 /// extension set by [`authenticate`], so a route that is never anonymous
@@ -90,7 +99,7 @@ fn basic_credentials(authorization: Option<&HeaderValue>) -> Option<(String, Str
 
 /// Who a request says it is, for the audit log: the basic-auth user, a
 /// bearer token (never printed), or `-`.
-pub(super) fn caller(headers: &HeaderMap) -> String {
+pub(crate) fn caller(headers: &HeaderMap) -> String {
     let authorization = headers.get(header::AUTHORIZATION);
     match basic_credentials(authorization) {
         Some((user, _)) => user,
@@ -102,18 +111,18 @@ pub(super) fn caller(headers: &HeaderMap) -> String {
 }
 
 /// Lets a request through only with valid credentials, when any are configured.
-pub(super) async fn authenticate(
-    State(shared): State<Arc<Shared>>,
+pub(crate) async fn authenticate<C: Credentials>(
+    State(credentials): State<Arc<C>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let live = shared.live();
-    let auth = &live.config.auth;
+    let current = credentials.current();
+    let auth = C::auth(&current);
     if !auth.configured() {
         return next.run(request).await;
     }
     let authorization = request.headers().get(header::AUTHORIZATION);
-    match identify(&shared.auth, auth, authorization).await {
+    match identify(credentials.verifier(), auth, authorization).await {
         Ok(who) => {
             request.extensions_mut().insert(who);
             next.run(request).await
@@ -135,7 +144,7 @@ pub(super) async fn authenticate(
 
 /// Lets an authenticated request through only if its credential has
 /// `scope` and is used from one of its networks.
-pub(super) async fn authorize(
+pub(crate) async fn authorize(
     State(scope): State<Scope>,
     request: Request,
     next: Next,

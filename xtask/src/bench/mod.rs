@@ -20,13 +20,14 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use clap::Args;
 
 use self::{
     report::{Metrics, Row},
     testbed::{FIRST_HOST, Testbed},
     tools::{NmapProfile, RunFiles, Scanner},
 };
-use crate::{toolchain, workspace_root};
+use crate::{build::build, exec::workspace_root, toolchain};
 
 /// Every workload scans all ports of its hosts.
 const PORTS: u64 = 65_535;
@@ -84,9 +85,34 @@ impl Workload {
     }
 }
 
+#[derive(Args)]
+pub(crate) struct Options {
+    /// Only the one-host workload, one rate per tool: a smoke check.
+    #[arg(long)]
+    quick: bool,
+    /// Benchmark this scanner-agent binary instead of building one.
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Only the firewall counters' scrape latency against iptables-save.
+    #[arg(long, conflicts_with = "passthrough_only")]
+    firewall: bool,
+    /// Only the node_exporter passthrough comparison.
+    #[arg(long)]
+    passthrough_only: bool,
+}
+
+pub(crate) fn run_task(o: Options) -> Result<()> {
+    let only = match (o.firewall, o.passthrough_only) {
+        (true, _) => Only::Firewall,
+        (_, true) => Only::Passthrough,
+        _ => Only::Everything,
+    };
+    run(o.quick, o.agent, only)
+}
+
 /// Which parts of the bench to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Only {
+pub(crate) enum Only {
     Everything,
     Firewall,
     Passthrough,
@@ -94,7 +120,7 @@ pub enum Only {
 
 /// Runs the bench; `agent` is a prebuilt binary to use instead of a fresh
 /// release build (e.g. to compare with an older version).
-pub fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()> {
+pub(crate) fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()> {
     if !toolchain::is_root() {
         bail!("the bench creates network namespaces and runs raw-socket scanners: run it as root");
     }
@@ -103,7 +129,7 @@ pub fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()> {
     let agent = match agent {
         Some(path) => fs::canonicalize(&path)
             .with_context(|| format!("no scanner-agent at {}", path.display()))?,
-        None => crate::build(true)?,
+        None => build(true)?,
     };
     let out_dir = workspace_root().join("target").join("bench");
     fs::create_dir_all(out_dir.join("runs"))?;

@@ -1,16 +1,21 @@
-//! The `scan` command's flags, and how they combine with a config file.
+//! `scanner-agent scan`: its flags, how they combine with a config file,
+//! and the closing summary.
 
-use std::{path::PathBuf, time::Duration};
+use std::{io, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
 use scanner_agent::{
     config::Config,
-    engine::tuning::{DEFAULT_INITIAL_RTT, DEFAULT_MAX_RTT, DEFAULT_MIN_RTT, Rate, Tuning},
-    probes::{Protocol, Shard},
-    results::{OutputFormat, PortState},
-    scan::ScanOptions,
-    targets::PortList,
+    scan::{
+        self, Attachment, ScanOptions, ScanReport,
+        engine::tuning::{NmapTimings, Rate, Tuning},
+        probes::{Protocol, Shard},
+        results::{OutputFormat, PortState, write_results},
+        targets::PortList,
+    },
 };
+
+use super::{failure, usage_error};
 
 /// Flags override the `scanning:` section of `--config`, which overrides
 /// the built-in defaults (those of the replaced exporter, except that the
@@ -39,7 +44,7 @@ pub(crate) struct ScanArgs {
     states: Vec<PortState>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub(crate) format: OutputFormat,
+    format: OutputFormat,
     /// Interface to send on and capture from (default: by route lookup).
     #[arg(short, long)]
     interface: Option<String>,
@@ -97,7 +102,7 @@ pub(crate) struct ScanArgs {
 }
 
 impl ScanArgs {
-    pub(crate) fn options(self) -> Result<ScanOptions, String> {
+    fn options(self) -> Result<ScanOptions, String> {
         let config = match &self.config {
             Some(path) => {
                 let config = Config::load(path).map_err(|e| e.to_string())?;
@@ -124,48 +129,25 @@ impl ScanArgs {
             (Some(r), ..) => Rate::Fixed(r),
             (None, None, None) => tuning.rate,
             (None, min, max) => {
-                let max = max.filter(|&m| m > 0);
                 let min = min.unwrap_or(section.min_rate.0);
-                if max.is_some_and(|m| m < min) {
-                    return Err(format!(
-                        "--max-rate {} is below --min-rate {min}",
-                        max.unwrap_or_default()
-                    ));
+                match Rate::adaptive(min, max.unwrap_or(0)) {
+                    Rate::Adaptive { max: Some(max), .. } if max < min => {
+                        return Err(format!("--max-rate {max} is below --min-rate {min}"));
+                    }
+                    rate => rate,
                 }
-                Rate::Adaptive { min, max }
             }
-        };
-        let ms = |v: Option<u64>, default: Duration, current: Duration| match v {
-            Some(0) => default,
-            Some(v) => Duration::from_millis(v),
-            None => current,
         };
         tuning.min_parallelism = self.min_parallelism.unwrap_or(tuning.min_parallelism);
         tuning.max_retries = self.max_retries.unwrap_or(tuning.max_retries);
-        if let Some(s) = self.host_timeout {
-            tuning.host_timeout = (s > 0).then(|| Duration::from_secs(s));
-        }
-        tuning.scan_delay = self
-            .scan_delay
-            .map_or(tuning.scan_delay, Duration::from_millis);
-        if let Some(ms) = self.max_scan_delay {
-            tuning.max_scan_delay = (ms > 0).then(|| Duration::from_millis(ms));
-        }
-        tuning.initial_rtt_timeout = ms(
-            self.initial_rtt_timeout,
-            DEFAULT_INITIAL_RTT,
-            tuning.initial_rtt_timeout,
-        );
-        tuning.min_rtt_timeout = ms(
-            self.min_rtt_timeout,
-            DEFAULT_MIN_RTT,
-            tuning.min_rtt_timeout,
-        );
-        tuning.max_rtt_timeout = ms(
-            self.max_rtt_timeout,
-            DEFAULT_MAX_RTT,
-            tuning.max_rtt_timeout,
-        );
+        let mut tuning = tuning.with_nmap_timings(NmapTimings {
+            host_timeout: self.host_timeout,
+            scan_delay: self.scan_delay,
+            max_scan_delay: self.max_scan_delay,
+            initial_rtt_timeout: self.initial_rtt_timeout,
+            max_rtt_timeout: self.max_rtt_timeout,
+            min_rtt_timeout: self.min_rtt_timeout,
+        });
         tuning.wait = Duration::try_from_secs_f64(self.wait).map_err(|_| {
             format!(
                 "invalid --wait {}: expected seconds, e.g. 1 or 0.5",
@@ -214,5 +196,74 @@ impl ScanArgs {
             cancel: None,
             budget: None,
         })
+    }
+}
+
+impl ScanArgs {
+    pub(crate) fn run(self) -> ExitCode {
+        let format = self.format;
+        let opts = match self.options() {
+            Ok(o) => o,
+            Err(e) => return usage_error(e),
+        };
+        let report = match scan::run(&opts, Attachment::Own) {
+            Ok(r) => r,
+            Err(e) if e.is_usage() => return usage_error(e),
+            Err(e) => return failure(e),
+        };
+        summarize(&report, &opts);
+        match write_results(&mut io::stdout().lock(), format, &report.results.results()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => failure(format_args!("writing results: {e}")),
+        }
+    }
+}
+
+/// The closing summary on stderr, so a lossy or slow scan never looks clean.
+fn summarize(r: &ScanReport, opts: &ScanOptions) {
+    for (target, (up, down)) in &r.hosts {
+        tracing::info!(target = target.as_str(), up, down, "hosts");
+    }
+    let p = &r.ports;
+    let count = |s| r.results.count(s);
+    tracing::info!(
+        probes = p.sent,
+        retries = p.retries,
+        seconds = format_args!("{:.2}", r.total_time.as_secs_f64()),
+        rate = format_args!("{:.0}", p.achieved_rate()),
+        final_rate = format_args!("{:.0}", p.final_rate),
+        open = count(PortState::Open),
+        closed = count(PortState::Closed),
+        filtered = count(PortState::Filtered),
+        open_filtered = count(PortState::OpenFiltered),
+        hosts_timed_out = p.hosts_timed_out,
+        xdp_mode = %r.mode,
+        xdp_frames = r.xdp.frames,
+        xdp_matched = r.xdp.matched,
+        xdp_lost = r.xdp.ringbuf_full,
+        "scan finished"
+    );
+    if let Rate::Fixed(asked) = opts.tuning.rate
+        && p.sent > 10_000
+        && p.achieved_rate() < asked as f64 * 0.9
+    {
+        tracing::warn!(
+            asked,
+            achieved = format_args!("{:.0}", p.achieved_rate()),
+            "the requested rate was not reached"
+        );
+    }
+    if r.xdp.ringbuf_full > 0 {
+        tracing::warn!(
+            lost = r.xdp.ringbuf_full,
+            "replies were lost because the ring buffer was full: results are incomplete; lower the rate"
+        );
+    }
+    if p.hosts_timed_out > 0 {
+        tracing::warn!(
+            hosts = p.hosts_timed_out,
+            "hosts timed out (host_timeout) and were not fully scanned"
+        );
     }
 }

@@ -1,10 +1,17 @@
 //! The OpenPort Exporter's metric families, with the same names, label names,
-//! types and help texts, so existing dashboards and alerts keep working.
-//! The daemon (`scanner-agent run`) fills them; this module only defines and
-//! encodes them (OpenMetrics text, which Prometheus scrapes natively).
+//! types and help texts, so existing dashboards and alerts keep working,
+//! and the agent's own. [`Metrics`] holds them with the registries they are
+//! served from, and is the one place the daemon updates them
+//! ([`crate::web::exposition`] encodes them).
+
+use std::{
+    net::IpAddr,
+    sync::{Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{
         counter::Counter,
         family::Family,
@@ -12,6 +19,12 @@ use prometheus_client::{
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
+};
+
+use crate::{
+    firewall::FirewallConfig,
+    passthrough,
+    scan::{ScanReport, capture::XdpCounters, probes::Protocol},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -240,16 +253,287 @@ impl AgentMetrics {
     }
 }
 
-/// The registry as OpenMetrics text.
-pub fn encode_text(registry: &Registry) -> String {
-    let mut out = String::new();
-    encode(&mut out, registry).expect("writing to a String cannot fail");
-    out
+/// An open port, as the metrics key it.
+pub(crate) type OpenPort = (IpAddr, Protocol, u16);
+
+fn port_labels(&(ip, protocol, port): &OpenPort) -> PortLabels {
+    PortLabels {
+        ip: ip.to_string(),
+        port: port.to_string(),
+        protocol: protocol.to_string(),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        .try_into()
+        .unwrap_or(i64::MAX)
+}
+
+/// The `error_type` values of `scans_failed_total`.
+pub(crate) const ERROR_TYPES: [&str; 3] = ["timeout", "permission", "other"];
+
+/// Every family the daemon exports, the registries that serve them, and
+/// every update the daemon makes to them.
+pub(crate) struct Metrics {
+    /// What the main `/metrics` serves.
+    pub(crate) registry: Registry,
+    /// The firewall counters alone, for their drop-in listener.
+    pub(crate) firewall_registry: Option<Registry>,
+    exporter: ExporterMetrics,
+    agent: AgentMetrics,
+    /// The XDP counters at the last update, to add only what is new.
+    xdp_seen: Mutex<XdpCounters>,
+}
+
+impl Metrics {
+    /// Registers the exporter's and the agent's families (the durations
+    /// only with `duration_metrics`), the firewall counters as `firewall`
+    /// says, and the passthrough's, whose proxy is returned.
+    pub(crate) fn register(
+        duration_metrics: bool,
+        firewall: &FirewallConfig,
+    ) -> (Self, passthrough::Proxy) {
+        let mut registry = Registry::default();
+        let exporter = ExporterMetrics::register(&mut registry, duration_metrics);
+        let agent = AgentMetrics::register(&mut registry);
+        let firewall_registry = crate::firewall::start(firewall, &mut registry);
+        let proxy = passthrough::Proxy::new(&mut registry);
+        let metrics = Self {
+            registry,
+            firewall_registry,
+            exporter,
+            agent,
+            xdp_seen: Mutex::new(XdpCounters::default()),
+        };
+        (metrics, proxy)
+    }
+
+    /// `task_queue_size`.
+    pub(crate) fn queued(&self, len: usize) {
+        self.exporter.task_queue_size.set(len as i64);
+    }
+
+    /// The agent's own metrics after a scan: probes, retries, achieved rate,
+    /// and what the (shared) XDP program counted since the last update.
+    pub(crate) fn scanned(&self, report: &ScanReport) {
+        let a = &self.agent;
+        a.probes_sent.inc_by(report.ports.sent);
+        a.probe_retries.inc_by(report.ports.retries);
+        a.last_scan_rate.set(report.ports.achieved_rate());
+        let mut seen = self.xdp_seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = report.xdp;
+        a.xdp_frames.inc_by(now.frames.saturating_sub(seen.frames));
+        a.xdp_replies_matched
+            .inc_by(now.matched.saturating_sub(seen.matched));
+        a.xdp_replies_lost
+            .inc_by(now.ringbuf_full.saturating_sub(seen.ringbuf_full));
+        *seen = (*seen).max_each(now);
+    }
+
+    /// The XDP program is attached in `mode`, instead of `old` if it was
+    /// elsewhere (the new program counts from zero).
+    pub(crate) fn attached(&self, mode: String, old: Option<String>) {
+        if let Some(old) = old {
+            self.agent
+                .xdp_attached
+                .get_or_create(&ModeLabels { mode: old })
+                .set(0);
+            *self.xdp_seen.lock().unwrap_or_else(PoisonError::into_inner) = XdpCounters::default();
+        }
+        self.agent
+            .xdp_attached
+            .get_or_create(&ModeLabels { mode })
+            .set(1);
+    }
+
+    /// The outcome of a (re)load, as Prometheus reports its own.
+    pub(crate) fn reloaded(&self, ok: bool) {
+        self.agent.config_reload_ok.set(i64::from(ok));
+        if ok {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            self.agent.config_reload_time.set(now.as_secs() as i64);
+        }
+    }
+
+    /// A scan of `labels` failed for `error_type` (one of [`ERROR_TYPES`]).
+    pub(crate) fn failed(&self, labels: &TaskLabels, error_type: &str) {
+        if error_type == "timeout" {
+            self.exporter.nmap_scan_timeouts.get_or_create(labels).inc();
+        }
+        self.exporter
+            .scans_failed
+            .get_or_create(&failure_labels(labels, error_type))
+            .inc();
+    }
+
+    /// A scan of `labels` succeeded after `took`; a `/query` scan (`query`)
+    /// also shows its time and duration, which a scheduled one shows with
+    /// its task's state ([`Metrics::last_scan`]).
+    pub(crate) fn succeeded(&self, labels: &TaskLabels, took: Duration, query: bool) {
+        let m = &self.exporter;
+        m.scans_successful.get_or_create(labels).inc();
+        if query {
+            m.last_scan_timestamp_seconds
+                .get_or_create(labels)
+                .set(unix_seconds(SystemTime::now()));
+            m.scan_duration_seconds
+                .get_or_create(labels)
+                .set(took.as_secs_f64());
+        }
+        // Exported only when duration_metrics registered it.
+        m.scan_duration_histogram_seconds
+            .get_or_create(labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// The gauges of a scheduled task's last scan: when, how long, hosts up
+    /// and down.
+    pub(crate) fn last_scan(
+        &self,
+        labels: TaskLabels,
+        last: Option<SystemTime>,
+        took: Option<Duration>,
+        hosts: Option<(u64, u64)>,
+    ) {
+        let m = &self.exporter;
+        if let Some(last) = last {
+            m.last_scan_timestamp_seconds
+                .get_or_create(&labels)
+                .set(unix_seconds(last));
+        }
+        if let Some(took) = took {
+            // Exported only when duration_metrics registered it.
+            m.scan_duration_seconds
+                .get_or_create(&labels)
+                .set(took.as_secs_f64());
+        }
+        if let Some((up, down)) = hosts {
+            let target = TargetLabels {
+                target: labels.target,
+            };
+            m.nmap_host_up_count.get_or_create(&target).set(up as i64);
+            m.nmap_host_down_count
+                .get_or_create(&target)
+                .set(down as i64);
+        }
+    }
+
+    /// `port_state_changes_total` of a scan of `target`.
+    pub(crate) fn changes(&self, target: String, opened: u64, closed: u64) {
+        let change = |kind: &str| ChangeLabels {
+            target: target.clone(),
+            change_type: kind.into(),
+        };
+        let m = &self.exporter;
+        m.port_state_changes
+            .get_or_create(&change("closed_to_open"))
+            .inc_by(opened);
+        m.port_state_changes
+            .get_or_create(&change("open_to_closed"))
+            .inc_by(closed);
+    }
+
+    /// `open_port_status` of `port`: 1 open, 0 closed since the last scan.
+    pub(crate) fn port(&self, port: &OpenPort, value: i64) {
+        self.exporter
+            .open_port_status
+            .get_or_create(&port_labels(port))
+            .set(value);
+    }
+
+    /// Drops `port`'s `open_port_status`.
+    pub(crate) fn drop_port(&self, port: &OpenPort) {
+        self.exporter.open_port_status.remove(&port_labels(port));
+    }
+
+    /// A series left out by `max_open_port_series` (and dropped if it was there).
+    pub(crate) fn port_left_out(&self, port: &OpenPort) {
+        self.agent.open_port_series_dropped.inc();
+        self.drop_port(port);
+    }
+
+    /// `open_ports_total` of `ip`: a count, or no series.
+    pub(crate) fn open_ports(&self, ip: IpAddr, count: Option<usize>) {
+        let labels = IpLabels { ip: ip.to_string() };
+        match count {
+            Some(n) => {
+                self.exporter
+                    .open_ports_total
+                    .get_or_create(&labels)
+                    .set(n as i64);
+            }
+            None => {
+                self.exporter.open_ports_total.remove(&labels);
+            }
+        }
+    }
+
+    /// Creates a scheduled job's counters at 0, so the first failure,
+    /// timeout or change is an increase Prometheus can see (a series born
+    /// at 1 is not).
+    pub(crate) fn declare(&self, labels: &TaskLabels) {
+        let m = &self.exporter;
+        m.scans_successful.get_or_create(labels).inc_by(0);
+        m.nmap_scan_timeouts.get_or_create(labels).inc_by(0);
+        for error_type in ERROR_TYPES {
+            m.scans_failed
+                .get_or_create(&failure_labels(labels, error_type))
+                .inc_by(0);
+        }
+        for change_type in ["closed_to_open", "open_to_closed"] {
+            m.port_state_changes
+                .get_or_create(&ChangeLabels {
+                    target: labels.target.clone(),
+                    change_type: change_type.into(),
+                })
+                .inc_by(0);
+        }
+    }
+
+    /// Drops the gauges of a task that is no longer configured.
+    pub(crate) fn forget_task(&self, labels: TaskLabels) {
+        let m = &self.exporter;
+        m.last_scan_timestamp_seconds.remove(&labels);
+        m.scan_duration_seconds.remove(&labels);
+        let target = TargetLabels {
+            target: labels.target,
+        };
+        m.nmap_host_up_count.remove(&target);
+        m.nmap_host_down_count.remove(&target);
+    }
+
+    /// Drops every series of a `/query` scan's label set.
+    pub(crate) fn forget_query(&self, old: &TaskLabels) {
+        let m = &self.exporter;
+        m.scans_successful.remove(old);
+        m.nmap_scan_timeouts.remove(old);
+        m.last_scan_timestamp_seconds.remove(old);
+        m.scan_duration_seconds.remove(old);
+        m.scan_duration_histogram_seconds.remove(old);
+        for error_type in ERROR_TYPES {
+            m.scans_failed.remove(&failure_labels(old, error_type));
+        }
+    }
+}
+
+fn failure_labels(labels: &TaskLabels, error_type: &str) -> FailureLabels {
+    FailureLabels {
+        target: labels.target.clone(),
+        port_range: labels.port_range.clone(),
+        protocol: labels.protocol.clone(),
+        error_type: error_type.into(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::exposition::encode_text;
 
     fn task(target: &str) -> TaskLabels {
         TaskLabels {

@@ -2,18 +2,27 @@
 //! (Prometheus does), the classic Prometheus text format (0.0.4) to the rest
 //! (curl, `promtool check metrics`, older scrapers), as the Go client does.
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use std::sync::Arc;
 
-use crate::metrics::encode_text;
+use axum::{
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse as _, Response},
+};
+use prometheus_client::{encoding::text::encode as write_openmetrics, registry::Registry};
+use tokio::sync::Semaphore;
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The registry in the OpenMetrics text format.
+pub fn encode_text(registry: &Registry) -> String {
+    let mut out = String::new();
+    write_openmetrics(&mut out, registry).expect("writing to a String cannot fail");
+    out
+}
+
 /// The registry encoded in the format `headers` accept, with its content type.
-pub fn encode(
-    registry: &prometheus_client::registry::Registry,
-    headers: &HeaderMap,
-) -> (HeaderValue, String) {
+pub fn encode(registry: &Registry, headers: &HeaderMap) -> (HeaderValue, String) {
     let text = encode_text(registry);
     let wants_openmetrics = headers
         .get_all(header::ACCEPT)
@@ -24,6 +33,48 @@ pub fn encode(
         (HeaderValue::from_static(OPENMETRICS), text)
     } else {
         (HeaderValue::from_static(CLASSIC), classic_text(&text))
+    }
+}
+
+/// Expositions encoded at once: each runs on a blocking thread (the
+/// firewall counters read netlink), so a burst of scrapes waits its turn
+/// there instead of holding the threads that serve requests.
+#[derive(Clone)]
+pub(crate) struct Encoders(Arc<Semaphore>);
+
+impl Encoders {
+    /// As many at once as there are cores.
+    pub(crate) fn new() -> Self {
+        Self(Arc::new(Semaphore::new(
+            std::thread::available_parallelism().map_or(1, usize::from),
+        )))
+    }
+
+    /// The response to a scrape: `registry` of `state` (404 when there is
+    /// none) encoded for `headers` on a blocking thread, a few at a time.
+    pub(crate) async fn respond<S: Send + Sync + 'static>(
+        &self,
+        state: &Arc<S>,
+        registry: fn(&S) -> Option<&Registry>,
+        headers: HeaderMap,
+    ) -> Response {
+        let Ok(_permit) = self.0.acquire().await else {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        };
+        let state = Arc::clone(state);
+        let encoded =
+            tokio::task::spawn_blocking(move || registry(&state).map(|r| encode(r, &headers)))
+                .await;
+        match encoded {
+            Ok(Some((content_type, body))) => {
+                ([(header::CONTENT_TYPE, content_type)], body).into_response()
+            }
+            Ok(None) => StatusCode::NOT_FOUND.into_response(),
+            Err(e) => {
+                tracing::error!("encoding the metrics failed: {e}");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
     }
 }
 

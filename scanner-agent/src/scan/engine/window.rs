@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Fate {
+pub(super) enum Fate {
     #[default]
     Pending,
     Answered,
@@ -14,7 +14,7 @@ pub enum Fate {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Slot {
+pub(super) struct Slot {
     pub fate: Fate,
     /// Attempts sent so far.
     pub tries: u8,
@@ -24,7 +24,7 @@ pub struct Slot {
 
 /// Probes `base..head` of the scan order, indexed modulo the capacity, and
 /// their retry deadlines in send order.
-pub struct Window {
+pub(super) struct Window {
     slots: Vec<Slot>,
     pub base: u64,
     pub head: u64,
@@ -32,7 +32,7 @@ pub struct Window {
 }
 
 impl Window {
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
             slots: vec![Slot::default(); capacity.max(1)],
             base: 0,
@@ -41,17 +41,17 @@ impl Window {
         }
     }
 
-    pub fn has_room(&self) -> bool {
+    pub(super) fn has_room(&self) -> bool {
         self.head - self.base < self.slots.len() as u64
     }
 
     /// Bytes the window holds at most (for the documentation and the log).
-    pub fn memory(&self) -> usize {
+    pub(super) fn memory(&self) -> usize {
         self.slots.len() * (size_of::<Slot>() + size_of::<(u64, u32)>())
     }
 
     /// The slot of probe `i`, while it is in the window.
-    pub fn get(&mut self, i: u64) -> Option<&mut Slot> {
+    pub(super) fn get(&mut self, i: u64) -> Option<&mut Slot> {
         if i < self.base || i >= self.head {
             return None;
         }
@@ -60,7 +60,7 @@ impl Window {
     }
 
     /// Opens the next probe's slot; its first attempt goes out now.
-    pub fn push(&mut self, now_ms: u32, deadline_ms: u32) -> u64 {
+    pub(super) fn push(&mut self, now_ms: u32, deadline_ms: u32) -> u64 {
         let i = self.head;
         self.head += 1;
         *self.get(i).expect("room was checked") = Slot {
@@ -73,14 +73,14 @@ impl Window {
     }
 
     /// Decides probe `i` (if it is still in the window).
-    pub fn decide(&mut self, i: u64, fate: Fate) {
+    pub(super) fn decide(&mut self, i: u64, fate: Fate) {
         if let Some(slot) = self.get(i) {
             slot.fate = fate;
         }
     }
 
     /// Records a retransmission of probe `i`.
-    pub fn resend(&mut self, i: u64, now_ms: u32, deadline_ms: u32) {
+    pub(super) fn resend(&mut self, i: u64, now_ms: u32, deadline_ms: u32) {
         if let Some(slot) = self.get(i) {
             slot.tries += 1;
             slot.sent_ms = now_ms;
@@ -89,7 +89,7 @@ impl Window {
     }
 
     /// The next pending probe whose answer is overdue, if any.
-    pub fn next_overdue(&mut self, now_ms: u32) -> Option<(u64, Slot)> {
+    pub(super) fn next_overdue(&mut self, now_ms: u32) -> Option<(u64, Slot)> {
         while let Some(&(i, deadline)) = self.deadlines.front() {
             if deadline > now_ms {
                 return None;
@@ -103,12 +103,12 @@ impl Window {
     }
 
     /// The earliest retry deadline, if any probe awaits one.
-    pub fn next_deadline(&self) -> Option<u32> {
+    pub(super) fn next_deadline(&self) -> Option<u32> {
         self.deadlines.front().map(|&(_, d)| d)
     }
 
     /// Frees the slots of decided probes at the start of the window.
-    pub fn advance(&mut self) {
+    pub(super) fn advance(&mut self) {
         while self.base < self.head {
             let n = self.slots.len() as u64;
             if self.slots[(self.base % n) as usize].fate == Fate::Pending {
@@ -119,7 +119,7 @@ impl Window {
     }
 
     /// Whether every opened probe is decided.
-    pub fn settled(&self) -> bool {
+    pub(super) fn settled(&self) -> bool {
         self.base == self.head
     }
 }

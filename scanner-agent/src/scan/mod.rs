@@ -1,21 +1,36 @@
-//! One scan from start to end: validate, route, attach, discover hosts,
-//! scan ports, report.
+//! The scan path, in data-flow order: [`targets`] (what to scan) ->
+//! [`probes`] (order and wire format) -> [`transmit`] (raw sockets) ->
+//! [`capture`] (the XDP program and its ring buffer) -> [`results`] (port
+//! states, output), driven by [`engine`] (retries, timeouts, rate and its
+//! budget); [`route`] picks the interface and sources, [`privileges`]
+//! checks the capabilities first. [`run`] is one scan from start to end,
+//! for the CLI and the daemon alike: validate, route, attach, discover
+//! hosts, scan ports, report.
+
+pub mod targets;
+pub mod probes;
+pub mod transmit;
+pub mod capture;
+pub mod results;
+pub mod engine;
+pub mod route;
+pub mod privileges;
 
 use std::{collections::BTreeMap, hash::Hasher as _, time::Instant};
 
 use scanner_common::maps::protocols;
 use siphasher::sip::SipHasher13;
 
-use crate::{
+use self::{
     capture::{
         AttachMode, Capture, CaptureError, XdpCounters,
         hub::{Hub, HubError, Replies},
     },
     engine::{Budget, Cancel, Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
-    privileges::{self, MissingCapability},
-    probes::{self, ProbePlan, Protocol, Shard},
+    privileges::MissingCapability,
+    probes::{ProbePlan, Protocol, Shard},
     results::{PortState, ResultSet},
-    route::{self, Route, RouteError},
+    route::{Route, RouteError},
     targets::{PortList, TargetError, TargetSet, TargetSpec},
     transmit::{TransmitError, TxPool},
 };
@@ -113,49 +128,58 @@ fn order_seed(opts: &ScanOptions) -> [u64; 2] {
     [s, s.rotate_left(32)]
 }
 
-/// Runs one scan on its own: attaches the XDP program to the interface
-/// that reaches the targets, reads its ring buffer on the scan's own thread
-/// (no hand-over), and detaches it at the end.
-pub fn run(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
-    let targets = TargetSet::build(&opts.targets)?;
-    privileges::check_scan()?;
-    let route = route::lookup(targets.range_starts(), opts.interface.as_deref())?;
-    tracing::info!(interface = %route.interface, sources = ?route.sources, "route chosen");
-    let (mut capture, mut stream) = Capture::attach(&route.interface, route::probe_ports()?)?;
-    let key = probes::new_key();
-    const SLOT: u32 = 0;
-    capture.activate(SLOT, key, slot_protocols(opts))?;
-    let id = Identity {
-        key,
-        slot: SLOT,
-        settings: capture.settings(),
-        sources: route.sources(),
-    };
-    let mut report = execute(&mut stream, id, &route, &targets, opts, capture.mode())?;
-    report.xdp = capture.counters()?;
-    Ok(report)
+/// Where a scan gets its replies.
+#[derive(Clone, Copy)]
+pub enum Attachment<'a> {
+    /// Its own attachment of the XDP program, to the interface that reaches
+    /// the targets, read on the scan's own thread (no hand-over) and
+    /// detached at the end: the CLI.
+    Own,
+    /// A program attached already and shared through `hub` with the other
+    /// scans in flight on it, towards `route`: the daemon.
+    Shared { hub: &'a Hub, route: &'a Route },
 }
 
-/// Runs one scan through a shared [`Hub`], alongside any other scans in
-/// flight on it.
-pub fn run_with(
-    hub: &Hub,
-    route: &Route,
-    targets: TargetSet,
-    opts: &ScanOptions,
-) -> Result<ScanReport, ScanError> {
-    let key = probes::new_key();
-    let mut lease = hub.lease(key, slot_protocols(opts))?;
-    let id = Identity {
-        key,
-        slot: lease.slot(),
-        settings: hub.settings(),
-        sources: route.sources(),
-    };
-    let mut report = execute(&mut lease, id, route, &targets, opts, hub.mode())?;
-    drop(lease);
-    report.xdp = hub.counters()?;
-    Ok(report)
+/// Runs one scan from start to end: the targets checked and resolved,
+/// then host discovery (if asked for) and the port scan, with replies
+/// from `attachment`.
+pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport, ScanError> {
+    let targets = TargetSet::build(&opts.targets)?;
+    match attachment {
+        Attachment::Own => {
+            privileges::check_scan()?;
+            let route = route::lookup(targets.range_starts(), opts.interface.as_deref())?;
+            tracing::info!(interface = %route.interface, sources = ?route.sources, "route chosen");
+            let (mut capture, mut stream) =
+                Capture::attach(&route.interface, route::probe_ports()?)?;
+            let key = probes::new_key();
+            const SLOT: u32 = 0;
+            capture.activate(SLOT, key, slot_protocols(opts))?;
+            let id = Identity {
+                key,
+                slot: SLOT,
+                settings: capture.settings(),
+                sources: route.sources(),
+            };
+            let mut report = execute(&mut stream, id, &route, &targets, opts, capture.mode())?;
+            report.xdp = capture.counters()?;
+            Ok(report)
+        }
+        Attachment::Shared { hub, route } => {
+            let key = probes::new_key();
+            let mut lease = hub.lease(key, slot_protocols(opts))?;
+            let id = Identity {
+                key,
+                slot: lease.slot(),
+                settings: hub.settings(),
+                sources: route.sources(),
+            };
+            let mut report = execute(&mut lease, id, route, &targets, opts, hub.mode())?;
+            drop(lease);
+            report.xdp = hub.counters()?;
+            Ok(report)
+        }
+    }
 }
 
 /// The protocols a scan sends probes of, as the XDP program's slot records

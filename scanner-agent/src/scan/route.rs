@@ -10,7 +10,7 @@ use nix::ifaddrs::getifaddrs;
 use scanner_common::maps::{MAX_SCANS, Settings};
 use socket2::{Domain, Socket, Type};
 
-use crate::engine::Sources;
+use crate::scan::engine::Sources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {

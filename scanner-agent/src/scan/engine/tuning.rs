@@ -1,6 +1,7 @@
 //! The tuning options of the replaced exporter (nmap's), with the meaning
 //! each has in this engine. Units and defaults are the seed's; 0 means
-//! "engine default" where nmap's did.
+//! "engine default" where nmap's did, read in one place for the
+//! configuration and the command line alike ([`NmapTimings`]).
 
 use std::time::Duration;
 
@@ -43,6 +44,36 @@ pub const DEFAULT_INITIAL_RTT: Duration = Duration::from_millis(1000);
 pub const DEFAULT_MIN_RTT: Duration = Duration::from_millis(100);
 pub const DEFAULT_MAX_RTT: Duration = Duration::from_millis(10_000);
 
+impl Rate {
+    /// nmap's adaptive rate; a `max` of 0 is no fixed ceiling.
+    pub fn adaptive(min: u64, max: u64) -> Self {
+        Self::Adaptive {
+            min,
+            max: (max > 0).then_some(max),
+        }
+    }
+}
+
+/// The timing options as nmap (and the replaced exporter) take them: whole
+/// seconds or milliseconds, where 0 means nmap's default for a round-trip
+/// timeout, and none for the host timeout and the largest scan delay.
+/// `None` leaves a value as it is (a flag not given).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NmapTimings {
+    /// Seconds; 0: never.
+    pub host_timeout: Option<u64>,
+    /// Milliseconds.
+    pub scan_delay: Option<u64>,
+    /// Milliseconds; 0: no limit.
+    pub max_scan_delay: Option<u64>,
+    /// Milliseconds; 0: [`DEFAULT_INITIAL_RTT`].
+    pub initial_rtt_timeout: Option<u64>,
+    /// Milliseconds; 0: [`DEFAULT_MAX_RTT`].
+    pub max_rtt_timeout: Option<u64>,
+    /// Milliseconds; 0: [`DEFAULT_MIN_RTT`].
+    pub min_rtt_timeout: Option<u64>,
+}
+
 impl Default for Tuning {
     /// The seed's defaults, with the command line's fixed rate.
     fn default() -> Self {
@@ -62,6 +93,36 @@ impl Default for Tuning {
 }
 
 impl Tuning {
+    /// These settings with `t`'s given values, read as nmap reads them.
+    pub fn with_nmap_timings(mut self, t: NmapTimings) -> Self {
+        let millis_or = |ms: u64, default| {
+            if ms == 0 {
+                default
+            } else {
+                Duration::from_millis(ms)
+            }
+        };
+        if let Some(s) = t.host_timeout {
+            self.host_timeout = (s > 0).then(|| Duration::from_secs(s));
+        }
+        if let Some(ms) = t.scan_delay {
+            self.scan_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = t.max_scan_delay {
+            self.max_scan_delay = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(ms) = t.initial_rtt_timeout {
+            self.initial_rtt_timeout = millis_or(ms, DEFAULT_INITIAL_RTT);
+        }
+        if let Some(ms) = t.max_rtt_timeout {
+            self.max_rtt_timeout = millis_or(ms, DEFAULT_MAX_RTT);
+        }
+        if let Some(ms) = t.min_rtt_timeout {
+            self.min_rtt_timeout = millis_or(ms, DEFAULT_MIN_RTT);
+        }
+        self
+    }
+
     /// Rate bounds from the per-host delays, for `hosts` targets.
     pub fn host_rate_bounds(&self, hosts: u64) -> (f64, f64) {
         let hosts = hosts.max(1) as f64;

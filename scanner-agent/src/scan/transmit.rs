@@ -11,12 +11,12 @@ use std::{
         mpsc::{self, Receiver, SyncSender},
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::probes::packets::MAX_PACKET;
+use crate::scan::probes::packets::MAX_PACKET;
 
 /// Packets handed to the kernel in one `sendmmsg` call.
 pub const BATCH: usize = 64;
@@ -270,63 +270,13 @@ impl Drop for TxPool {
     }
 }
 
-/// A token bucket: `rate` tokens per second, holding at most a couple of
-/// milliseconds' worth, so bursts stay short and the average holds.
-#[derive(Debug)]
-pub struct Pacer {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Pacer {
-    pub fn new(rate: f64) -> Self {
-        Self {
-            rate: rate.max(1.0),
-            tokens: 1.0,
-            last: Instant::now(),
-        }
-    }
-
-    pub fn rate(&self) -> f64 {
-        self.rate
-    }
-
-    pub fn set_rate(&mut self, rate: f64) {
-        self.refill(Instant::now());
-        self.rate = rate.max(1.0);
-    }
-
-    fn burst(&self) -> f64 {
-        (self.rate * 0.002).clamp(1.0, BATCH as f64)
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst());
-        self.last = now;
-    }
-
-    /// How many packets may go out now (taken from the bucket).
-    pub fn take(&mut self, now: Instant, want: usize) -> usize {
-        self.refill(now);
-        let n = (self.tokens.floor() as usize).min(want);
-        self.tokens -= n as f64;
-        n
-    }
-
-    /// How long until the next packet may go.
-    pub fn next_in(&self) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn pool_sends_everything_through_loopback() {
+        testbed::require_root!();
         use std::net::{Ipv4Addr, UdpSocket};
         // Needs CAP_NET_RAW, like every privileged test here.
         let sink = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
@@ -342,7 +292,7 @@ mod tests {
                     ..Packet::default()
                 };
                 let addrs = (p.dest, p.dest);
-                p.len = crate::probes::packets::udp(&mut p.bytes, addrs, (40000, port), 1, 0);
+                p.len = crate::scan::probes::packets::udp(&mut p.bytes, addrs, (40000, port), 1, 0);
                 batch.push(p);
             }
             pool.submit(batch).unwrap();
@@ -357,30 +307,5 @@ mod tests {
             }
         }
         assert_eq!(got, 3 * BATCH);
-    }
-
-    #[test]
-    fn pacer_holds_the_rate_and_caps_bursts() {
-        let t0 = Instant::now();
-        let mut p = Pacer::new(1000.0);
-        p.last = t0;
-        p.tokens = 0.0;
-        assert_eq!(p.take(t0, 100), 0);
-        assert!(p.next_in() <= Duration::from_millis(1));
-        assert_eq!(p.take(t0 + Duration::from_millis(1), 100), 1);
-        // After a long pause only a short burst is allowed.
-        assert_eq!(p.take(t0 + Duration::from_secs(10), 1000), 2);
-        let mut fast = Pacer::new(10_000_000.0);
-        assert_eq!(
-            fast.take(Instant::now() + Duration::from_secs(1), 1000),
-            BATCH
-        );
-        // Over a simulated second, the bucket lets through about `rate`.
-        let mut p = Pacer::new(5000.0);
-        let start = p.last;
-        let total: usize = (1..=1000)
-            .map(|ms| p.take(start + Duration::from_millis(ms), usize::MAX))
-            .sum();
-        assert!((4990..=5010).contains(&total), "{total}");
     }
 }

@@ -1,0 +1,115 @@
+//! The probes' pace: each scan's own [`Pacer`] (its engine sets the rate),
+//! and the [`Budget`] that every scan of the daemon shares (`max_rate`).
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use crate::scan::transmit::BATCH;
+
+/// A token bucket: `rate` tokens per second, holding at most a couple of
+/// milliseconds' worth, so bursts stay short and the average holds.
+#[derive(Debug)]
+pub(super) struct Pacer {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pacer {
+    pub(super) fn new(rate: f64) -> Self {
+        Self {
+            rate: rate.max(1.0),
+            tokens: 1.0,
+            last: Instant::now(),
+        }
+    }
+
+    pub(super) fn set_rate(&mut self, rate: f64) {
+        self.refill(Instant::now());
+        self.rate = rate.max(1.0);
+    }
+
+    fn burst(&self) -> f64 {
+        (self.rate * 0.002).clamp(1.0, BATCH as f64)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst());
+        self.last = now;
+    }
+
+    /// How many packets may go out now (taken from the bucket).
+    pub(super) fn take(&mut self, now: Instant, want: usize) -> usize {
+        self.refill(now);
+        let n = (self.tokens.floor() as usize).min(want);
+        self.tokens -= n as f64;
+        n
+    }
+
+    /// How long until the next packet may go.
+    pub(super) fn next_in(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+}
+
+/// A rate ceiling shared by every scan of the agent (the daemon's
+/// `max_rate`): a scan draws each packet from it as well as from its own
+/// pacer, so scans sharing it together stay under its rate.
+#[derive(Clone, Debug)]
+pub struct Budget(Arc<Mutex<Pacer>>);
+
+impl Budget {
+    /// `rate` packets per second for all the scans that share it.
+    pub fn new(rate: f64) -> Self {
+        Self(Arc::new(Mutex::new(Pacer::new(rate))))
+    }
+
+    /// How many of `want` packets may go out now (taken from the budget).
+    pub fn take(&self, now: Instant, want: usize) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(now, want)
+    }
+
+    /// How long until the next packet may go.
+    pub fn next_in(&self) -> Duration {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_in()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_holds_the_rate_and_caps_bursts() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(1000.0);
+        p.last = t0;
+        p.tokens = 0.0;
+        assert_eq!(p.take(t0, 100), 0);
+        assert!(p.next_in() <= Duration::from_millis(1));
+        assert_eq!(p.take(t0 + Duration::from_millis(1), 100), 1);
+        // After a long pause only a short burst is allowed.
+        assert_eq!(p.take(t0 + Duration::from_secs(10), 1000), 2);
+        let mut fast = Pacer::new(10_000_000.0);
+        assert_eq!(
+            fast.take(Instant::now() + Duration::from_secs(1), 1000),
+            BATCH
+        );
+        // Over a simulated second, the bucket lets through about `rate`.
+        let mut p = Pacer::new(5000.0);
+        let start = p.last;
+        let total: usize = (1..=1000)
+            .map(|ms| p.take(start + Duration::from_millis(ms), usize::MAX))
+            .sum();
+        assert!((4990..=5010).contains(&total), "{total}");
+    }
+}
