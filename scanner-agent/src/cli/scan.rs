@@ -162,7 +162,8 @@ impl ScanArgs {
         let include = if self.targets.is_empty() {
             let configured: Vec<String> = config
                 .iter()
-                .flat_map(|c| c.targets.iter().map(|t| t.0.clone()))
+                .flat_map(|c| c.targets.iter().flat_map(|e| e.ranges()))
+                .map(|t| t.0.clone())
                 .collect();
             if configured.is_empty() {
                 return Err(

@@ -8,6 +8,7 @@
 //! with a warning.
 
 mod auth;
+mod groups;
 pub mod values;
 mod web;
 
@@ -21,11 +22,13 @@ use serde::{Deserialize, Deserializer};
 use self::values::{checked_str, listening_port, yaml_error};
 pub use self::{
     auth::{Account, Auth, BasicAuth, Networks, Password, Scope, Scopes, Token, User, Username},
-    values::{Bounded, Millis, Prefix},
+    groups::{PortPolicy, TargetEntry, TargetGroup, first_overlap},
+    values::{Bounded, Millis, Prefix, Share},
 };
 use crate::{
     scan::{
         engine::tuning::{NmapTimings, Rate, Tuning},
+        probes::Protocol,
         targets::{self, PortList, TargetSpec},
     },
     web::tls::TlsSettings,
@@ -51,9 +54,10 @@ pub struct Config {
     pub scanning: Scanning,
     #[serde(default)]
     pub auth: Auth,
-    /// Addresses, ranges or hostnames to scan. None by default.
+    /// Addresses, ranges or hostnames to scan, and named groups of them
+    /// with their own settings and exposure policy. None by default.
     #[serde(default)]
-    pub targets: Vec<Target>,
+    pub targets: Vec<TargetEntry>,
     /// SiteRM `main.yaml`'s keys for this host's node_exporter passthrough.
     #[serde(default)]
     pub general: crate::passthrough::config::General,
@@ -165,6 +169,11 @@ pub struct Scanning {
     /// `scanner_agent_open_port_series_dropped_total` (new key).
     #[serde(default = "defaults::max_open_port_series")]
     pub max_open_port_series: Bounded<1, 10_000_000>,
+    /// A host answering on more than this share of at least 100 scanned
+    /// ports is reported as `host_answers_every_port` instead of port by
+    /// port (new key; 1.0 turns it off).
+    #[serde(default = "defaults::every_port_share")]
+    pub every_port_share: Share,
 }
 
 impl Default for Scanning {
@@ -226,6 +235,9 @@ mod defaults {
     }
     pub(super) fn worker_count() -> Bounded<1, 1024> {
         Bounded(10)
+    }
+    pub(super) fn every_port_share() -> super::Share {
+        super::Share(0.9)
     }
 }
 
@@ -320,6 +332,7 @@ impl Config {
             return Ok(Self::default());
         }
         let config: Self = serde_yaml::from_str(text).map_err(yaml_error)?;
+        groups::check(&config.targets, &config.scanning, text)?;
         crate::passthrough::config::check(&config.general, &config.passthrough)?;
         Ok(config)
     }
@@ -389,6 +402,15 @@ pub fn parse_web_config(text: &str) -> Result<(), String> {
 }
 
 impl Scanning {
+    /// What the seed's plain targets are scanned for: TCP, and UDP with `udp_scan`.
+    pub fn protocols(&self) -> Vec<Protocol> {
+        if self.udp_scan {
+            vec![Protocol::Tcp, Protocol::Udp]
+        } else {
+            vec![Protocol::Tcp]
+        }
+    }
+
     /// The scan engine's tuning from these keys (0 means "default" where nmap's did).
     pub fn tuning(&self) -> Tuning {
         Tuning {

@@ -11,7 +11,7 @@ fn the_seed_example_loads_unchanged() {
     assert_eq!(c.scanning.max_retries.0, 4);
     // The example's one target, a /32 of its authors' network: parsed, never scanned.
     assert_eq!(c.targets.len(), 1);
-    assert!(c.targets[0].0.ends_with("/32"));
+    assert!(matches!(&c.targets[0], TargetEntry::Plain(t) if t.0.ends_with("/32")));
     let t = c.scanning.tuning();
     assert_eq!(
         t.rate,

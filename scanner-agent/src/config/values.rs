@@ -87,6 +87,38 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX>
     }
 }
 
+/// A share of a whole, above 0 and at most 1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Share(pub f64);
+
+impl<'de> Deserialize<'de> for Share {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Share;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a share above 0 and at most 1")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Share, E> {
+                if v > 0.0 && v <= 1.0 {
+                    Ok(Share(v))
+                } else {
+                    Err(E::custom(format!(
+                        "{v} is out of range (expected a share above 0 and at most 1)"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Share, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Share, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        d.deserialize_f64(V)
+    }
+}
+
 /// A port to listen on: 0 would mean "any free port", which no scrape
 /// configuration could point at.
 pub fn listening_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {

@@ -21,10 +21,14 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::{
+    exposure::{ExposureMetrics, Verdicts},
+    task_state::OpenPort,
+};
 use crate::{
     firewall::FirewallConfig,
     passthrough,
-    scan::{ScanReport, capture::XdpCounters, probes::Protocol},
+    scan::{ScanReport, capture::XdpCounters},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -226,7 +230,7 @@ impl AgentMetrics {
         );
         r.register(
             "open_port_series_dropped",
-            "open_port_status series not exported because max_open_port_series was reached",
+            "open_port_status and exposure verdict series not exported because max_open_port_series was reached",
             m.open_port_series_dropped.clone(),
         );
         r.register(
@@ -252,9 +256,6 @@ impl AgentMetrics {
         m
     }
 }
-
-/// An open port, as the metrics key it.
-pub(crate) type OpenPort = (IpAddr, Protocol, u16);
 
 fn port_labels(&(ip, protocol, port): &OpenPort) -> PortLabels {
     PortLabels {
@@ -284,6 +285,7 @@ pub(crate) struct Metrics {
     pub(crate) firewall_registry: Option<Registry>,
     exporter: ExporterMetrics,
     agent: AgentMetrics,
+    exposure: ExposureMetrics,
     /// The XDP counters at the last update, to add only what is new.
     xdp_seen: Mutex<XdpCounters>,
 }
@@ -299,6 +301,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let exporter = ExporterMetrics::register(&mut registry, duration_metrics);
         let agent = AgentMetrics::register(&mut registry);
+        let exposure = ExposureMetrics::register(&mut registry);
         let firewall_registry = crate::firewall::start(firewall, &mut registry);
         let proxy = passthrough::Proxy::new(&mut registry);
         let metrics = Self {
@@ -306,6 +309,7 @@ impl Metrics {
             firewall_registry,
             exporter,
             agent,
+            exposure,
             xdp_seen: Mutex::new(XdpCounters::default()),
         };
         (metrics, proxy)
@@ -455,6 +459,12 @@ impl Metrics {
     pub(crate) fn port_left_out(&self, port: &OpenPort) {
         self.agent.open_port_series_dropped.inc();
         self.drop_port(port);
+    }
+
+    /// The exposure verdicts, at most `room` per-port series of them.
+    pub(crate) fn exposure(&self, verdicts: Verdicts, room: usize) {
+        self.exposure
+            .show(verdicts, room, &self.agent.open_port_series_dropped);
     }
 
     /// `open_ports_total` of `ip`: a count, or no series.

@@ -4,6 +4,8 @@
 //! results become the OpenPort Exporter's metrics, served over HTTP.
 
 mod tasks;
+mod task_state;
+mod exposure;
 mod scheduler;
 mod queue;
 mod worker;
@@ -20,14 +22,15 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock, atomic::AtomicU64},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use scanner_common::maps::MAX_SCANS;
 
 use self::{
+    exposure::Group,
     metrics::{Metrics, TaskLabels},
-    report::TaskState,
+    task_state::TaskState,
     tasks::Task,
 };
 use crate::{
@@ -51,6 +54,9 @@ pub enum DaemonError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Scan(#[from] ScanError),
+    /// Target entries whose addresses overlap once resolved.
+    #[error("targets: {0}")]
+    Overlap(String),
     /// Targets or `/query` ranges that cannot become tasks.
     #[error("{key}: {source}")]
     Targets {
@@ -96,6 +102,8 @@ pub(crate) struct Live {
     config: Config,
     /// The scheduled jobs.
     jobs: Vec<Job>,
+    /// The named target groups: their tasks, settings and policy.
+    groups: Vec<Group>,
     /// What `/query` may scan.
     allowed: Vec<Task>,
     /// `max_rate` for all tasks together (none when `max_rate` is 0).
@@ -108,7 +116,7 @@ pub(crate) struct Live {
 
 impl Live {
     fn new(config: Config) -> Result<Self, DaemonError> {
-        let jobs = jobs(&config)?;
+        let (jobs, groups) = jobs(&config)?;
         let allowed = query_allowed(&config, &jobs)?;
         let max_rate = config.scanning.max_rate.0;
         let budget = (max_rate > 0).then(|| Budget::new(max_rate as f64));
@@ -121,6 +129,7 @@ impl Live {
             passthrough: passthrough::Hosts::new(&config.general, &config.passthrough),
             config,
             jobs,
+            groups,
             allowed,
             budget,
             guard,
@@ -152,7 +161,7 @@ impl Live {
         Some(Job {
             task: task.clone(),
             protocol: job.protocol,
-            ports: self.config.scanning.port_range.clone(),
+            ports: self.home_ports(task).clone(),
             query: None,
         })
     }
@@ -161,8 +170,28 @@ impl Live {
     /// scheduled job, or a task that `/query` results were merged into.
     fn keeps(&self, job: &Job) -> bool {
         job.query.is_none()
-            && job.ports == self.config.scanning.port_range
+            && job.ports == *self.home_ports(&job.task)
             && self.allowed.contains(&job.task)
+    }
+
+    /// The group whose addresses include `net`.
+    fn group_of(&self, net: &ipnet::IpNet) -> Option<&Group> {
+        self.groups.iter().find(|g| g.holds(net))
+    }
+
+    /// The ports a task is scanned on: its group's, or `scanning.port_range`.
+    fn home_ports(&self, task: &Task) -> &Ports {
+        self.group_of(&task.subnet)
+            .map_or(&self.config.scanning.port_range, |g| &g.ports)
+    }
+
+    /// Time between two scans of a job: its group's `interval`, or
+    /// `scanning.interval`.
+    fn interval_of(&self, job: &Job) -> Duration {
+        self.group_of(&job.task.subnet)
+            .map_or(Duration::from_secs(self.config.scanning.interval.0), |g| {
+                g.interval
+            })
     }
 }
 
@@ -408,35 +437,72 @@ fn query_allowed(config: &Config, jobs: &[Job]) -> Result<Vec<Task>, DaemonError
     Ok(allowed)
 }
 
-/// Every task of the configuration, per protocol.
-fn jobs(config: &Config) -> Result<Vec<Job>, DaemonError> {
+/// Every task of the configuration, per protocol, and the groups: the
+/// seed's plain targets together, with the `scanning` settings; each group
+/// with its own. Entries whose addresses overlap once names are resolved
+/// are refused, as the configuration refuses literal ones.
+fn jobs(config: &Config) -> Result<(Vec<Job>, Vec<Group>), DaemonError> {
     let s = &config.scanning;
-    if config.targets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let spec = s.target_spec(config.targets.iter().map(|t| t.0.clone()).collect());
-    let tasks = tasks::split(&spec, s.max_cidr_size.0, s.max_cidr_size_v6.0).map_err(|source| {
-        DaemonError::Targets {
+    let split = |ranges: Vec<String>| {
+        tasks::split(
+            &s.target_spec(ranges),
+            s.max_cidr_size.0,
+            s.max_cidr_size_v6.0,
+        )
+        .map_err(|source| DaemonError::Targets {
             key: "targets",
             source,
-        }
-    })?;
-    let protocols: &[Protocol] = if s.udp_scan {
-        &[Protocol::Tcp, Protocol::Udp]
-    } else {
-        &[Protocol::Tcp]
+        })
     };
-    Ok(tasks
-        .into_iter()
-        .flat_map(|task| {
-            protocols.iter().map(move |&protocol| Job {
+    let mut jobs = Vec::new();
+    let mut add = |tasks: &[Task], protocols: &[Protocol], ports: &Ports| {
+        for task in tasks {
+            jobs.extend(protocols.iter().map(|&protocol| Job {
                 task: task.clone(),
                 protocol,
-                ports: s.port_range.clone(),
+                ports: ports.clone(),
                 query: None,
-            })
-        })
-        .collect())
+            }));
+        }
+    };
+    let plain: Vec<String> = config
+        .targets
+        .iter()
+        .filter(|e| e.group().is_none())
+        .flat_map(|e| e.ranges().iter().map(|t| t.0.clone()))
+        .collect();
+    let plain = if plain.is_empty() {
+        Vec::new()
+    } else {
+        split(plain)?
+    };
+    add(&plain, &s.protocols(), &s.port_range);
+    let mut groups = Vec::new();
+    for g in config.targets.iter().filter_map(|e| e.group()) {
+        let tasks = split(g.ranges.iter().map(|t| t.0.clone()).collect())?;
+        add(&tasks, &g.protocols(s), g.ports(s));
+        groups.push(Group::new(g, s, tasks));
+    }
+    let owned = plain.iter().map(|t| (t.subnet, 0)).chain(
+        groups
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| g.tasks.iter().map(move |t| (t.subnet, i + 1))),
+    );
+    if let Some((a, b)) = crate::config::first_overlap(owned) {
+        let name = |i: usize| {
+            i.checked_sub(1)
+                .map_or("the plain targets".to_owned(), |g| {
+                    format!("group {}", groups[g].name)
+                })
+        };
+        return Err(DaemonError::Overlap(format!(
+            "{} and {} overlap once resolved: an address belongs to one entry",
+            name(b),
+            name(a)
+        )));
+    }
+    Ok((jobs, groups))
 }
 
 /// Installs `guard:` when enabled, or replaces the table when a reload

@@ -38,7 +38,7 @@ struct Entry {
     request: Value,
     progress: Progress,
     finished: Option<Instant>,
-    results: Vec<PortResult>,
+    results: Vec<Value>,
     error: Option<String>,
 }
 
@@ -303,13 +303,34 @@ pub(super) fn finished(shared: &Shared, job: &Job, outcome: &Result<ScanReport, 
     match outcome {
         Ok(report) => {
             e.progress = Progress::Done;
-            e.results = report.results.results();
+            e.results = judged(shared, report.results.results());
         }
         Err(err) => {
             e.progress = Progress::Failed;
             e.error = Some(err.to_string());
         }
     }
+}
+
+/// The results as JSON, each open port with what the exposure policy of
+/// the group holding its address says of it (`required`, `allowed` or
+/// `unexpected`) where that group has a policy.
+fn judged(shared: &Shared, results: Vec<PortResult>) -> Vec<Value> {
+    let live = shared.live();
+    results
+        .into_iter()
+        .map(|r| {
+            let verdict = live
+                .group_of(&IpNet::from(r.ip))
+                .and_then(|g| g.verdict(r.protocol, r.port).map(|v| (&g.name, v)));
+            let mut value = json!(r);
+            if let (Some((group, verdict)), Some(fields)) = (verdict, value.as_object_mut()) {
+                fields.insert("group".into(), json!(group));
+                fields.insert("exposure".into(), json!(verdict));
+            }
+            value
+        })
+        .collect()
 }
 
 /// Keeps the series of a finished `/query` scan among the latest

@@ -78,6 +78,8 @@ fn apply(shared: &Shared) -> Result<(), DaemonError> {
     for job in &gone {
         report::forget(shared, job);
     }
+    // A changed policy applies at once, to what the last scans found.
+    report::rejudge(shared);
     if !gone.is_empty() {
         state::persist(shared);
     }

@@ -10,27 +10,11 @@ use std::{
 };
 
 use super::{
-    Job, Live, Shared,
-    metrics::{Metrics, OpenPort},
+    Job, Live, Shared, exposure,
+    metrics::Metrics,
+    task_state::{OpenPort, TaskState},
 };
 use crate::scan::ScanReport;
-
-/// What is remembered of a task between scans.
-#[derive(Debug, Default)]
-pub(crate) struct TaskState {
-    pub(super) open: BTreeSet<OpenPort>,
-    /// Ports that closed in the last scan: their series show 0 until the
-    /// next completed scan, then are dropped so series do not pile up.
-    pub(super) closed: BTreeSet<OpenPort>,
-    pub(super) last_scan: Option<SystemTime>,
-    /// Hosts up and down in the last scheduled scan.
-    pub(super) hosts: Option<(u64, u64)>,
-    /// How long the last scheduled scan took.
-    pub(super) took: Option<Duration>,
-    /// `open_port_status` series this task exports (the cap may leave some
-    /// of its ports out).
-    pub(super) exported: usize,
-}
 
 /// Puts a finished scan's results into the state of the task they belong
 /// to (see `Live::owner_of`) and its metrics. A `/query` scan changes
@@ -40,7 +24,7 @@ pub(crate) struct TaskState {
 /// as successful ([`Metrics::succeeded`]) once its state is saved.
 pub(super) fn apply(shared: &Shared, job: &Job, report: &ScanReport, took: Duration) -> bool {
     let m = &shared.metrics;
-    let found: BTreeSet<OpenPort> = report
+    let mut found: BTreeSet<OpenPort> = report
         .results
         .results()
         .iter()
@@ -70,6 +54,13 @@ pub(super) fn apply(shared: &Shared, job: &Job, report: &ScanReport, took: Durat
         .chain(&state.closed)
         .map(|p| p.0)
         .collect();
+    every_port(
+        m,
+        state,
+        job,
+        &mut found,
+        live.config.scanning.every_port_share.0,
+    );
     // Ports that have read 0 since the last scan of them are dropped now.
     let gone: Vec<OpenPort> = state.closed.iter().copied().filter(covered).collect();
     for port in &gone {
@@ -96,11 +87,66 @@ pub(super) fn apply(shared: &Shared, job: &Job, report: &ScanReport, took: Durat
         state.last_scan = Some(SystemTime::now());
         state.hosts = Some(hosts);
         state.took = Some(took);
+        state.up = report.answered.iter().copied().collect();
         show_last_scan(m, job, state);
     }
     touched.extend(state.open.iter().map(|p| p.0));
+    touched.extend(state.every_port.keys());
     count_open_ports(m, &tasks, touched);
+    judge(m, &tasks, &live);
     true
+}
+
+/// Takes the hosts that answered on more than `share` of the scan's ports
+/// out of `found`, and out of what the task shows port by port: a SYN
+/// proxy or tarpit makes per-port results meaningless and would flood
+/// Prometheus. A scan of enough ports that finds such a host no more
+/// clears its flag.
+fn every_port(
+    m: &Metrics,
+    state: &mut TaskState,
+    job: &Job,
+    found: &mut BTreeSet<OpenPort>,
+    share: f64,
+) {
+    let scanned = job.ports.list.len();
+    let flagged = exposure::answering_every_port(found, scanned, share);
+    if scanned >= 100 {
+        state
+            .every_port
+            .retain(|ip, _| !job.task.subnet.contains(ip) || flagged.contains_key(ip));
+    }
+    for (&ip, &open) in &flagged {
+        if !state.every_port.contains_key(&ip) {
+            tracing::warn!(%ip, open, scanned, protocol = %job.protocol, "the host answers on nearly every port (a SYN proxy, tarpit or middlebox?): reported as host_answers_every_port, not port by port");
+        }
+        state.every_port.insert(ip, open);
+        found.retain(|p| p.0 != ip);
+        for port in state.open.iter().chain(&state.closed).filter(|p| p.0 == ip) {
+            m.drop_port(port);
+        }
+        state.open.retain(|p| p.0 != ip);
+        state.closed.retain(|p| p.0 != ip);
+    }
+}
+
+/// Shows the exposure verdicts of every task under `live`'s policies, in
+/// the room `max_open_port_series` leaves after `open_port_status`.
+pub(super) fn judge(m: &Metrics, tasks: &HashMap<Job, TaskState>, live: &Live) {
+    let verdicts = exposure::judge(&live.groups, tasks);
+    let cap = live.config.scanning.max_open_port_series.0 as usize;
+    let exported: usize = tasks.values().map(|t| t.exported).sum();
+    m.exposure(verdicts, cap.saturating_sub(exported));
+}
+
+/// [`judge`], with the lock on the tasks taken (after a reload).
+pub(super) fn rejudge(shared: &Shared) {
+    let tasks = shared
+        .state
+        .tasks
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    judge(&shared.metrics, &tasks, &shared.live());
 }
 
 /// The gauges of a scheduled task's last scan (after a scan, and as the
@@ -173,11 +219,14 @@ pub(super) fn count_open_ports(
     for ip in ips {
         let mut open = BTreeSet::new();
         let mut known = false;
+        let mut every_port = 0;
         for t in tasks.values() {
             open.extend(t.open.iter().filter(|p| p.0 == ip).map(|p| (p.1, p.2)));
             known |= t.closed.iter().any(|p| p.0 == ip);
+            every_port += t.every_port.get(&ip).copied().unwrap_or_default();
         }
-        m.open_ports(ip, (known || !open.is_empty()).then_some(open.len()));
+        let count = open.len() + every_port;
+        m.open_ports(ip, (known || count > 0).then_some(count));
     }
 }
 
@@ -201,6 +250,7 @@ pub(super) fn forget(shared: &Shared, job: &Job) {
         .iter()
         .chain(&state.closed)
         .map(|p| p.0)
+        .chain(state.every_port.keys().copied())
         .collect();
     count_open_ports(m, &tasks, ips);
     drop(tasks);

@@ -24,13 +24,12 @@ pub(super) fn run(shared: &Shared) {
             generation = Some(now_generation);
             due = timetable(shared, &live, &due);
         }
-        let interval = interval(&live);
         let now = Instant::now();
         for (job, at) in &mut due {
             if *at > now {
                 continue;
             }
-            *at = after(now, interval);
+            *at = after(now, live.interval_of(job));
             // A scan that outlasts its interval is not queued a second time.
             if shared.runtime.work.holds(job) {
                 continue;
@@ -43,7 +42,7 @@ pub(super) fn run(shared: &Shared) {
             .values()
             .min()
             .copied()
-            .unwrap_or_else(|| after(now, interval));
+            .unwrap_or_else(|| after(now, Duration::from_secs(1)));
         thread::sleep(
             next.saturating_duration_since(Instant::now())
                 .min(Duration::from_secs(1)),
@@ -58,10 +57,6 @@ fn after(now: Instant, d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(u64::from(u32::MAX)))
 }
 
-fn interval(live: &Live) -> Duration {
-    Duration::from_secs(live.config.scanning.interval.0)
-}
-
 /// When each job is next due: an interval after its last completed scan,
 /// or soon (with a little jitter, so many agents do not all scan at the same
 /// second) when never scanned or overdue. Jobs already in `before` keep
@@ -71,8 +66,6 @@ fn timetable(
     live: &Live,
     before: &HashMap<Job, Instant>,
 ) -> HashMap<Job, Instant> {
-    let interval = interval(live);
-    let jitter = interval.min(Duration::from_secs(30)) / 10;
     let now = Instant::now();
     let tasks = shared
         .state
@@ -82,6 +75,8 @@ fn timetable(
     live.jobs
         .iter()
         .map(|job| {
+            let interval = live.interval_of(job);
+            let jitter = interval.min(Duration::from_secs(30)) / 10;
             let soon = now + jitter.mul_f64(rand::rng().random::<f64>());
             let after_last = tasks.get(job).and_then(|t| t.last_scan).map(|last| {
                 let age = SystemTime::now().duration_since(last).unwrap_or_default();

@@ -17,9 +17,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Job, Live, Shared,
-    metrics::OpenPort,
-    report::{self, TaskState},
+    Job, Live, Shared, report,
+    task_state::{OpenPort, TaskState},
     tasks::Task,
 };
 use crate::config::Ports;
@@ -50,6 +49,13 @@ pub(crate) struct SavedTask {
     /// How long the last scheduled scan took, in seconds.
     #[serde(default)]
     pub(crate) duration_seconds: Option<f64>,
+    /// Hosts that answered the last scheduled scan (for the verdicts on
+    /// required ports).
+    #[serde(default)]
+    pub(crate) up: Vec<IpAddr>,
+    /// Hosts answering on nearly every port, with how many ports.
+    #[serde(default)]
+    pub(crate) every_port: Vec<(IpAddr, usize)>,
 }
 
 /// How far in the future a saved scan time may lie (clocks of a restored
@@ -200,16 +206,24 @@ pub(super) fn restore(shared: &Shared) {
             last_scan: saved.last_scan_time(),
             hosts: saved.hosts,
             took: saved.took(),
+            up: saved.up.iter().copied().collect(),
+            every_port: saved.every_port.iter().copied().collect(),
             ..TaskState::default()
         };
         report::restore(shared, &mut tasks, job, state);
     }
     let ips = tasks
         .values()
-        .flat_map(|t| t.open.iter().chain(&t.closed))
-        .map(|p| p.0)
+        .flat_map(|t| {
+            t.open
+                .iter()
+                .chain(&t.closed)
+                .map(|p| p.0)
+                .chain(t.every_port.keys().copied())
+        })
         .collect();
     report::count_open_ports(&shared.metrics, &tasks, ips);
+    report::judge(&shared.metrics, &tasks, &live);
 }
 
 /// The task a saved entry describes, if this configuration keeps it.
@@ -255,6 +269,8 @@ pub(super) fn persist(shared: &Shared) {
                 closed: saved_ports(&t.closed),
                 hosts: t.hosts,
                 duration_seconds: t.took.map(|d| d.as_secs_f64()),
+                up: t.up.iter().copied().collect(),
+                every_port: t.every_port.iter().map(|(&ip, &n)| (ip, n)).collect(),
             })
             .collect(),
     };
@@ -288,6 +304,8 @@ mod tests {
             closed: vec![("198.18.0.3".parse().unwrap(), "tcp".into(), 80)],
             hosts: Some((2, 252)),
             duration_seconds: Some(1.5),
+            up: vec!["198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap()],
+            every_port: vec![("198.18.0.9".parse().unwrap(), 65_000)],
         }
     }
 

@@ -16,7 +16,7 @@ pub mod engine;
 pub mod route;
 pub mod privileges;
 
-use std::{collections::BTreeMap, hash::Hasher as _, time::Instant};
+use std::{collections::BTreeMap, hash::Hasher as _, net::IpAddr, time::Instant};
 
 use scanner_common::maps::protocols;
 use siphasher::sip::SipHasher13;
@@ -99,6 +99,8 @@ pub type HostReport = BTreeMap<String, (u64, u64)>;
 pub struct ScanReport {
     pub results: ResultSet,
     pub hosts: HostReport,
+    /// The addresses found up (that answered anything, or discovery).
+    pub answered: Vec<IpAddr>,
     pub interface: String,
     pub mode: AttachMode,
     pub discovery: Option<EngineStats>,
@@ -220,6 +222,7 @@ fn execute(
     let mut sender = TxPool::start(&route.interface, tx_workers())?;
     let seed = order_seed(opts);
     let mut hosts = HostReport::new();
+    let mut answered = Vec::new();
     let (up, discovery) = if opts.host_discovery {
         let (up, stats) = discover(targets, opts, id, seed, replies, &mut sender)?;
         (up, Some(stats))
@@ -236,7 +239,7 @@ fn execute(
                 .with_budget(opts.budget.clone());
             let stats = engine.run(replies, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
-            count_hosts(targets, &mut hosts, |a| {
+            answered = count_hosts(targets, &mut hosts, |a| {
                 // Without discovery, a host is up if it answered anything.
                 opts.host_discovery && up.contains(a)
                     || plan
@@ -261,6 +264,7 @@ fn execute(
     Ok(ScanReport {
         results,
         hosts,
+        answered,
         interface: route.interface.clone(),
         mode,
         discovery,
@@ -303,11 +307,13 @@ fn discover(
     Ok((up, stats))
 }
 
+/// Counts the hosts up and down per target name; returns those up.
 fn count_hosts(
     targets: &TargetSet,
     report: &mut HostReport,
-    mut up: impl FnMut(std::net::IpAddr) -> bool,
-) {
+    mut up: impl FnMut(IpAddr) -> bool,
+) -> Vec<IpAddr> {
+    let mut answered = Vec::new();
     for name in targets.names() {
         report.entry(name.to_owned()).or_default();
     }
@@ -319,8 +325,10 @@ fn count_hosts(
         let entry = report.entry(name.to_owned()).or_default();
         if up(addr) {
             entry.0 += 1;
+            answered.push(addr);
         } else {
             entry.1 += 1;
         }
     }
+    answered
 }

@@ -308,6 +308,15 @@ pub fn check_syntax(spec: &str) -> Result<(), TargetError> {
         .try_for_each(|net| check_allowed(spec, net, 0))
 }
 
+/// The networks an address, CIDR or `first-last` target stands for; none
+/// for a hostname (known only once resolved).
+pub fn literal_networks(spec: &str) -> Option<Vec<IpNet>> {
+    let spec = spec.trim();
+    parse_net(spec)
+        .map(|n| vec![n])
+        .or_else(|| parse_range(spec))
+}
+
 /// `first-last` address ranges (as masscan writes them), as CIDR blocks.
 fn parse_range(spec: &str) -> Option<Vec<IpNet>> {
     let (a, b) = spec.split_once('-')?;
