@@ -1,0 +1,241 @@
+//! The exposure policy on the namespace testbed: target groups with
+//! `allow` and `require` lists, verdicts that follow the listeners, a
+//! reload that changes the policy without a rescan, verdicts that survive a
+//! restart, and a host that answers on every port.
+mod common;
+
+use std::{net::Ipv4Addr, thread, time::Duration};
+
+use common::{
+    Lab, agent,
+    daemon::{Daemon, PORT, await_body, fetch, metric},
+    wait_until,
+};
+
+const DATA: &str = "198.18.0.0/29";
+const WEB: &str = "198.18.0.8/29";
+
+fn v4(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, last)
+}
+
+/// Two groups with a policy, one without (a host answering on every port),
+/// and a plain target; `data_interval` and `data_allow` vary by phase.
+fn config(data_interval: u64, data_allow: &str) -> String {
+    format!(
+        "server:
+  port: {PORT}
+scanning:
+  interval: 2
+  port_range: \"20-30\"
+  min_rate: 5000
+  initial_rtt_timeout: 100
+  max_rtt_timeout: 200
+targets:
+  - 198.18.0.24/30
+  - name: data
+    ranges: [{DATA}]
+    port_range: \"20-30,443\"
+    interval: {data_interval}
+    allow: {{tcp: \"{data_allow}\"}}
+    require: {{tcp: \"443\"}}
+  - name: web
+    target: {WEB}
+    ports: \"20-30,80\"
+    allow: {{tcp: \"20-30\"}}
+    require: {{tcp: \"80\"}}
+  - name: tarpit
+    ranges: [198.18.0.20/32]
+    port_range: \"1000-1199\"
+"
+    )
+}
+
+fn verdict(family: &str, name: &str, ip: u8, port: u16) -> String {
+    format!("{family}{{name=\"{name}\",ip=\"198.18.0.{ip}\",port=\"{port}\",protocol=\"tcp\"}}")
+}
+
+/// The (group, ip, port) of every sample of `family` that reads 1.
+fn samples(body: &str, family: &str) -> Vec<String> {
+    let mut found: Vec<String> = body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.ends_with(" 1"))
+        .map(|l| l.trim_end_matches(" 1").to_owned())
+        .collect();
+    found.sort();
+    found
+}
+
+fn data_scans(body: &str) -> Option<f64> {
+    metric(
+        body,
+        &format!(
+            "scans_successful_total{{target=\"{DATA}\",port_range=\"20-30,443\",protocol=\"tcp\"}}"
+        ),
+    )
+}
+
+#[test]
+fn verdicts_follow_listeners_policy_reloads_and_restarts() {
+    testbed::require_root!();
+    let lab = Lab::new(&[v4(2), v4(3), v4(9), v4(10), v4(20), v4(25)], 1500);
+    let mut listeners = lab.target.listen(&[
+        // data: 22 allowed, 443 required, 25 and 23 unexpected.
+        (v4(2), 22),
+        (v4(2), 25),
+        (v4(2), 443),
+        (v4(3), 23),
+        (v4(3), 443),
+        // web: 21 allowed, 80 required on both hosts, nothing unexpected.
+        (v4(9), 21),
+        (v4(9), 80),
+        (v4(10), 80),
+        // A plain target: no group, no verdicts.
+        (v4(25), 22),
+    ]);
+    // The tarpit's one real listener, every other port redirected to it.
+    let _tarpit = lab.target.listen_deep(&[5000]).unwrap();
+    lab.target.nft(
+        "table ip tarpit {
+           chain pre {
+             type nat hook prerouting priority -100;
+             ip daddr 198.18.0.20 tcp dport != 5000 redirect to :5000
+           }
+         }",
+    );
+    let daemon = Daemon::start(agent(), &lab, "exposure", &config(2, "22"));
+    let unexpected = vec![
+        verdict("exposure_unexpected_open", "data", 2, 25),
+        verdict("exposure_unexpected_open", "data", 3, 23),
+    ];
+    let body = await_body(
+        || fetch(&lab, PORT, "/metrics", ""),
+        |b| {
+            samples(b, "exposure_unexpected_open") == unexpected
+                && metric(b, "exposure_hosts_up{name=\"web\"}") == Some(2.0)
+                && metric(b, "host_answers_every_port{ip=\"198.18.0.20\"}") == Some(1.0)
+        },
+        "the verdicts never equalled the truth",
+    );
+    assert!(
+        samples(&body, "exposure_required_missing").is_empty(),
+        "{body}"
+    );
+    for (family, name, value) in [
+        ("exposure_unexpected_open_ports", "data", 2.0),
+        ("exposure_unexpected_open_ports", "web", 0.0),
+        ("exposure_required_missing_ports", "data", 0.0),
+        ("exposure_required_missing_ports", "web", 0.0),
+        ("exposure_hosts_up", "data", 2.0),
+    ] {
+        assert_eq!(
+            metric(&body, &format!("{family}{{name=\"{name}\"}}")),
+            Some(value),
+            "{family} {name}: {body}"
+        );
+    }
+    // A group without a policy, and plain targets, get no verdicts.
+    assert!(!body.contains("name=\"tarpit\""), "{body}");
+    assert!(body.contains("open_port_status{ip=\"198.18.0.25\",port=\"22\",protocol=\"tcp\"} 1"));
+    // The every-port host: flagged, counted, and no per-port flood.
+    assert!(
+        !body.contains("open_port_status{ip=\"198.18.0.20\""),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "open_ports_total{ip=\"198.18.0.20\"}"),
+        Some(200.0),
+        "{body}"
+    );
+
+    // A required service goes down, then comes back.
+    let down = verdict("exposure_required_missing", "data", 3, 443);
+    let index = 4;
+    let closed = listeners.remove(index);
+    assert_eq!(closed.local_addr().unwrap().to_string(), "198.18.0.3:443");
+    drop(closed);
+    let body = await_body(
+        || fetch(&lab, PORT, "/metrics", ""),
+        |b| samples(b, "exposure_required_missing") == [down.clone()],
+        "a closed required port was not reported missing",
+    );
+    assert_eq!(
+        metric(&body, "exposure_required_missing_ports{name=\"data\"}"),
+        Some(1.0)
+    );
+    listeners.extend(lab.target.listen(&[(v4(3), 443)]));
+    await_body(
+        || fetch(&lab, PORT, "/metrics", ""),
+        |b| samples(b, "exposure_required_missing").is_empty(),
+        "a reopened required port stayed missing",
+    );
+
+    // Slow the data group down (the scans already due still run: wait until
+    // its count stands still), then allow port 25: its verdict clears with
+    // no scan in between.
+    daemon.reload(&config(3600, "22"));
+    let mut scans = None;
+    let settled = wait_until(Duration::from_secs(60), || {
+        let before = scans;
+        thread::sleep(Duration::from_secs(5));
+        scans = data_scans(&fetch(&lab, PORT, "/metrics", ""));
+        scans.is_some() && scans == before
+    });
+    assert!(settled, "the data group kept being scanned: {scans:?}");
+    daemon.reload(&config(3600, "22,25"));
+    let body = await_body(
+        || fetch(&lab, PORT, "/metrics", ""),
+        |b| samples(b, "exposure_unexpected_open") == [unexpected[1].clone()],
+        "allowing port 25 did not clear its verdict",
+    );
+    assert_eq!(data_scans(&body), scans, "cleared without a rescan");
+
+    // kill -9 and start again on the same state file: the same verdicts,
+    // before the data group is scanned again.
+    let dir = daemon.kill();
+    let _daemon = Daemon::spawn(agent(), &lab, dir, &[]);
+    let body = await_body(
+        || fetch(&lab, PORT, "/metrics", ""),
+        |b| samples(b, "exposure_unexpected_open") == [unexpected[1].clone()],
+        "the verdicts did not survive a restart",
+    );
+    assert_eq!(
+        data_scans(&body),
+        Some(0.0),
+        "restored, not rescanned: {body}"
+    );
+    assert_eq!(
+        metric(&body, "exposure_hosts_up{name=\"data\"}"),
+        Some(2.0),
+        "{body}"
+    );
+    assert!(samples(&body, "exposure_required_missing").is_empty());
+}
+
+/// The seed's form of `targets` exports the seed's families with the seed's
+/// labels, and no verdicts.
+#[test]
+fn plain_targets_export_no_verdicts() {
+    testbed::require_root!();
+    const PORT: u16 = 19943;
+    let lab = Lab::new(&[v4(2)], 1500);
+    let _listeners = lab.target.listen(&[(v4(2), 22)]);
+    let _daemon = Daemon::start(
+        agent(),
+        &lab,
+        "exposure-seed",
+        &common::daemon::FastScan::new(PORT).to_string(),
+    );
+    let body = await_body(
+        || fetch(&lab, PORT, "/metrics", ""),
+        |b| b.contains("open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"} 1"),
+        "no scan result",
+    );
+    let samples: Vec<&str> = body
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#') && (l.starts_with("exposure_") || l.starts_with("host_answers"))
+        })
+        .collect();
+    assert!(samples.is_empty(), "{samples:?}");
+}
