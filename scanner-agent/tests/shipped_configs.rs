@@ -15,8 +15,8 @@ use common::agent;
 use prometheus_client::registry::Registry;
 use scanner_agent::{
     daemon::metrics::{
-        AgentMetrics, ChangeLabels, ExporterMetrics, FailureLabels, IpLabels, ModeLabels,
-        PortLabels, TargetLabels, TaskLabels,
+        AgentMetrics, ChangeLabels, ExporterMetrics, ExposureMetrics, FailureLabels, IpLabels,
+        ModeLabels, PortLabels, TargetLabels, TaskLabels,
     },
     web::exposition::encode_text,
 };
@@ -77,6 +77,8 @@ fn exported_series() -> BTreeSet<String> {
     let mut registry = Registry::default();
     let m = ExporterMetrics::register(&mut registry, true);
     let a = AgentMetrics::register(&mut registry);
+    // Gauges only: their `# TYPE` lines are all this reads.
+    ExposureMetrics::register(&mut registry);
     let task = TaskLabels {
         target: "198.18.0.0/24".into(),
         port_range: "1-65535".into(),
@@ -145,8 +147,8 @@ fn exported_series() -> BTreeSet<String> {
             }
         }
     }
-    // Every field of both metric structs, so none was left unencoded.
-    assert_eq!(names.len(), 12 + 2 + 10, "{names:?}");
+    // Every field of the metric structs, so none was left unencoded.
+    assert_eq!(names.len(), 12 + 2 + 10 + 6, "{names:?}");
     names
 }
 
@@ -160,6 +162,8 @@ fn metrics_in(expr: &str) -> BTreeSet<String> {
         "task_queue",
         "last_scan",
         "port_state",
+        "exposure_",
+        "host_answers",
     ];
     // Quoted label values are not names.
     let unquoted: String = expr.split('"').step_by(2).collect::<Vec<_>>().join(" ");
@@ -222,6 +226,9 @@ fn alert_rules_name_only_exported_metrics() {
         "nmap_scan_timeouts_total",
         "last_scan_timestamp_seconds",
         "scanner_agent_xdp_replies_lost_total",
+        "exposure_unexpected_open",
+        "exposure_required_missing",
+        "host_answers_every_port",
     ] {
         assert!(seen.contains(needed), "no alert on {needed}");
     }

@@ -171,7 +171,7 @@ fn verdict_labels((name, (ip, protocol, port)): &(String, OpenPort)) -> VerdictL
 /// exactly the series that are no longer true: clearing and refilling
 /// would let a scrape in between see an alert's series vanish).
 #[derive(Default)]
-pub(crate) struct ExposureMetrics {
+pub struct ExposureMetrics {
     unexpected_open: Family<VerdictLabels, Gauge>,
     required_missing: Family<VerdictLabels, Gauge>,
     unexpected_open_ports: Family<GroupLabels, Gauge>,
@@ -182,7 +182,7 @@ pub(crate) struct ExposureMetrics {
 }
 
 impl ExposureMetrics {
-    pub(crate) fn register(r: &mut Registry) -> Self {
+    pub fn register(r: &mut Registry) -> Self {
         let m = Self::default();
         r.register(
             "exposure_unexpected_open",

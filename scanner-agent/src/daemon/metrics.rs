@@ -21,10 +21,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{
-    exposure::{ExposureMetrics, Verdicts},
-    task_state::OpenPort,
-};
+pub use super::exposure::ExposureMetrics;
+use super::{exposure::Verdicts, task_state::OpenPort};
 use crate::{
     firewall::FirewallConfig,
     passthrough,
