@@ -19,8 +19,7 @@ use std::{
 
 use common::{
     Lab, Netns, agent,
-    daemon::{Daemon, await_body, request},
-    wait_until,
+    daemon::{Daemon, await_body, fetch},
 };
 use prometheus_client::registry::Registry;
 use scanner_agent::{
@@ -669,16 +668,6 @@ fn legacy_x_tables_are_reported() {
     );
 }
 
-/// An HTTP GET on loopback inside `ns`; the body.
-fn get(ns: &Netns, port: u16, path: &str) -> Option<String> {
-    get_with(ns, port, path, "")
-}
-
-/// A GET with extra header lines; the body.
-fn get_with(ns: &Netns, port: u16, path: &str, headers: &str) -> Option<String> {
-    request(ns, port, path, headers).map(|(_, _, body)| body)
-}
-
 /// `scanner-agent run` without targets, in `ns`, optionally without any
 /// capability.
 fn start_daemon(ns: &Netns, name: &str, config: &str, drop_caps: bool) -> Daemon {
@@ -690,9 +679,11 @@ fn start_daemon(ns: &Netns, name: &str, config: &str, drop_caps: bool) -> Daemon
     Daemon::start_wrapped(agent(), ns, name, config, &[], wrapper)
 }
 
-fn await_metrics(ns: &Netns, port: u16, cond: impl Fn(&str) -> bool) -> String {
+/// `/metrics` on loopback `port` (GET with extra header lines) once `cond`
+/// holds for it.
+fn await_metrics(ns: &Netns, port: u16, headers: &str, cond: impl Fn(&str) -> bool) -> String {
     await_body(
-        || get(ns, port, "/metrics").unwrap_or_default(),
+        || fetch(ns, port, "/metrics", headers),
         cond,
         &format!("port {port}"),
     )
@@ -710,9 +701,9 @@ fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
         false,
     );
     let rule = "iptables_rule_packets_total{chain=\"INPUT\",rule=\"-p tcp -m tcp --dport 7000 -j ACCEPT\",table=\"filter\"} 0";
-    let main = await_metrics(&ns, 19455, |b| b.lines().any(|l| l == rule));
+    let main = await_metrics(&ns, 19455, "", |b| b.lines().any(|l| l == rule));
     assert!(main.lines().any(|l| l == "task_queue_size 0"), "{main}");
-    let drop_in = await_metrics(&ns, 19456, |b| b.lines().any(|l| l == rule));
+    let drop_in = await_metrics(&ns, 19456, "", |b| b.lines().any(|l| l == rule));
     assert!(
         !drop_in.contains("task_queue_size"),
         "only the firewall families:\n{drop_in}"
@@ -731,14 +722,10 @@ fn the_drop_in_listener_requires_the_agents_authentication() {
         "server:\n  port: 19458\nfirewall:\n  listen: \"127.0.0.1:19459\"\nauth:\n  bearer_tokens: [tok]\n",
         false,
     );
-    let token = "Authorization: Bearer tok\r\n";
-    let mut body = String::new();
-    let up = wait_until(Duration::from_secs(20), || {
-        body = get_with(&ns, 19459, "/metrics", token).unwrap_or_default();
-        body.contains("iptables_rule_packets_total{")
+    await_metrics(&ns, 19459, "Authorization: Bearer tok\r\n", |b| {
+        b.contains("iptables_rule_packets_total{")
     });
-    assert!(up, "{body}");
-    let anonymous = get(&ns, 19459, "/metrics").unwrap_or_default();
+    let anonymous = fetch(&ns, 19459, "/metrics", "");
     assert_eq!(anonymous, "authentication required\n");
 }
 
@@ -748,7 +735,7 @@ fn without_cap_net_admin_the_scrape_fails_and_the_rest_of_metrics_works() {
     let ns = Netns::new("fw-nocap");
     script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
     let daemon = start_daemon(&ns, "fw-nocap", "server:\n  port: 19457\n", true);
-    let body = await_metrics(&ns, 19457, |b| b.contains("iptables_scrape_success"));
+    let body = await_metrics(&ns, 19457, "", |b| b.contains("iptables_scrape_success"));
     assert!(
         body.lines().any(|l| l == "iptables_scrape_success 0"),
         "{body}"
