@@ -668,15 +668,19 @@ fn legacy_x_tables_are_reported() {
     );
 }
 
-/// `scanner-agent run` without targets, in `ns`, optionally without any
+/// A namespace `name` with one iptables rule (accept TCP port 7000), and
+/// `scanner-agent run` without targets in it, optionally without any
 /// capability.
-fn start_daemon(ns: &Netns, name: &str, config: &str, drop_caps: bool) -> Daemon {
+fn daemon_beside_a_rule(name: &str, config: &str, drop_caps: bool) -> (Netns, Daemon) {
+    let ns = Netns::new(name);
+    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
     let wrapper: &[&str] = if drop_caps {
         &["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
     } else {
         &[]
     };
-    Daemon::start_wrapped(agent(), ns, name, config, &[], wrapper)
+    let daemon = Daemon::start_wrapped(agent(), &ns, name, config, &[], wrapper);
+    (ns, daemon)
 }
 
 /// `/metrics` on loopback `port` (GET with extra header lines) once `cond`
@@ -692,10 +696,7 @@ fn await_metrics(ns: &Netns, port: u16, headers: &str, cond: impl Fn(&str) -> bo
 #[test]
 fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
     testbed::require_root!();
-    let ns = Netns::new("fw-daemon");
-    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let _daemon = start_daemon(
-        &ns,
+    let (ns, _daemon) = daemon_beside_a_rule(
         "fw-daemon",
         "server:\n  port: 19455\nfirewall:\n  listen: \"127.0.0.1:19456\"\n",
         false,
@@ -714,10 +715,7 @@ fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
 #[test]
 fn the_drop_in_listener_requires_the_agents_authentication() {
     testbed::require_root!();
-    let ns = Netns::new("fw-auth");
-    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let _daemon = start_daemon(
-        &ns,
+    let (ns, _daemon) = daemon_beside_a_rule(
         "fw-auth",
         "server:\n  port: 19458\nfirewall:\n  listen: \"127.0.0.1:19459\"\nauth:\n  bearer_tokens: [tok]\n",
         false,
@@ -732,9 +730,7 @@ fn the_drop_in_listener_requires_the_agents_authentication() {
 #[test]
 fn without_cap_net_admin_the_scrape_fails_and_the_rest_of_metrics_works() {
     testbed::require_root!();
-    let ns = Netns::new("fw-nocap");
-    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let daemon = start_daemon(&ns, "fw-nocap", "server:\n  port: 19457\n", true);
+    let (ns, daemon) = daemon_beside_a_rule("fw-nocap", "server:\n  port: 19457\n", true);
     let body = await_metrics(&ns, 19457, "", |b| b.contains("iptables_scrape_success"));
     assert!(
         body.lines().any(|l| l == "iptables_scrape_success 0"),
