@@ -39,6 +39,17 @@ fn options(target: &str) -> ScanOptions {
     }
 }
 
+/// A testbed whose target answers on 198.18.0.2 and 198.18.0.3.
+fn two_targets() -> Lab {
+    Lab::new(
+        &[
+            "198.18.0.2".parse::<IpAddr>().unwrap(),
+            "198.18.0.3".parse().unwrap(),
+        ],
+        1500,
+    )
+}
+
 /// Runs a scan of each target at once through one hub; returns each scan's
 /// open (address, port) pairs and the wall time of the whole.
 fn scan_together(
@@ -85,13 +96,7 @@ fn scan_together(
 #[test]
 fn a_shared_budget_caps_the_rate_of_all_scans_together() {
     testbed::require_root!();
-    let lab = Lab::new(
-        &[
-            "198.18.0.2".parse::<IpAddr>().unwrap(),
-            "198.18.0.3".parse().unwrap(),
-        ],
-        1500,
-    );
+    let lab = two_targets();
     let _l = lab.target.listen(&[
         ("198.18.0.2".parse::<IpAddr>().unwrap(), 1000),
         ("198.18.0.3".parse().unwrap(), 2000),
@@ -117,13 +122,7 @@ fn a_shared_budget_caps_the_rate_of_all_scans_together() {
 #[test]
 fn two_scans_share_one_program() {
     testbed::require_root!();
-    let lab = Lab::new(
-        &[
-            "198.18.0.2".parse::<IpAddr>().unwrap(),
-            "198.18.0.3".parse().unwrap(),
-        ],
-        1500,
-    );
+    let lab = two_targets();
     let _l = lab.target.listen(&[
         ("198.18.0.2".parse::<IpAddr>().unwrap(), 22),
         ("198.18.0.2".parse().unwrap(), 2999),

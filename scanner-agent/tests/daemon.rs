@@ -6,7 +6,9 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use common::{
     Lab, agent,
-    daemon::{Daemon, FastScan, PORT, await_body, fetch, get, metric, request},
+    daemon::{
+        Daemon, FastScan, PORT, await_body, await_up, basic, bearer, fetch, get, metric, request,
+    },
     wait_until,
 };
 
@@ -134,17 +136,7 @@ fn basic_auth_guards_every_endpoint() {
             "server:\n  port: {AUTH_PORT}\nauth:\n  basic:\n    username: prom\n    password: \"{hash}\"\n  bearer_tokens: [tok-abc]\n"
         ),
     );
-    assert!(wait_until(Duration::from_secs(10), || request(
-        &lab, AUTH_PORT, "/healthz", ""
-    )
-    .is_some()));
-    use base64::Engine as _;
-    let basic = |user: &str, pass: &str| {
-        format!(
-            "Authorization: Basic {}\r\n",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
-        )
-    };
+    await_up(&lab, AUTH_PORT, "");
     for path in ["/metrics", "/healthz"] {
         let (status, head, _) = request(&lab, AUTH_PORT, path, "").unwrap();
         assert_eq!(status, 401, "{path} without credentials");
@@ -167,16 +159,9 @@ fn basic_auth_guards_every_endpoint() {
             200,
             "{path}"
         );
-        let bearer = |token: &str| {
-            request(
-                &lab,
-                AUTH_PORT,
-                path,
-                &format!("Authorization: Bearer {token}\r\n"),
-            )
-        };
-        assert_eq!(bearer("tok-abc").unwrap().0, 200, "{path}");
-        assert_eq!(bearer("tok-abd").unwrap().0, 401, "{path}");
+        let with_token = |token: &str| request(&lab, AUTH_PORT, path, &bearer(token));
+        assert_eq!(with_token("tok-abc").unwrap().0, 200, "{path}");
+        assert_eq!(with_token("tok-abd").unwrap().0, 401, "{path}");
     }
     let (_, _, health) = request(&lab, AUTH_PORT, "/healthz", &basic("prom", "s3cret")).unwrap();
     assert!(
@@ -203,13 +188,9 @@ fn query_scans_only_configured_targets_on_demand() {
             .with("auth:\n  basic:\n    username: ops\n    password: pw\n")
             .to_string(),
     );
-    use base64::Engine as _;
-    let auth = format!(
-        "Authorization: Basic {}\r\n",
-        base64::engine::general_purpose::STANDARD.encode("ops:pw")
-    );
+    let auth = basic("ops", "pw");
     let call = |path: &str| request(&lab, QUERY_PORT, path, &auth);
-    assert!(wait_until(Duration::from_secs(10), || call("/healthz").is_some()));
+    await_up(&lab, QUERY_PORT, &auth);
 
     let (status, _, body) = call("/query?ports=22").unwrap();
     assert_eq!(
@@ -301,10 +282,7 @@ fn a_restart_keeps_open_ports_and_scan_times() {
     // Restarted: the open port is known at once, and the task, scanned a
     // moment ago with an interval of an hour, is not scanned again.
     let _second = Daemon::spawn(agent(), &lab, dir, &[]);
-    assert!(wait_until(Duration::from_secs(10), || request(
-        &lab, STATE_PORT, "/healthz", ""
-    )
-    .is_some()));
+    await_up(&lab, STATE_PORT, "");
     std::thread::sleep(Duration::from_secs(4));
     let body = metrics();
     assert_eq!(metric(&body, open22), Some(1.0), "{body}");

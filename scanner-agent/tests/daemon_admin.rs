@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use common::{
     Lab, SCANNER_IF, agent,
-    daemon::{Daemon, FastScan, await_body, curl, fetch, fetch_status, metric, request},
+    daemon::{Daemon, FastScan, await_body, bearer, curl, fetch, fetch_status, metric, request},
     wait_until,
 };
 use rcgen::{
@@ -162,14 +162,9 @@ fn sighup_reloads_the_config_and_a_bad_one_changes_nothing() {
     ]);
     let mut daemon = Daemon::start(agent(), &lab, "reload", &config(PORT, "20-23", "one"));
     let get = |token: &str| {
-        request(
-            &lab,
-            PORT,
-            "/metrics",
-            &format!("Authorization: Bearer {token}\r\n"),
-        )
-        .map(|(status, _, body)| (status, body))
-        .unwrap_or_default()
+        request(&lab, PORT, "/metrics", &bearer(token))
+            .map(|(status, _, body)| (status, body))
+            .unwrap_or_default()
     };
     let open = |port: u16| {
         format!("open_port_status{{ip=\"198.18.0.2\",port=\"{port}\",protocol=\"tcp\"}}")

@@ -19,8 +19,7 @@ use std::{
 
 use common::{
     Lab, Netns, agent,
-    daemon::{Daemon, await_body, request},
-    wait_until,
+    daemon::{Daemon, await_body, fetch},
 };
 use prometheus_client::registry::Registry;
 use scanner_agent::{
@@ -669,30 +668,26 @@ fn legacy_x_tables_are_reported() {
     );
 }
 
-/// An HTTP GET on loopback inside `ns`; the body.
-fn get(ns: &Netns, port: u16, path: &str) -> Option<String> {
-    get_with(ns, port, path, "")
-}
-
-/// A GET with extra header lines; the body.
-fn get_with(ns: &Netns, port: u16, path: &str, headers: &str) -> Option<String> {
-    request(ns, port, path, headers).map(|(_, _, body)| body)
-}
-
-/// `scanner-agent run` without targets, in `ns`, optionally without any
+/// A namespace `name` with one iptables rule (accept TCP port 7000), and
+/// `scanner-agent run` without targets in it, optionally without any
 /// capability.
-fn start_daemon(ns: &Netns, name: &str, config: &str, drop_caps: bool) -> Daemon {
+fn daemon_beside_a_rule(name: &str, config: &str, drop_caps: bool) -> (Netns, Daemon) {
+    let ns = Netns::new(name);
+    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
     let wrapper: &[&str] = if drop_caps {
         &["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
     } else {
         &[]
     };
-    Daemon::start_wrapped(agent(), ns, name, config, &[], wrapper)
+    let daemon = Daemon::start_wrapped(agent(), &ns, name, config, &[], wrapper);
+    (ns, daemon)
 }
 
-fn await_metrics(ns: &Netns, port: u16, cond: impl Fn(&str) -> bool) -> String {
+/// `/metrics` on loopback `port` (GET with extra header lines) once `cond`
+/// holds for it.
+fn await_metrics(ns: &Netns, port: u16, headers: &str, cond: impl Fn(&str) -> bool) -> String {
     await_body(
-        || get(ns, port, "/metrics").unwrap_or_default(),
+        || fetch(ns, port, "/metrics", headers),
         cond,
         &format!("port {port}"),
     )
@@ -701,18 +696,15 @@ fn await_metrics(ns: &Netns, port: u16, cond: impl Fn(&str) -> bool) -> String {
 #[test]
 fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
     testbed::require_root!();
-    let ns = Netns::new("fw-daemon");
-    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let _daemon = start_daemon(
-        &ns,
+    let (ns, _daemon) = daemon_beside_a_rule(
         "fw-daemon",
         "server:\n  port: 19455\nfirewall:\n  listen: \"127.0.0.1:19456\"\n",
         false,
     );
     let rule = "iptables_rule_packets_total{chain=\"INPUT\",rule=\"-p tcp -m tcp --dport 7000 -j ACCEPT\",table=\"filter\"} 0";
-    let main = await_metrics(&ns, 19455, |b| b.lines().any(|l| l == rule));
+    let main = await_metrics(&ns, 19455, "", |b| b.lines().any(|l| l == rule));
     assert!(main.lines().any(|l| l == "task_queue_size 0"), "{main}");
-    let drop_in = await_metrics(&ns, 19456, |b| b.lines().any(|l| l == rule));
+    let drop_in = await_metrics(&ns, 19456, "", |b| b.lines().any(|l| l == rule));
     assert!(
         !drop_in.contains("task_queue_size"),
         "only the firewall families:\n{drop_in}"
@@ -723,32 +715,23 @@ fn the_daemon_serves_the_counters_on_metrics_and_on_its_drop_in_listener() {
 #[test]
 fn the_drop_in_listener_requires_the_agents_authentication() {
     testbed::require_root!();
-    let ns = Netns::new("fw-auth");
-    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let _daemon = start_daemon(
-        &ns,
+    let (ns, _daemon) = daemon_beside_a_rule(
         "fw-auth",
         "server:\n  port: 19458\nfirewall:\n  listen: \"127.0.0.1:19459\"\nauth:\n  bearer_tokens: [tok]\n",
         false,
     );
-    let token = "Authorization: Bearer tok\r\n";
-    let mut body = String::new();
-    let up = wait_until(Duration::from_secs(20), || {
-        body = get_with(&ns, 19459, "/metrics", token).unwrap_or_default();
-        body.contains("iptables_rule_packets_total{")
+    await_metrics(&ns, 19459, "Authorization: Bearer tok\r\n", |b| {
+        b.contains("iptables_rule_packets_total{")
     });
-    assert!(up, "{body}");
-    let anonymous = get(&ns, 19459, "/metrics").unwrap_or_default();
+    let anonymous = fetch(&ns, 19459, "/metrics", "");
     assert_eq!(anonymous, "authentication required\n");
 }
 
 #[test]
 fn without_cap_net_admin_the_scrape_fails_and_the_rest_of_metrics_works() {
     testbed::require_root!();
-    let ns = Netns::new("fw-nocap");
-    script(&ns, "iptables -A INPUT -p tcp --dport 7000 -j ACCEPT");
-    let daemon = start_daemon(&ns, "fw-nocap", "server:\n  port: 19457\n", true);
-    let body = await_metrics(&ns, 19457, |b| b.contains("iptables_scrape_success"));
+    let (ns, daemon) = daemon_beside_a_rule("fw-nocap", "server:\n  port: 19457\n", true);
+    let body = await_metrics(&ns, 19457, "", |b| b.contains("iptables_scrape_success"));
     assert!(
         body.lines().any(|l| l == "iptables_scrape_success 0"),
         "{body}"

@@ -17,27 +17,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
 use common::{
     Lab, agent,
-    daemon::{Daemon, FastScan, PORT, await_body, curl, fetch, metric, request, request_to},
+    daemon::{
+        Daemon, FastScan, PORT, await_body, await_up, basic, bearer, curl, fetch, metric, request,
+        request_to,
+    },
     wait_until,
 };
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Prometheus's default scrape timeout.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Authorization: Basic {}\r\n",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
-
-fn bearer(token: &str) -> String {
-    format!("Authorization: Bearer {token}\r\n")
-}
 
 /// One HTTP/1.0 GET on a new connection, from the calling thread (which
 /// must be in the scanner namespace): status and body, or None when the
@@ -347,9 +338,7 @@ fn at_the_connection_cap_idle_sockets_make_room_and_kept_alive_connections_stay(
         ),
     );
     let scrape = basic("prometheus", "pw");
-    assert!(wait_until(Duration::from_secs(10), || {
-        request(&lab, PORT, "/healthz", &scrape).is_some()
-    }));
+    await_up(&lab, PORT, &scrape);
     raise_own_open_files_limit();
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, PORT));
     let (kept, answer, idle) = lab.scanner.run(move || {

@@ -7,7 +7,7 @@ use aya::{
     maps::{Array, RingBuf},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use etherparse::PacketBuilder;
 use scanner_agent::scan::{capture::PROGRAMS, probes::packets};
@@ -28,6 +28,9 @@ const SETTINGS: Settings = Settings {
 };
 const TARGET: [u8; 4] = [198, 18, 0, 2];
 const US: [u8; 4] = [198, 18, 0, 1];
+/// 2001:db8::2 and 2001:db8::1.
+const TARGET6: [u8; 16] = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).octets();
+const US6: [u8; 16] = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets();
 
 const ALL: u64 = protocols::TCP | protocols::UDP | protocols::ICMP;
 
@@ -505,16 +508,7 @@ fn icmp_errors_must_quote_the_probes_ip_id_and_checksum() {
 fn icmpv6_errors_must_quote_the_probes_flow_label() {
     testbed::require_root!();
     let mut ebpf = loaded();
-    let (t6, u6): ([u8; 16], [u8; 16]) = (
-        "2001:db8::2"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-        "2001:db8::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
+    let (t6, u6) = (TARGET6, US6);
     for (protocol, port) in [(17, 53), (17, 5000), (6, 443)] {
         let h = probe_hash(&KEY, &Addr::v6(t6), &Addr::v6(u6), port, protocol);
         let tag = tag_of(&KEY, h);
@@ -622,16 +616,7 @@ fn replies_of_protocols_the_scan_does_not_send_pass() {
 fn ipv6_syn_ack_is_ours() {
     testbed::require_root!();
     let mut ebpf = loaded();
-    let (t6, u6): ([u8; 16], [u8; 16]) = (
-        "2001:db8::2"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-        "2001:db8::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
+    let (t6, u6) = (TARGET6, US6);
     let h = probe_hash(&KEY, &Addr::v6(t6), &Addr::v6(u6), 443, 6);
     let port = local_port(&SETTINGS, 1, h);
     let mut frame = Vec::new();

@@ -6,7 +6,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, PoisonError},
+    sync::{Arc, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -88,6 +88,17 @@ impl Book {
     }
 }
 
+/// The book, locked, with the records past their keeping pruned.
+fn pruned_book(shared: &Shared) -> MutexGuard<'_, Book> {
+    let mut book = shared
+        .runtime
+        .queries
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    book.prune();
+    book
+}
+
 fn answer(status: StatusCode, body: Value) -> Response {
     (status, Json(body)).into_response()
 }
@@ -149,12 +160,7 @@ pub(super) async fn enqueue(
         );
     }
     let interval = Duration::from_secs(shared.live().config.scanning.interval.0);
-    let mut book = shared
-        .runtime
-        .queries
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    book.prune();
+    let mut book = pruned_book(&shared);
     let key = (net, ports.spec.clone(), protocol);
     if let Some(&id) = book.latest.get(&key) {
         let recent = book
@@ -254,12 +260,7 @@ pub(super) fn parse(params: &HashMap<String, String>) -> Result<(IpNet, Ports, P
 }
 
 pub(super) async fn status(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
-    let mut book = shared
-        .runtime
-        .queries
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    book.prune();
+    let book = pruned_book(&shared);
     let Some(entry) = book.entries.get(&id) else {
         return error(StatusCode::NOT_FOUND, format!("no query task {id}"));
     };

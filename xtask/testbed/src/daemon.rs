@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+use base64::Engine as _;
+
 #[cfg(doc)]
 use super::Lab;
 use super::{Netns, wait_until};
@@ -52,6 +54,32 @@ pub fn request_to(
         let (head, body) = out.split_once("\r\n\r\n")?;
         Some((status, head.to_owned(), body.to_owned()))
     })
+}
+
+/// The header line of HTTP basic authentication as `user`.
+pub fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// The header line of a bearer token.
+pub fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}\r\n")
+}
+
+/// Waits (10 s at most) until something answers a GET of `/healthz` with
+/// extra header lines on loopback `port` (a daemon just started); fails
+/// if nothing did.
+pub fn await_up(host: &impl AsRef<Netns>, port: u16, headers: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || request(
+            host, port, "/healthz", headers
+        )
+        .is_some()),
+        "nothing answered GET /healthz on port {port}"
+    );
 }
 
 /// curl inside `host`'s namespace, run in `dir`; the HTTP status, or None
