@@ -182,35 +182,54 @@ pub struct ExposureMetrics {
 }
 
 impl ExposureMetrics {
+    /// The families' names, in the order [`ExposureMetrics::register`]
+    /// registers them (gauges: a family without samples is not encoded).
+    pub const FAMILIES: [&str; 6] = [
+        "exposure_unexpected_open",
+        "exposure_required_missing",
+        "exposure_unexpected_open_ports",
+        "exposure_required_missing_ports",
+        "exposure_hosts_up",
+        "host_answers_every_port",
+    ];
+
     pub fn register(r: &mut Registry) -> Self {
         let m = Self::default();
+        let [
+            unexpected,
+            missing,
+            unexpected_ports,
+            missing_ports,
+            hosts_up,
+            every_port,
+        ] = Self::FAMILIES;
         r.register(
-            "exposure_unexpected_open",
+            unexpected,
             "An open port that its target group neither allows nor requires",
             m.unexpected_open.clone(),
         );
         r.register(
-            "exposure_required_missing",
+            missing,
             "A port the target group requires that is not open on a host that answered the scan",
             m.required_missing.clone(),
         );
         r.register(
-            "exposure_unexpected_open_ports",
+            unexpected_ports,
             "Open ports of the target group that it neither allows nor requires",
             m.unexpected_open_ports.clone(),
         );
         r.register(
-            "exposure_required_missing_ports",
+            missing_ports,
             "Required ports of the target group not open on hosts that answered",
             m.required_missing_ports.clone(),
         );
         r.register(
-            "exposure_hosts_up",
+            hosts_up,
             "Hosts of the target group that answered its last scans",
             m.hosts_up.clone(),
         );
         r.register(
-            "host_answers_every_port",
+            every_port,
             "The host answers on nearly every scanned port (a SYN proxy, tarpit or middlebox); its ports are not exported one by one",
             m.every_port.clone(),
         );
