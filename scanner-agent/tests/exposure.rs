@@ -8,12 +8,15 @@ use std::{net::Ipv4Addr, thread, time::Duration};
 
 use common::{
     Lab, agent,
-    daemon::{Daemon, PORT, await_body, fetch, metric},
+    daemon::{Daemon, PORT, await_body, bearer, fetch, metric},
     wait_until,
 };
 
 const DATA: &str = "198.18.0.0/29";
 const WEB: &str = "198.18.0.8/29";
+const TOKEN: &str = "exposure-test-token";
+/// The plain target's open port: shown, never judged.
+const PLAIN_OPEN: &str = "open_port_status{ip=\"198.18.0.25\",port=\"22\",protocol=\"tcp\"} 1";
 
 fn v4(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, last)
@@ -31,6 +34,8 @@ scanning:
   min_rate: 5000
   initial_rtt_timeout: 100
   max_rtt_timeout: 200
+auth:
+  bearer_tokens: [{TOKEN}]
 targets:
   - 198.18.0.24/30
   - name: data
@@ -109,11 +114,12 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
         verdict("exposure_unexpected_open", "data", 3, 23),
     ];
     let body = await_body(
-        || fetch(&lab, PORT, "/metrics", ""),
+        || fetch(&lab, PORT, "/metrics", &bearer(TOKEN)),
         |b| {
             samples(b, "exposure_unexpected_open") == unexpected
                 && metric(b, "exposure_hosts_up{name=\"web\"}") == Some(2.0)
                 && metric(b, "host_answers_every_port{ip=\"198.18.0.20\"}") == Some(1.0)
+                && b.contains(PLAIN_OPEN)
         },
         "the verdicts never equalled the truth",
     );
@@ -136,7 +142,6 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
     }
     // A group without a policy, and plain targets, get no verdicts.
     assert!(!body.contains("name=\"tarpit\""), "{body}");
-    assert!(body.contains("open_port_status{ip=\"198.18.0.25\",port=\"22\",protocol=\"tcp\"} 1"));
     // The every-port host: flagged, counted, and no per-port flood.
     assert!(
         !body.contains("open_port_status{ip=\"198.18.0.20\""),
@@ -148,6 +153,30 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
         "{body}"
     );
 
+    // /query answers say what the policy makes of each open port.
+    let enqueued = fetch(
+        &lab,
+        PORT,
+        "/query?ip=198.18.0.2&ports=20-30,443",
+        &bearer(TOKEN),
+    );
+    let id = enqueued
+        .split("\"task_id\":")
+        .nth(1)
+        .and_then(|r| r.trim_end_matches('}').parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{enqueued}"));
+    let answer = await_body(
+        || fetch(&lab, PORT, &format!("/query/{id}"), &bearer(TOKEN)),
+        |b| b.contains("\"state\":\"done\""),
+        "the query never finished",
+    );
+    for (port, verdict) in [(22, "allowed"), (25, "unexpected"), (443, "required")] {
+        let result = format!(
+            "{{\"exposure\":\"{verdict}\",\"group\":\"data\",\"ip\":\"198.18.0.2\",\"port\":{port},"
+        );
+        assert!(answer.contains(&result), "{result} in {answer}");
+    }
+
     // A required service goes down, then comes back.
     let down = verdict("exposure_required_missing", "data", 3, 443);
     let index = 4;
@@ -155,7 +184,7 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
     assert_eq!(closed.local_addr().unwrap().to_string(), "198.18.0.3:443");
     drop(closed);
     let body = await_body(
-        || fetch(&lab, PORT, "/metrics", ""),
+        || fetch(&lab, PORT, "/metrics", &bearer(TOKEN)),
         |b| samples(b, "exposure_required_missing") == [down.clone()],
         "a closed required port was not reported missing",
     );
@@ -165,7 +194,7 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
     );
     listeners.extend(lab.target.listen(&[(v4(3), 443)]));
     await_body(
-        || fetch(&lab, PORT, "/metrics", ""),
+        || fetch(&lab, PORT, "/metrics", &bearer(TOKEN)),
         |b| samples(b, "exposure_required_missing").is_empty(),
         "a reopened required port stayed missing",
     );
@@ -178,13 +207,13 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
     let settled = wait_until(Duration::from_secs(60), || {
         let before = scans;
         thread::sleep(Duration::from_secs(5));
-        scans = data_scans(&fetch(&lab, PORT, "/metrics", ""));
+        scans = data_scans(&fetch(&lab, PORT, "/metrics", &bearer(TOKEN)));
         scans.is_some() && scans == before
     });
     assert!(settled, "the data group kept being scanned: {scans:?}");
     daemon.reload(&config(3600, "22,25"));
     let body = await_body(
-        || fetch(&lab, PORT, "/metrics", ""),
+        || fetch(&lab, PORT, "/metrics", &bearer(TOKEN)),
         |b| samples(b, "exposure_unexpected_open") == [unexpected[1].clone()],
         "allowing port 25 did not clear its verdict",
     );
@@ -195,7 +224,7 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
     let dir = daemon.kill();
     let _daemon = Daemon::spawn(agent(), &lab, dir, &[]);
     let body = await_body(
-        || fetch(&lab, PORT, "/metrics", ""),
+        || fetch(&lab, PORT, "/metrics", &bearer(TOKEN)),
         |b| samples(b, "exposure_unexpected_open") == [unexpected[1].clone()],
         "the verdicts did not survive a restart",
     );
