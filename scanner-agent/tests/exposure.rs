@@ -242,9 +242,10 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
 }
 
 /// The seed's form of `targets` exports the seed's families with the seed's
-/// labels, and no verdicts.
+/// label names, and no verdicts (the agent's own `scanner_agent_*` and the
+/// firewall counters aside).
 #[test]
-fn plain_targets_export_no_verdicts() {
+fn plain_targets_export_the_seeds_families_and_no_verdicts() {
     testbed::require_root!();
     const PORT: u16 = 19943;
     let lab = Lab::new(&[v4(2)], 1500);
@@ -260,11 +261,44 @@ fn plain_targets_export_no_verdicts() {
         |b| b.contains("open_port_status{ip=\"198.18.0.2\",port=\"22\",protocol=\"tcp\"} 1"),
         "no scan result",
     );
-    let samples: Vec<&str> = body
-        .lines()
-        .filter(|l| {
-            !l.starts_with('#') && (l.starts_with("exposure_") || l.starts_with("host_answers"))
-        })
+    let task = ["target", "port_range", "protocol"].as_slice();
+    let seed: [(&str, &[&str]); 10] = [
+        ("open_port_status", &["ip", "port", "protocol"]),
+        ("open_ports_total", &["ip"]),
+        ("task_queue_size", &[]),
+        ("nmap_scan_timeouts_total", task),
+        ("nmap_host_up_count", &["target"]),
+        ("nmap_host_down_count", &["target"]),
+        ("scans_successful_total", task),
+        (
+            "scans_failed_total",
+            &["target", "port_range", "protocol", "error_type"],
+        ),
+        ("last_scan_timestamp_seconds", task),
+        ("port_state_changes_total", &["target", "change_type"]),
+    ];
+    let mut exported = std::collections::BTreeMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (family, rest) = line.split_once(['{', ' ']).unwrap();
+        let ours = ["scanner_agent_", "iptables_", "ip6tables_", "nftables_"];
+        if ours.iter().any(|p| family.starts_with(p)) {
+            continue;
+        }
+        let labels: Vec<&str> = if line.contains('{') {
+            rest.split('}')
+                .next()
+                .unwrap()
+                .split(',')
+                .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        exported.insert(family.to_owned(), labels);
+    }
+    let want: std::collections::BTreeMap<String, Vec<&str>> = seed
+        .iter()
+        .map(|(f, l)| ((*f).to_owned(), l.to_vec()))
         .collect();
-    assert!(samples.is_empty(), "{samples:?}");
+    assert_eq!(exported, want, "{body}");
 }
