@@ -50,9 +50,9 @@ impl Group {
         }
     }
 
-    /// Whether `net` lies inside one of the group's tasks.
-    pub(super) fn holds(&self, net: &IpNet) -> bool {
-        self.tasks.iter().any(|t| t.subnet.contains(net))
+    /// Whether `ip` lies inside one of the group's tasks.
+    fn holds(&self, ip: IpAddr) -> bool {
+        self.tasks.iter().any(|t| t.subnet.contains(&ip))
     }
 
     /// What the policy says of an open port: `required`, `allowed` or
@@ -66,6 +66,36 @@ impl Group {
         } else {
             "unexpected"
         })
+    }
+}
+
+/// The configured groups, found by task in constant time: every scan's
+/// results are judged against them, on sites with thousands of tasks.
+#[derive(Default)]
+pub(super) struct Groups {
+    list: Vec<Group>,
+    by_task: HashMap<IpNet, usize>,
+}
+
+impl Groups {
+    pub(super) fn new(list: Vec<Group>) -> Self {
+        let by_task = list
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| g.tasks.iter().map(move |t| (t.subnet, i)))
+            .collect();
+        Self { list, by_task }
+    }
+
+    /// The group a scheduled task belongs to (tasks are what the groups
+    /// were cut into, so an exact match).
+    pub(super) fn of_task(&self, task: &Task) -> Option<&Group> {
+        self.by_task.get(&task.subnet).map(|&i| &self.list[i])
+    }
+
+    /// The group whose addresses include `ip`.
+    pub(super) fn of_addr(&self, ip: IpAddr) -> Option<&Group> {
+        self.list.iter().find(|g| g.holds(ip))
     }
 }
 
@@ -91,16 +121,16 @@ pub(crate) struct Verdicts {
 }
 
 /// The verdicts on what `tasks` remember, under `groups`' policies.
-pub(super) fn judge(groups: &[Group], tasks: &HashMap<Job, TaskState>) -> Verdicts {
+pub(super) fn judge(groups: &Groups, tasks: &HashMap<Job, TaskState>) -> Verdicts {
     let mut v = Verdicts::default();
     let mut up: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
-    for g in groups.iter().filter(|g| g.policy.is_some()) {
+    for g in groups.list.iter().filter(|g| g.policy.is_some()) {
         v.counts.insert(g.name.clone(), Counts::default());
         up.insert(&g.name, BTreeSet::new());
     }
     for (job, state) in tasks {
         v.every_port.extend(state.every_port.keys());
-        let Some(g) = groups.iter().find(|g| g.holds(&job.task.subnet)) else {
+        let Some(g) = groups.of_task(&job.task) else {
             continue;
         };
         let Some((_, require)) = &g.policy else {
@@ -309,7 +339,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn groups(yaml: &str) -> (Config, Vec<Group>) {
+    fn groups(yaml: &str) -> (Config, Groups) {
         let config = Config::parse(yaml).unwrap();
         let groups = config
             .targets
@@ -326,7 +356,7 @@ mod tests {
                 Group::new(g, &config.scanning, tasks)
             })
             .collect();
-        (config, groups)
+        (config, Groups::new(groups))
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -415,10 +445,16 @@ targets:
                 }
             )]),
         );
-        assert_eq!(g[0].verdict(Protocol::Tcp, 443), Some("required"));
-        assert_eq!(g[0].verdict(Protocol::Tcp, 150), Some("allowed"));
-        assert_eq!(g[0].verdict(Protocol::Udp, 150), Some("unexpected"));
-        assert_eq!(g[1].verdict(Protocol::Tcp, 999), None);
+        let (data, open_minded) = (&g.list[0], &g.list[1]);
+        assert_eq!(data.verdict(Protocol::Tcp, 443), Some("required"));
+        assert_eq!(data.verdict(Protocol::Tcp, 150), Some("allowed"));
+        assert_eq!(data.verdict(Protocol::Udp, 150), Some("unexpected"));
+        assert_eq!(open_minded.verdict(Protocol::Tcp, 999), None);
+        assert_eq!(
+            g.of_addr(ip("198.18.30.9")).map(|g| g.name.as_str()),
+            Some("open-minded")
+        );
+        assert!(g.of_addr(ip("198.18.40.9")).is_none());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::{
 use scanner_common::maps::MAX_SCANS;
 
 use self::{
-    exposure::Group,
+    exposure::{Group, Groups},
     metrics::{Metrics, TaskLabels},
     task_state::TaskState,
     tasks::Task,
@@ -103,7 +103,7 @@ pub(crate) struct Live {
     /// The scheduled jobs.
     jobs: Vec<Job>,
     /// The named target groups: their tasks, settings and policy.
-    groups: Vec<Group>,
+    groups: Groups,
     /// What `/query` may scan.
     allowed: Vec<Task>,
     /// `max_rate` for all tasks together (none when `max_rate` is 0).
@@ -174,21 +174,18 @@ impl Live {
             && self.allowed.contains(&job.task)
     }
 
-    /// The group whose addresses include `net`.
-    fn group_of(&self, net: &ipnet::IpNet) -> Option<&Group> {
-        self.groups.iter().find(|g| g.holds(net))
-    }
-
     /// The ports a task is scanned on: its group's, or `scanning.port_range`.
     fn home_ports(&self, task: &Task) -> &Ports {
-        self.group_of(&task.subnet)
+        self.groups
+            .of_task(task)
             .map_or(&self.config.scanning.port_range, |g| &g.ports)
     }
 
     /// Time between two scans of a job: its group's `interval`, or
     /// `scanning.interval`.
     fn interval_of(&self, job: &Job) -> Duration {
-        self.group_of(&job.task.subnet)
+        self.groups
+            .of_task(&job.task)
             .map_or(Duration::from_secs(self.config.scanning.interval.0), |g| {
                 g.interval
             })
@@ -441,7 +438,7 @@ fn query_allowed(config: &Config, jobs: &[Job]) -> Result<Vec<Task>, DaemonError
 /// seed's plain targets together, with the `scanning` settings; each group
 /// with its own. Entries whose addresses overlap once names are resolved
 /// are refused, as the configuration refuses literal ones.
-fn jobs(config: &Config) -> Result<(Vec<Job>, Vec<Group>), DaemonError> {
+fn jobs(config: &Config) -> Result<(Vec<Job>, Groups), DaemonError> {
     let s = &config.scanning;
     let split = |ranges: Vec<String>| {
         tasks::split(
@@ -502,7 +499,7 @@ fn jobs(config: &Config) -> Result<(Vec<Job>, Vec<Group>), DaemonError> {
             name(a)
         )));
     }
-    Ok((jobs, groups))
+    Ok((jobs, Groups::new(groups)))
 }
 
 /// Installs `guard:` when enabled, or replaces the table when a reload

@@ -322,7 +322,8 @@ fn judged(shared: &Shared, results: Vec<PortResult>) -> Vec<Value> {
         .into_iter()
         .map(|r| {
             let verdict = live
-                .group_of(&IpNet::from(r.ip))
+                .groups
+                .of_addr(r.ip)
                 .and_then(|g| g.verdict(r.protocol, r.port).map(|v| (&g.name, v)));
             let mut value = json!(r);
             if let (Some((group, verdict)), Some(fields)) = (verdict, value.as_object_mut()) {

@@ -48,11 +48,14 @@ pub(super) fn apply(shared: &Shared, job: &Job, report: &ScanReport, took: Durat
     };
     let room = room_for(&tasks, &owner, &live);
     let state = tasks.entry(owner.clone()).or_default();
+    // Hosts flagged before count too: a scan that clears a flag changes
+    // their `open_ports_total`.
     let mut touched: BTreeSet<IpAddr> = state
         .open
         .iter()
         .chain(&state.closed)
         .map(|p| p.0)
+        .chain(state.every_port.keys().copied())
         .collect();
     every_port(
         m,
