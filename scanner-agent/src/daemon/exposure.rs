@@ -458,6 +458,47 @@ targets:
     }
 
     #[test]
+    fn verdict_series_stay_within_their_room_and_go_when_no_longer_true() {
+        let mut registry = Registry::default();
+        let m = ExposureMetrics::register(&mut registry);
+        let dropped = Counter::default();
+        let port = |p: u16| ("data".to_owned(), (ip("198.18.0.2"), Protocol::Tcp, p));
+        let verdicts = |ports: &[u16]| Verdicts {
+            unexpected: ports.iter().map(|&p| port(p)).collect(),
+            counts: BTreeMap::from([(
+                "data".to_owned(),
+                Counts {
+                    unexpected: ports.len(),
+                    ..Counts::default()
+                },
+            )]),
+            ..Verdicts::default()
+        };
+        let text = |r: &Registry| crate::web::exposition::encode_text(r);
+        m.show(verdicts(&[22, 25, 80]), 2, &dropped);
+        let t = text(&registry);
+        assert_eq!(t.matches("exposure_unexpected_open{").count(), 2, "{t}");
+        assert_eq!(dropped.get(), 1, "the third is counted, not shown");
+        assert!(
+            t.contains("exposure_unexpected_open_ports{name=\"data\"} 3"),
+            "counts are exact: {t}"
+        );
+        m.show(verdicts(&[80]), 10, &dropped);
+        let t = text(&registry);
+        assert!(
+            !t.contains("port=\"22\"") && !t.contains("port=\"25\""),
+            "{t}"
+        );
+        assert!(t.contains("exposure_unexpected_open{name=\"data\",ip=\"198.18.0.2\",port=\"80\",protocol=\"tcp\"} 1"), "{t}");
+        m.show(Verdicts::default(), 10, &dropped);
+        let t = text(&registry);
+        assert!(
+            !t.contains("name=\"data\""),
+            "a removed group leaves no series: {t}"
+        );
+    }
+
+    #[test]
     fn a_group_with_a_policy_and_no_results_reads_zero() {
         let (_, g) = groups(TWO_GROUPS);
         let v = judge(&g, &HashMap::new());
