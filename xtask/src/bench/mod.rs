@@ -5,6 +5,7 @@
 //! run's output stays in target/bench/runs/. A second section times the
 //! firewall counters' scrapes against `iptables-save -c` (see `firewall`).
 
+mod ceiling;
 mod firewall;
 mod measure;
 mod passthrough;
@@ -148,11 +149,21 @@ pub(crate) fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()>
     } else {
         &WORKLOADS[..]
     };
+    let mut ceiling_pps = None;
     let rows = if workloads.is_empty() {
         Vec::new()
     } else {
         eprintln!("xtask: bench: setting up the namespace testbed");
         let testbed = Testbed::up()?;
+        eprintln!("xtask: bench: the testbed's ceiling (prebuilt SYN frames, every core, 3 s)");
+        let c = ceiling::measure(&testbed, Duration::from_secs(3))?;
+        eprintln!(
+            "xtask: bench:   {:.0} kpps sent, {:.0} kpps answered",
+            c.sent_pps / 1e3,
+            c.answered_pps / 1e3
+        );
+        ceiling_pps = Some(c.answered_pps);
+        thread::sleep(Duration::from_secs(1));
         let mut rows = Vec::new();
         for workload in workloads {
             for scanner in workload.scanners(quick) {
@@ -167,7 +178,7 @@ pub(crate) fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()>
     let mut table = if rows.is_empty() {
         String::new()
     } else {
-        report::markdown(&rows)
+        report::markdown(&rows, ceiling_pps)
     };
     eprintln!("xtask: bench: node_exporter passthrough");
     match passthrough::run(&agent, if quick { 5 } else { 15 }, &out_dir) {

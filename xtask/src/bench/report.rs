@@ -44,33 +44,43 @@ pub(super) struct Row {
     pub outcome: Result<Metrics, String>,
 }
 
-const HEADER: [&str; 9] = [
+const HEADER: [&str; 10] = [
     "workload",
     "tool",
     "requested rate (pps)",
     "wall s",
     "achieved kpps",
+    "of ceiling",
     "CPU s",
     "CPU s / Mprobe",
     "recall",
     "precision",
 ];
 
-pub(super) fn markdown(rows: &[Row]) -> String {
+/// The table; `ceiling` is the testbed's ceiling in probes per second
+/// (see `ceiling`), which every achieved rate is also given as a share of.
+pub(super) fn markdown(rows: &[Row], ceiling: Option<f64>) -> String {
     let mut out = String::new();
+    if let Some(c) = ceiling {
+        let _ = writeln!(
+            out,
+            "Testbed ceiling (prebuilt SYN frames from every core, answers counted): {:.0} kpps\n",
+            c / 1e3
+        );
+    }
     line(&mut out, HEADER.map(String::from));
     line(&mut out, HEADER.map(|_| "---".to_owned()));
     for row in rows {
-        line(&mut out, cells(row));
+        line(&mut out, cells(row, ceiling));
     }
     out
 }
 
-fn line(out: &mut String, cells: [String; 9]) {
+fn line(out: &mut String, cells: [String; 10]) {
     let _ = writeln!(out, "| {} |", cells.join(" | "));
 }
 
-fn cells(row: &Row) -> [String; 9] {
+fn cells(row: &Row, ceiling: Option<f64>) -> [String; 10] {
     let (workload, tool, rate) = (
         row.workload.to_owned(),
         row.tool.to_owned(),
@@ -92,17 +102,23 @@ fn cells(row: &Row) -> [String; 9] {
                 dash(),
                 dash(),
                 dash(),
+                dash(),
             ];
         }
     };
     let wall = m.wall.as_secs_f64();
     let cpu = m.cpu.as_secs_f64();
+    let achieved = m.probes as f64 / wall;
     [
         workload,
         tool,
         rate,
         format!("{wall:.1}"),
-        format!("{:.0}", m.probes as f64 / wall / 1e3),
+        format!("{:.0}", achieved / 1e3),
+        ceiling.map_or_else(
+            || "-".to_owned(),
+            |c| format!("{:.0}%", 100.0 * achieved / c),
+        ),
         format!("{cpu:.2}"),
         format!("{:.2}", cpu / (m.probes as f64 / 1e6)),
         ratio(m.correct, m.truth),

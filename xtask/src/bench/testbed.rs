@@ -93,6 +93,8 @@ pub(super) struct Testbed {
     target: Netns,
     /// MAC address of the target's veth: the "router" for masscan.
     pub target_mac: String,
+    /// MAC address of the scanner's veth (the ceiling's frames come from it).
+    pub scanner_mac: String,
 }
 
 impl Testbed {
@@ -104,6 +106,7 @@ impl Testbed {
             ns.check_no_default_route()?;
         }
         let target_mac = link_mac(&target, TARGET_IF)?;
+        let scanner_mac = link_mac(&scanner, SCANNER_IF)?;
         pin_neighbours(&scanner, &target_mac)?;
         tune_target(&target)?;
         let listeners = target.listen_deep(&LISTEN_PORTS)?;
@@ -114,6 +117,7 @@ impl Testbed {
             scanner,
             target,
             target_mac,
+            scanner_mac,
         })
     }
 

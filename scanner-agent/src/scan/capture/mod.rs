@@ -94,7 +94,11 @@ pub fn load(settings: Settings) -> Result<Ebpf, CaptureError> {
         return Err(CaptureError::NotBuilt);
     }
     raise_memlock_limit();
+    // No kernel BTF: the program reads packets, never kernel structures,
+    // so it has no CO-RE relocations, and parsing the kernel's BTF cost
+    // most of the start-up (about 0.2 s of a scan of a few ports).
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .load(PROGRAM)
         .map_err(|e| CaptureError::Load(e.to_string()))?;
     let mut map: Array<_, Settings> = Array::try_from(
