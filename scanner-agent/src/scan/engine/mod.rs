@@ -97,7 +97,12 @@ pub struct EngineStats {
     /// Packets sent, retries included.
     pub sent: u64,
     pub retries: u64,
+    /// The sending phase: from the first probe to the last new one (the
+    /// retries of silent probes trickle out after it, a timeout apart,
+    /// and say nothing of the rate the link carried).
     pub send_time: Duration,
+    /// Packets sent in the sending phase, retries included.
+    pub sent_in_phase: u64,
     pub hosts_timed_out: u64,
     /// The rate the controller ended at.
     pub final_rate: f64,
@@ -105,8 +110,9 @@ pub struct EngineStats {
 }
 
 impl EngineStats {
+    /// Packets per second in the sending phase.
     pub fn achieved_rate(&self) -> f64 {
-        self.sent as f64 / self.send_time.as_secs_f64().max(1e-9)
+        self.sent_in_phase as f64 / self.send_time.as_secs_f64().max(1e-9)
     }
 }
 
@@ -231,6 +237,7 @@ impl<'a> Engine<'a> {
         let mut period_start = self.start;
         let mut period_limited = false;
         let mut last_send = self.start;
+        let mut sent_every_probe = false;
         let mut replies = Vec::new();
         loop {
             let now = Instant::now();
@@ -262,8 +269,12 @@ impl<'a> Engine<'a> {
             if n > 0 {
                 self.stats.sent += n as u64;
                 last_send = Instant::now();
-                self.stats.send_time = last_send - self.start;
+                if !sent_every_probe {
+                    self.stats.send_time = last_send - self.start;
+                    self.stats.sent_in_phase = self.stats.sent;
+                }
             }
+            sent_every_probe |= self.window.head >= self.plan.len();
             if now - period_start >= RATE_PERIOD {
                 let rate = self.rate.end_period(period_limited);
                 self.pacer.set_rate(rate);
