@@ -78,6 +78,17 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         Some(0.0),
         "{body}"
     );
+    // Across a veth pair the scans send through the TX ring.
+    assert_eq!(
+        metric(&body, "scanner_agent_transmit_path{path=\"packet_ring\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "scanner_agent_transmit_path{path=\"raw_socket\"}"),
+        Some(0.0),
+        "{body}"
+    );
     assert!(
         metric(&body, "scanner_agent_xdp_replies_matched_total").is_some_and(|v| v >= 11.0),
         "{body}"

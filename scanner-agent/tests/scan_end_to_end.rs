@@ -62,6 +62,12 @@ fn scan(lab: &Lab, args: &[&str]) -> (Found, String) {
     }
     assert!(stderr.contains("scan finished"), "{stderr}");
     assert!(stderr.contains("xdp_lost=0"), "{stderr}");
+    // Every scan here crosses a veth pair: frames go through the TX ring.
+    assert!(
+        stderr.contains("transmit_path=packet_ring"),
+        "not the ring path: {stderr}"
+    );
+    assert!(summary_value(&stderr, "ring_frames") > 0, "{stderr}");
     (found, stderr)
 }
 

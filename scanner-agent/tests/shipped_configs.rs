@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use scanner_agent::{
     daemon::metrics::{
         AgentMetrics, ChangeLabels, ExporterMetrics, ExposureMetrics, FailureLabels, IpLabels,
-        ModeLabels, PortLabels, TargetLabels, TaskLabels,
+        ModeLabels, PathLabels, PortLabels, TargetLabels, TaskLabels,
     },
     web::exposition::encode_text,
 };
@@ -128,6 +128,11 @@ fn exported_series() -> BTreeSet<String> {
             mode: "driver".into(),
         })
         .set(1);
+    a.transmit_path
+        .get_or_create(&PathLabels {
+            path: "packet_ring".into(),
+        })
+        .set(1);
     let mut names = BTreeSet::new();
     for line in encode_text(&registry).lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else {
@@ -150,7 +155,7 @@ fn exported_series() -> BTreeSet<String> {
     }
     names.extend(ExposureMetrics::FAMILIES.map(str::to_owned));
     // Every field of the metric structs, so none was left unencoded.
-    assert_eq!(names.len(), 12 + 2 + 10 + 6, "{names:?}");
+    assert_eq!(names.len(), 12 + 2 + 11 + 6, "{names:?}");
     names
 }
 

@@ -242,6 +242,9 @@ fn summarize(r: &ScanReport, opts: &ScanOptions) {
         open_filtered = count(PortState::OpenFiltered),
         hosts_timed_out = p.hosts_timed_out,
         xdp_mode = %r.mode,
+        transmit_path = %r.transmit.path,
+        ring_frames = r.transmit.ring_frames,
+        raw_packets = r.transmit.raw_packets,
         xdp_frames = r.xdp.frames,
         xdp_matched = r.xdp.matched,
         xdp_lost = r.xdp.ringbuf_full,
@@ -256,6 +259,9 @@ fn summarize(r: &ScanReport, opts: &ScanOptions) {
             achieved = format_args!("{:.0}", p.achieved_rate()),
             "the requested rate was not reached"
         );
+    }
+    if let Some(why) = &r.transmit.why_raw {
+        tracing::info!(reason = why.as_str(), "probes left through raw sockets");
     }
     if r.xdp.ringbuf_full > 0 {
         tracing::warn!(

@@ -26,7 +26,7 @@ use super::{exposure::Verdicts, task_state::OpenPort};
 use crate::{
     firewall::FirewallConfig,
     passthrough,
-    scan::{ScanReport, capture::XdpCounters},
+    scan::{ScanReport, capture::XdpCounters, transmit::Path},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -182,6 +182,12 @@ pub struct ModeLabels {
     pub mode: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabels {
+    /// `packet_ring` or `raw_socket`.
+    pub path: String,
+}
+
 /// The agent's own operational metrics, under one prefix.
 #[derive(Default)]
 pub struct AgentMetrics {
@@ -193,6 +199,7 @@ pub struct AgentMetrics {
     pub last_scan_rate: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub open_port_series_dropped: Counter,
     pub xdp_attached: Family<ModeLabels, Gauge>,
+    pub transmit_path: Family<PathLabels, Gauge>,
     pub config_reload_ok: Gauge,
     pub config_reload_time: Gauge,
 }
@@ -240,6 +247,11 @@ impl AgentMetrics {
             "xdp_attached",
             "1 while the XDP program is attached, in the mode labelled",
             m.xdp_attached.clone(),
+        );
+        r.register(
+            "transmit_path",
+            "1 for the send path the last scan used (packet_ring or raw_socket), 0 for the other",
+            m.transmit_path.clone(),
         );
         r.register(
             "config_last_reload_successful",
@@ -325,6 +337,13 @@ impl Metrics {
         a.probes_sent.inc_by(report.ports.sent);
         a.probe_retries.inc_by(report.ports.retries);
         a.last_scan_rate.set(report.ports.achieved_rate());
+        for path in Path::ALL {
+            a.transmit_path
+                .get_or_create(&PathLabels {
+                    path: path.as_str().to_owned(),
+                })
+                .set(i64::from(path == report.transmit.path));
+        }
         let mut seen = self.xdp_seen.lock().unwrap_or_else(PoisonError::into_inner);
         let now = report.xdp;
         a.xdp_frames.inc_by(now.frames.saturating_sub(seen.frames));

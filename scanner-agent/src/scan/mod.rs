@@ -32,7 +32,7 @@ use self::{
     results::{PortState, ResultSet},
     route::{Route, RouteError},
     targets::{PortList, TargetError, TargetSet, TargetSpec},
-    transmit::{TransmitError, TxPool},
+    transmit::{TransmitError, TransmitReport, TxPool},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,8 @@ pub struct ScanReport {
     pub discovery: Option<EngineStats>,
     pub ports: EngineStats,
     pub xdp: XdpCounters,
+    /// The send path and what went through it.
+    pub transmit: TransmitReport,
     pub total_time: std::time::Duration,
 }
 
@@ -209,6 +211,9 @@ fn tx_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
+/// Target addresses whose next hop is resolved before the first probe.
+const FIRST_RESOLVED: u64 = 64;
+
 /// Discovery (if asked for), then the port scan, with replies from `replies`.
 fn execute(
     replies: &mut impl Replies,
@@ -219,7 +224,15 @@ fn execute(
     mode: AttachMode,
 ) -> Result<ScanReport, ScanError> {
     let started = Instant::now();
-    let mut sender = TxPool::start(&route.interface, tx_workers())?;
+    let wanted = targets.clone();
+    let tx_targets = transmit::Targets {
+        range_starts: targets.range_starts(),
+        first: (0..targets.len().min(FIRST_RESOLVED))
+            .filter_map(|i| targets.get(i))
+            .collect(),
+        wanted: Box::new(move |a| wanted.contains(a)),
+    };
+    let mut sender = TxPool::start(&route.interface, tx_workers(), tx_targets)?;
     let seed = order_seed(opts);
     let mut hosts = HostReport::new();
     let mut answered = Vec::new();
@@ -254,10 +267,10 @@ fn execute(
             EngineStats::default()
         }
     };
-    let queue_full = sender.finish()?;
-    if queue_full > 0 {
+    let transmit = sender.finish()?;
+    if transmit.queue_full > 0 {
         tracing::debug!(
-            queue_full,
+            queue_full = transmit.queue_full,
             "the kernel's send queue was full at times; batches waited"
         );
     }
@@ -271,6 +284,7 @@ fn execute(
         ports,
         // Read by the caller, from the program this scan ran on.
         xdp: XdpCounters::default(),
+        transmit,
         total_time: started.elapsed(),
     })
 }
