@@ -354,7 +354,13 @@ pub fn veth(scanner: &Netns, target: &Netns, mtu: u32) -> Result<()> {
         "link add {SCANNER_IF} netns {} mtu {mtu} type veth peer name {TARGET_IF} netns {} mtu {mtu}",
         scanner.name, target.name
     );
-    run_with_input(Command::new("ip").args(link.split_whitespace()), "").map(drop)
+    run_with_input(Command::new("ip").args(link.split_whitespace()), "")?;
+    // The pair is made in the caller's namespace and moved, so it keeps the
+    // caller's duplicate address detection: without this, its link-local
+    // address stays tentative for a second after the link comes up, and
+    // neighbour discovery of the first IPv6 target stalls until then.
+    scanner.try_sysctl(&[&format!("net.ipv6.conf.{SCANNER_IF}.accept_dad=0")])?;
+    target.try_sysctl(&[&format!("net.ipv6.conf.{TARGET_IF}.accept_dad=0")])
 }
 
 /// A scanner and a target namespace joined by a veth pair.
