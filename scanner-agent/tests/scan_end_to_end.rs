@@ -214,6 +214,48 @@ fn tcp_open_closed_and_filtered_follow_nmaps_rules() {
     );
 }
 
+/// A service that answers late, within the retry timeout, is still found
+/// after faster ones have answered and the round trip estimate has shrunk.
+#[test]
+fn a_late_answer_within_the_retry_timeout_is_caught() {
+    testbed::require_root!();
+    let lab = Lab::new(&[t(2)], 1500);
+    lab.target.udp_echo(SocketAddr::new(t(2).into(), 7001));
+    let late = SocketAddr::new(t(2).into(), 7000);
+    let socket = lab
+        .target
+        .run(move || std::net::UdpSocket::bind(late).unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    let (found, stderr) = scan(
+        &lab,
+        &[
+            "--udp",
+            "-p",
+            "7000,7001",
+            "--max-retries",
+            "0",
+            "--initial-rtt-timeout",
+            "1000",
+            "--max-rtt-timeout",
+            "2000",
+            "198.18.0.2",
+        ],
+    );
+    let want: Found = [
+        entry(t(2), "udp", 7000, "open", "udp-response"),
+        entry(t(2), "udp", 7001, "open", "udp-response"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(found, want, "{stderr}");
+}
+
 #[test]
 fn udp_open_closed_filtered_and_silent() {
     testbed::require_root!();
