@@ -53,10 +53,21 @@ struct Cache {
 }
 
 /// The host view's collector; clones share one cache.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HostView {
     /// The lock also keeps concurrent scrapes from reading twice at once.
     cache: Arc<Mutex<Cache>>,
+    /// [`read`], or a stand-in in the unit tests.
+    read: fn() -> Result<View, HostError>,
+}
+
+impl Default for HostView {
+    fn default() -> Self {
+        Self {
+            cache: Arc::default(),
+            read,
+        }
+    }
 }
 
 impl HostView {
@@ -84,7 +95,7 @@ impl HostView {
         {
             return last.clone();
         }
-        let read = read().map(Arc::new).map_err(|e| e.to_string());
+        let read = (self.read)().map(Arc::new).map_err(|e| e.to_string());
         match &read {
             Ok(_) => {
                 if cache.logged.take().is_some() {
@@ -205,6 +216,27 @@ mod tests {
         for (_, ip) in view.addresses.iter().filter(|(_, ip)| ip.is_ipv4()) {
             assert!(view.listening.contains(&(*ip, udp_port, "udp")), "{ip}");
         }
+    }
+
+    /// A failed read is one gauge at 0, and the scrape goes on.
+    #[test]
+    fn a_failed_read_is_success_0_not_a_failed_scrape() {
+        let failing = HostView {
+            cache: Arc::default(),
+            read: || {
+                Err(HostError::Socket {
+                    what: "sock_diag",
+                    source: std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT),
+                })
+            },
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(failing));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("host_listening_scrape_success 0"), "{text}");
+        assert!(!text.contains("host_listening_port_info"), "{text}");
+        assert!(!text.contains("host_address_info"), "{text}");
     }
 
     #[test]
