@@ -2,7 +2,7 @@
 //! rtnetlink (`RTM_GETLINK` and `RTM_GETADDR` dumps, as `ip addr` reads
 //! them).
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, time::Instant};
 
 use netlink_packet_route::{
     RouteNetlinkMessage,
@@ -27,12 +27,13 @@ pub(super) const MAX_ADDRESSES: usize = 65_536;
 
 /// Every address of every interface, and how many past
 /// [`MAX_ADDRESSES`] were left out.
-pub(super) fn read() -> Result<(Vec<Address>, usize), HostError> {
+pub(super) fn read(deadline: Instant) -> Result<(Vec<Address>, usize), HostError> {
     let mut names = HashMap::new();
     dump(
         "rtnetlink link",
         NETLINK_ROUTE,
         RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        deadline,
         |message| {
             if let RouteNetlinkMessage::NewLink(link) = message {
                 let name = link.attributes.into_iter().find_map(|a| match a {
@@ -50,6 +51,7 @@ pub(super) fn read() -> Result<(Vec<Address>, usize), HostError> {
         "rtnetlink address",
         NETLINK_ROUTE,
         RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        deadline,
         |message| {
             let RouteNetlinkMessage::NewAddress(address) = message else {
                 return Ok(());

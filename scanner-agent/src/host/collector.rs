@@ -17,7 +17,7 @@ use prometheus_client::{
 };
 
 use super::{
-    HostError, addresses,
+    HostError, READ_TIME, addresses,
     sockets::{self},
     view::{self, View},
 };
@@ -120,8 +120,9 @@ impl HostView {
 
 /// One read of sockets and addresses.
 fn read() -> Result<View, HostError> {
-    let (addresses, addresses_left_out) = addresses::read()?;
-    let (bindings, bindings_left_out) = sockets::read()?;
+    let deadline = Instant::now() + READ_TIME;
+    let (addresses, addresses_left_out) = addresses::read(deadline)?;
+    let (bindings, bindings_left_out) = sockets::read(deadline)?;
     Ok(view::build(
         &bindings,
         &addresses,
@@ -197,7 +198,7 @@ mod tests {
             tcp.local_addr().unwrap().port(),
             udp.local_addr().unwrap().port(),
         );
-        let (bindings, left_out) = sockets::read().unwrap();
+        let (bindings, left_out) = sockets::read(Instant::now() + READ_TIME).unwrap();
         assert_eq!(left_out, 0);
         assert!(
             bindings

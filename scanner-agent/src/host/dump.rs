@@ -3,10 +3,7 @@
 //! per dump means no sequence numbers to match and nothing left over from
 //! an earlier, abandoned read.
 
-use std::{
-    fmt::Debug,
-    time::{Duration, Instant},
-};
+use std::{fmt::Debug, time::Instant};
 
 use netlink_packet_core::{
     NLM_F_DUMP, NLM_F_REQUEST, NetlinkDeserializable, NetlinkHeader, NetlinkMessage,
@@ -16,20 +13,17 @@ use netlink_sys::{Socket, SocketAddr};
 
 use super::HostError;
 
-/// How long one dump may take in all; a scrape never waits longer (the
-/// kernel answers a dump of thousands of sockets in milliseconds).
-const DEADLINE: Duration = Duration::from_secs(2);
-
 /// Large enough for any dump message: the kernel fills at most 32 KiB
 /// (`NLMSG_GOODSIZE` grown to the reader's buffer, capped there) per read.
 const BUFFER: usize = 64 * 1024;
 
 /// Sends `request` as a dump on a new socket of `protocol` and hands each
-/// answer to `each`.
+/// answer to `each`; fails once `deadline` has passed.
 pub(super) fn dump<I>(
     what: &'static str,
     protocol: isize,
     request: I,
+    deadline: Instant,
     mut each: impl FnMut(I) -> Result<(), HostError>,
 ) -> Result<(), HostError>
 where
@@ -53,16 +47,12 @@ where
     message.serialize(&mut out);
     socket.send(&out, 0).map_err(netlink)?;
 
-    let started = Instant::now();
     let mut buffer = Vec::with_capacity(BUFFER);
     loop {
-        let left = DEADLINE
-            .checked_sub(started.elapsed())
+        let left = deadline
+            .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
-            .ok_or(HostError::TooSlow {
-                what,
-                seconds: DEADLINE.as_secs(),
-            })?;
+            .ok_or(HostError::TooSlow { what })?;
         sock.set_read_timeout(Some(left)).map_err(netlink)?;
         buffer.clear();
         let n = match socket.recv(&mut buffer, 0) {

@@ -3,7 +3,7 @@
 //! `UNCONN` in `ss`), IPv4 and IPv6, over sock_diag: what `ss -Hltnu`
 //! lists, read the way `ss` reads it.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{collections::BTreeSet, net::IpAddr, time::Instant};
 
 use netlink_packet_sock_diag::{
     AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SockDiagMessage,
@@ -33,7 +33,7 @@ pub(super) const MAX_BINDINGS: usize = 65_536;
 
 /// Every listening TCP and unconnected UDP socket of the agent's network
 /// namespace, and how many past [`MAX_BINDINGS`] were left out.
-pub(super) fn read() -> Result<(BTreeSet<Binding>, usize), HostError> {
+pub(super) fn read(deadline: Instant) -> Result<(BTreeSet<Binding>, usize), HostError> {
     let mut bindings = BTreeSet::new();
     let mut left_out = 0;
     for (protocol, name, states) in [
@@ -56,6 +56,7 @@ pub(super) fn read() -> Result<(BTreeSet<Binding>, usize), HostError> {
                 "sock_diag",
                 NETLINK_SOCK_DIAG,
                 SockDiagMessage::InetRequest(request),
+                deadline,
                 |message| {
                     let SockDiagMessage::InetResponse(response) = message else {
                         return Ok(());
