@@ -57,7 +57,16 @@ where
         buffer.clear();
         let n = match socket.recv(&mut buffer, 0) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock) => continue,
+            // A timeout (checked above), or a signal (a reload's SIGHUP):
+            // socket timeouts make recv return EINTR even with SA_RESTART.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(e) => return Err(netlink(e)),
         };
         let mut at = 0;
@@ -68,6 +77,9 @@ where
                     detail: e.to_string(),
                 }
             })?;
+            // NLM_F_DUMP_INTR (the table changed during the dump) is not a
+            // failure here: what was read is still that moment's sockets,
+            // and the next read is at most the cache's age away.
             let length = parsed.header.length as usize;
             match parsed.payload {
                 NetlinkPayload::Done(_) => return Ok(()),
