@@ -5,8 +5,9 @@
 //! `config.yaml`; [`daemon`] is `scanner-agent run` (scheduled tasks,
 //! workers, metrics, state), served through [`web`] (listeners, TLS,
 //! content negotiation, credentials). The daemon also serves the
-//! [`firewall`] counters and the node_exporter [`passthrough`], and
-//! installs the port [`guard`].
+//! [`firewall`] counters, the [`host`]'s own view (what listens on which
+//! of its addresses) and the node_exporter [`passthrough`], and installs
+//! the port [`guard`].
 
 pub mod scan;
 
@@ -16,4 +17,5 @@ pub mod web;
 
 pub mod firewall;
 pub mod guard;
+pub mod host;
 pub mod passthrough;

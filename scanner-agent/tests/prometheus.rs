@@ -3,14 +3,10 @@
 //! testbed. `promtool check metrics` lints the exposition.
 mod common;
 
-use std::{
-    io::Write as _,
-    net::Ipv4Addr,
-    process::{Child, Stdio},
-};
+use std::{io::Write as _, net::Ipv4Addr, process::Stdio};
 
 use common::{
-    Lab, agent,
+    Lab, Prometheus, agent,
     daemon::{Daemon, FastScan, await_body, fetch, request},
 };
 use serde_json::Value;
@@ -18,46 +14,14 @@ use serde_json::Value;
 const AGENT_PORT: u16 = 19940;
 const PROMETHEUS_PORT: u16 = 19941;
 
-/// A Prometheus server in the scanner namespace; killed on drop.
-struct Prometheus(Child);
-
-impl Prometheus {
-    fn start(lab: &Lab, dir: &std::path::Path) -> Self {
-        std::process::Command::new("prometheus")
-            .arg("--version")
-            .output()
-            .expect("prometheus is not on PATH (`cargo xtask test` provides it)");
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: scanner-agent\n    \
-                 authorization:\n      credentials: tok\n    static_configs:\n      - targets: ['localhost:{AGENT_PORT}']\n"
-            ),
-        )
-        .unwrap();
-        let child = lab
-            .scanner
-            .command("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus");
-        Self(child)
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A Prometheus server in the scanner namespace that scrapes the daemon
+/// every second with its bearer token.
+fn prometheus(lab: &Lab, dir: &std::path::Path) -> Prometheus {
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: scanner-agent\n    \
+         authorization:\n      credentials: tok\n    static_configs:\n      - targets: ['localhost:{AGENT_PORT}']\n"
+    );
+    Prometheus::start(&lab.scanner, dir, &config, PROMETHEUS_PORT)
 }
 
 /// An instant query through Prometheus's HTTP API: each series' labels
@@ -110,7 +74,7 @@ fn prometheus_sees_the_truth_and_the_changes() {
             .with("auth:\n  bearer_tokens: [tok]\n")
             .to_string(),
     );
-    let _prometheus = Prometheus::start(&lab, &daemon.dir);
+    let _prometheus = prometheus(&lab, &daemon.dir);
 
     await_body(
         || one(&lab, "open_ports_total{ip=\"198.18.0.2\"}"),

@@ -15,8 +15,8 @@ use common::agent;
 use prometheus_client::registry::Registry;
 use scanner_agent::{
     daemon::metrics::{
-        AgentMetrics, ChangeLabels, ExporterMetrics, ExposureMetrics, FailureLabels, IpLabels,
-        ModeLabels, PathLabels, PortLabels, TargetLabels, TaskLabels,
+        AgentMetrics, ChangeLabels, ExporterMetrics, ExposureMetrics, FailureLabels, HostView,
+        IpLabels, ModeLabels, PathLabels, PortLabels, TargetLabels, TaskLabels,
     },
     web::exposition::encode_text,
 };
@@ -47,26 +47,35 @@ fn assert_ok(out: &Output, what: &str) -> String {
     stdout
 }
 
+/// The rule files prometheus.yml loads, with how many rules each holds.
+const RULE_FILES: [(&str, usize); 2] = [("alerts.yml", 13), ("host-view.yml", 4)];
+
 #[test]
 fn promtool_accepts_the_rules_their_tests_and_the_scrape_config() {
     let dir = configs("prometheus");
-    let rules = assert_ok(
-        &run_in(&dir, "promtool", &["check", "rules", "alerts.yml"]),
-        "promtool check rules",
-    );
-    assert!(rules.contains("SUCCESS: 13 rules found"), "{rules}");
-    let tests = assert_ok(
-        &run_in(&dir, "promtool", &["test", "rules", "alerts.test.yml"]),
-        "promtool test rules",
-    );
-    assert!(tests.contains("SUCCESS"), "{tests}");
+    for (file, count) in RULE_FILES {
+        let rules = assert_ok(
+            &run_in(&dir, "promtool", &["check", "rules", file]),
+            "promtool check rules",
+        );
+        assert!(
+            rules.contains(&format!("SUCCESS: {count} rules found")),
+            "{file}: {rules}"
+        );
+        let test_file = file.replace(".yml", ".test.yml");
+        let tests = assert_ok(
+            &run_in(&dir, "promtool", &["test", "rules", &test_file]),
+            "promtool test rules",
+        );
+        assert!(tests.contains("SUCCESS"), "{test_file}: {tests}");
+    }
     let config = assert_ok(
         &run_in(&dir, "promtool", &["check", "config", "prometheus.yml"]),
         "promtool check config",
     );
     assert!(
-        config.contains("SUCCESS: 1 rule files found"),
-        "the scrape example must load alerts.yml:\n{config}"
+        config.contains(&format!("SUCCESS: {} rule files found", RULE_FILES.len())),
+        "the scrape example must load every rule file:\n{config}"
     );
 }
 
@@ -80,6 +89,9 @@ fn exported_series() -> BTreeSet<String> {
     // Families without samples are not encoded: the exposure families
     // (gauges set only where a policy judges) are named by the agent.
     ExposureMetrics::register(&mut registry);
+    // The host view is read at scrape time (of this host, here): its
+    // families are named by the agent too, as a failed read shows only one.
+    HostView::register(&mut registry);
     let task = TaskLabels {
         target: "198.18.0.0/24".into(),
         port_range: "1-65535".into(),
@@ -154,8 +166,9 @@ fn exported_series() -> BTreeSet<String> {
         }
     }
     names.extend(ExposureMetrics::FAMILIES.map(str::to_owned));
+    names.extend(HostView::FAMILIES.map(str::to_owned));
     // Every field of the metric structs, so none was left unencoded.
-    assert_eq!(names.len(), 12 + 2 + 11 + 6, "{names:?}");
+    assert_eq!(names.len(), 12 + 2 + 11 + 6 + 4, "{names:?}");
     names
 }
 
@@ -171,6 +184,8 @@ fn metrics_in(expr: &str) -> BTreeSet<String> {
         "port_state",
         "exposure_",
         "host_answers",
+        "host_listening",
+        "host_address",
     ];
     // Quoted label values are not names.
     let unquoted: String = expr.split('"').step_by(2).collect::<Vec<_>>().join(" ");
@@ -181,10 +196,37 @@ fn metrics_in(expr: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// Checks every expression names only exported series (or `up`) and at
-/// least one metric; returns all the names seen.
+/// The rules of every shipped rule file.
+fn rules() -> Vec<serde_yaml::Value> {
+    RULE_FILES
+        .iter()
+        .flat_map(|(file, _)| {
+            let text = std::fs::read_to_string(configs(&format!("prometheus/{file}"))).unwrap();
+            let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            doc["groups"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .flat_map(|g| g["rules"].as_sequence().unwrap().clone())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The series the shipped recording rules make (the joins of the host
+/// view with the scans), which alerts and panels may name too.
+fn recorded_series() -> BTreeSet<String> {
+    rules()
+        .iter()
+        .filter_map(|r| r["record"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Checks every expression names only exported or recorded series (or
+/// `up`) and at least one metric; returns all the names seen.
 fn check_exprs(file: &str, exprs: &[String]) -> BTreeSet<String> {
     let exported = exported_series();
+    let recorded = recorded_series();
     assert!(exprs.len() >= 9, "{file}: only {} expressions", exprs.len());
     let mut seen = BTreeSet::new();
     for expr in exprs {
@@ -192,7 +234,7 @@ fn check_exprs(file: &str, exprs: &[String]) -> BTreeSet<String> {
         assert!(!names.is_empty(), "{file}: no metric in {expr:?}");
         for name in names {
             assert!(
-                name == "up" || exported.contains(&name),
+                name == "up" || exported.contains(&name) || recorded.contains(&name),
                 "{file}: {name} in {expr:?} is not exported by the agent (it exports {exported:?})"
             );
             seen.insert(name);
@@ -210,13 +252,8 @@ fn family(series: &str) -> &str {
 
 #[test]
 fn alert_rules_name_only_exported_metrics() {
-    let text = std::fs::read_to_string(configs("prometheus/alerts.yml")).unwrap();
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    let exprs: Vec<String> = doc["groups"]
-        .as_sequence()
-        .unwrap()
+    let exprs: Vec<String> = rules()
         .iter()
-        .flat_map(|g| g["rules"].as_sequence().unwrap())
         .map(|r| {
             r["expr"]
                 .as_str()
@@ -224,7 +261,7 @@ fn alert_rules_name_only_exported_metrics() {
                 .to_owned()
         })
         .collect();
-    let seen = check_exprs("alerts.yml", &exprs);
+    let seen = check_exprs("the rule files", &exprs);
     for needed in [
         "up",
         "open_ports_total",
@@ -236,8 +273,12 @@ fn alert_rules_name_only_exported_metrics() {
         "exposure_unexpected_open",
         "exposure_required_missing",
         "host_answers_every_port",
+        "host_address_info",
+        "host_listening_port_info",
+        "scanner_agent:open_port_without_listener",
+        "scanner_agent:unexpected_open_listener",
     ] {
-        assert!(seen.contains(needed), "no alert on {needed}");
+        assert!(seen.contains(needed), "no rule on {needed}");
     }
 }
 
@@ -268,7 +309,8 @@ fn dashboard_shows_every_exported_metric_and_nothing_else() {
     dashboard_queries(&dashboard, &mut exprs);
     let seen = check_exprs("scanner-agent.json", &exprs);
     let shown: BTreeSet<&str> = seen.iter().map(|s| family(s)).collect();
-    for series in exported_series() {
+    // Every family, and every join the shipped rules record.
+    for series in exported_series().into_iter().chain(recorded_series()) {
         assert!(
             shown.contains(family(&series)),
             "the dashboard has no panel for {series}"

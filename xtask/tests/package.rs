@@ -85,6 +85,14 @@ const COMMON: &[(&str, &str)] = &[
     ),
     (
         "-rw-r--r--",
+        "/usr/share/scanner-agent/prometheus/host-view.yml",
+    ),
+    (
+        "-rw-r--r--",
+        "/usr/share/scanner-agent/prometheus/host-view.test.yml",
+    ),
+    (
+        "-rw-r--r--",
         "/usr/share/scanner-agent/grafana/scanner-agent.json",
     ),
 ];
@@ -169,6 +177,10 @@ fn check_deb(deb: &Path, tree: &Path) {
         (
             "usr/share/scanner-agent/prometheus/alerts.yml",
             repo("configs/prometheus/alerts.yml"),
+        ),
+        (
+            "usr/share/scanner-agent/prometheus/host-view.yml",
+            repo("configs/prometheus/host-view.yml"),
         ),
     ] {
         assert_eq!(

@@ -23,6 +23,7 @@ use prometheus_client::{
 
 pub use super::exposure::ExposureMetrics;
 use super::{exposure::Verdicts, task_state::OpenPort};
+pub use crate::host::HostView;
 use crate::{
     firewall::FirewallConfig,
     passthrough,
@@ -303,7 +304,7 @@ pub(crate) struct Metrics {
 impl Metrics {
     /// Registers the exporter's and the agent's families (the durations
     /// only with `duration_metrics`), the firewall counters as `firewall`
-    /// says, and the passthrough's, whose proxy is returned.
+    /// says, the host view, and the passthrough's, whose proxy is returned.
     pub(crate) fn register(
         duration_metrics: bool,
         firewall: &FirewallConfig,
@@ -313,6 +314,8 @@ impl Metrics {
         let agent = AgentMetrics::register(&mut registry);
         let exposure = ExposureMetrics::register(&mut registry);
         let firewall_registry = crate::firewall::start(firewall, &mut registry);
+        // Read at scrape time, like the firewall counters: nothing to update.
+        HostView::register(&mut registry);
         let proxy = passthrough::Proxy::new(&mut registry);
         let metrics = Self {
             registry,

@@ -118,6 +118,16 @@ pub(crate) fn payload(binary: &Path) -> Result<Vec<File>> {
             Kind::Data,
         )?,
         file(
+            "/usr/share/scanner-agent/prometheus/host-view.yml",
+            "configs/prometheus/host-view.yml",
+            Kind::Data,
+        )?,
+        file(
+            "/usr/share/scanner-agent/prometheus/host-view.test.yml",
+            "configs/prometheus/host-view.test.yml",
+            Kind::Data,
+        )?,
+        file(
             "/usr/share/scanner-agent/grafana/scanner-agent.json",
             "configs/grafana/scanner-agent.json",
             Kind::Data,

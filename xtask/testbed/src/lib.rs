@@ -1,8 +1,8 @@
 //! The test hosts that the agent's tests and `cargo xtask bench` share:
 //! network namespaces with no default route, joined by veth pairs and
 //! addressed from 198.18.0.0/15 and 2001:db8::/32, so no probe can leave
-//! them; their sysctls, listeners and firewalls; node_exporter; and
-//! `scanner-agent run` with the HTTP helpers that talk to it ([`daemon`]).
+//! them; their sysctls, listeners and firewalls; node_exporter and
+//! Prometheus; and `scanner-agent run` with the HTTP helpers that talk to it ([`daemon`]).
 //! Everything is torn down on drop (also when a test fails).
 //!
 //! Privileged tests begin with [`require_root!`]: without root they say
@@ -467,5 +467,43 @@ impl NodeExporter {
 impl Drop for NodeExporter {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A Prometheus server (Debian's binary, from PATH: `cargo xtask test`
+/// provides it) in a namespace, killed on drop.
+pub struct Prometheus(Child);
+
+impl Prometheus {
+    /// Writes `config` as `dir/prometheus.yml` (rule files it names are
+    /// read from `dir`) and starts Prometheus on `127.0.0.1:port` in `ns`,
+    /// its database in `dir/tsdb`.
+    pub fn start(ns: &Netns, dir: &Path, config: &str, port: u16) -> Self {
+        Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .expect("prometheus is not on PATH (`cargo xtask test` provides it)");
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).expect("writing prometheus.yml");
+        let child = ns
+            .command("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus");
+        Self(child)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
