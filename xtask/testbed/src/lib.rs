@@ -172,6 +172,25 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Waits (2 s at most) until `dev` has a usable IPv6 link-local address,
+    /// as a real host's interface has: before, the kernel sends no neighbour
+    /// solicitation that is not for a packet with a source address of its
+    /// own, so the first IPv6 contact would stall until its next retry.
+    pub fn await_link_local(&self, dev: &str) -> Result<()> {
+        let ready = wait_until(Duration::from_secs(2), || {
+            self.try_ip(&["-6", "addr", "show", "dev", dev, "scope", "link"])
+                .is_ok_and(|out| out.contains("inet6 fe80") && !out.contains("tentative"))
+        });
+        if ready {
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "{dev} in {} got no usable link-local address within 2 s",
+                self.name
+            )
+        }
+    }
+
     /// Sets kernel parameters of the namespace (`key=value`).
     pub fn sysctl(&self, settings: &[&str]) {
         self.try_sysctl(settings)
@@ -411,8 +430,9 @@ impl Lab {
         lab.scanner
             .ip_batch(&format!("link set {SCANNER_IF} up\n"))?;
         lab.target.ip_batch(&format!("link set {TARGET_IF} up\n"))?;
-        for ns in [&lab.scanner, &lab.target] {
+        for (ns, dev) in [(&lab.scanner, SCANNER_IF), (&lab.target, TARGET_IF)] {
             ns.check_no_default_route()?;
+            ns.await_link_local(dev)?;
         }
         Ok(lab)
     }
