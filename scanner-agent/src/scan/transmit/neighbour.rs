@@ -681,7 +681,7 @@ mod tests {
         // A route the ring path does not follow.
         assert_eq!(at("198.18.0.200"), None);
         // Everything else through the gateway.
-        assert_eq!(at("198.51.100.1"), Some(mac(1)));
+        assert_eq!(at("198.19.5.1"), Some(mac(1)));
         assert_eq!(at("2001:db8::7"), Some(mac(8)));
         // No IPv6 route at all.
         assert_eq!(at("2001:db9::1"), None);
