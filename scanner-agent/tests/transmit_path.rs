@@ -6,7 +6,7 @@ mod common;
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, TcpListener, UdpSocket},
-    process::{Output, Stdio},
+    process::{Command, Output, Stdio},
     thread,
     time::Duration,
 };
@@ -23,6 +23,13 @@ fn summary(stderr: &str, key: &str) -> String {
         .nth(1)
         .unwrap_or_else(|| panic!("no {key}= in {line}"));
     at.split_whitespace().next().unwrap().to_owned()
+}
+
+/// `scanner-agent scan` in `ns`, NDJSON out, without host discovery.
+fn scan(ns: &Netns) -> Command {
+    let mut c = ns.command(agent());
+    c.args(["scan", "--format", "ndjson", "--disable-host-discovery"]);
+    c
 }
 
 fn open_ports(out: &Output) -> BTreeSet<u16> {
@@ -55,15 +62,8 @@ fn loopback_falls_back_to_raw_sockets() {
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    let out = ns
-        .command(agent())
-        .args([
-            "scan",
-            "--format",
-            "ndjson",
-            "--disable-host-discovery",
-            "-p",
-        ])
+    let out = scan(&ns)
+        .arg("-p")
         .arg(&list)
         .arg("127.0.0.1")
         .output()
@@ -89,20 +89,8 @@ fn a_next_hop_mac_changed_mid_scan_is_followed() {
     let _listeners = lab.target.listen(&endpoints);
     // 14,000 probes at 2,000 per second: about 7 s, so the change below
     // lands in the middle and most open ports are probed after it.
-    let scan = lab
-        .scanner
-        .command(agent())
-        .args([
-            "scan",
-            "--format",
-            "ndjson",
-            "--disable-host-discovery",
-            "--rate",
-            "2000",
-            "-p",
-            "1-14000",
-            "198.18.0.2",
-        ])
+    let scan = scan(&lab.scanner)
+        .args(["--rate", "2000", "-p", "1-14000", "198.18.0.2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
