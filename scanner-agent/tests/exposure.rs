@@ -241,6 +241,18 @@ fn verdicts_follow_listeners_policy_reloads_and_restarts() {
         "{body}"
     );
     assert!(samples(&body, "exposure_required_missing").is_empty());
+
+    // The tarpit goes: the next scan of its 200 ports clears the flag and
+    // its count (nothing listens there any more).
+    lab.target.nft("delete table ip tarpit");
+    await_body(
+        || fetch(&lab, PORT, "/metrics", &bearer(TOKEN)),
+        |b| {
+            !b.contains("host_answers_every_port{")
+                && !b.contains("open_ports_total{ip=\"198.18.0.20\"}")
+        },
+        "a host that no longer answers everywhere stayed flagged",
+    );
 }
 
 /// The seed's form of `targets` exports the seed's families with the seed's
