@@ -25,7 +25,7 @@ fn options(target: &str) -> ScanOptions {
         protocols: vec![Protocol::Tcp],
         tuning: Tuning {
             rate: Rate::Fixed(20_000),
-            wait: Duration::from_millis(500),
+            wait: Some(Duration::from_millis(500)),
             ..Tuning::default()
         },
         interface: None,

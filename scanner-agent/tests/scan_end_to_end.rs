@@ -214,7 +214,8 @@ fn tcp_open_closed_and_filtered_follow_nmaps_rules() {
     );
 }
 
-/// A service that answers late, within the retry timeout, is still found
+/// The final wait follows the measured round trip, not a fixed second: a
+/// service that answers late, within the retry timeout, is still found
 /// after faster ones have answered and the round trip estimate has shrunk.
 #[test]
 fn a_late_answer_within_the_retry_timeout_is_caught() {

@@ -96,9 +96,10 @@ pub(crate) struct ScanArgs {
     /// Lower bound of the retry timeout (ms, 0 = 100).
     #[arg(long)]
     min_rtt_timeout: Option<u64>,
-    /// Seconds to keep listening for late replies after the last probe.
-    #[arg(long, default_value_t = 1.0)]
-    wait: f64,
+    /// Most seconds to keep listening for late replies after the last probe
+    /// [default: one retry timeout, from the measured round trip].
+    #[arg(long)]
+    wait: Option<f64>,
 }
 
 impl ScanArgs {
@@ -148,12 +149,13 @@ impl ScanArgs {
             max_rtt_timeout: self.max_rtt_timeout,
             min_rtt_timeout: self.min_rtt_timeout,
         });
-        tuning.wait = Duration::try_from_secs_f64(self.wait).map_err(|_| {
-            format!(
-                "invalid --wait {}: expected seconds, e.g. 1 or 0.5",
-                self.wait
-            )
-        })?;
+        tuning.wait = self
+            .wait
+            .map(|w| {
+                Duration::try_from_secs_f64(w)
+                    .map_err(|_| format!("invalid --wait {w}: expected seconds, e.g. 1 or 0.5"))
+            })
+            .transpose()?;
 
         let ports = match &self.ports {
             Some(spec) => PortList::parse(spec).map_err(|e| e.to_string())?,

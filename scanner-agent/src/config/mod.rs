@@ -12,10 +12,7 @@ mod groups;
 pub mod values;
 mod web;
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
@@ -417,7 +414,6 @@ impl Scanning {
             rate: Rate::adaptive(self.min_rate.0, self.max_rate.0),
             min_parallelism: self.min_parallelism.0 as usize,
             max_retries: self.max_retries.0 as u8,
-            wait: Duration::from_secs(1),
             ..Tuning::default()
         }
         .with_nmap_timings(NmapTimings {

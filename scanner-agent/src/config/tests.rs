@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 const SEED_EXAMPLE: &str = include_str!("../../../configs/openport-exporter-example.yaml");

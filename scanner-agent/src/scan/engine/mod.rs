@@ -284,7 +284,7 @@ impl<'a> Engine<'a> {
 
             let finished =
                 self.window.head >= self.plan.len() && self.window.settled() && self.due.is_empty();
-            if finished && now >= last_send + self.tuning.wait {
+            if finished && now >= last_send + self.final_wait() {
                 break;
             }
             let timeout = self.next_wake(now, finished, last_send);
@@ -303,11 +303,21 @@ impl<'a> Engine<'a> {
         Ok(self.stats.clone())
     }
 
+    /// How long the scan still listens after its last probe once every
+    /// probe is answered or given up: one retry timeout as the measured
+    /// round trip makes it (within `min_rtt_timeout` and `max_rtt_timeout`),
+    /// so a LAN scan ends about `min_rtt_timeout` after its last answer
+    /// instead of a fixed second later; `--wait` caps it.
+    fn final_wait(&self) -> Duration {
+        let timeout = self.rtt.timeout();
+        self.tuning.wait.map_or(timeout, |w| w.min(timeout))
+    }
+
     /// How long the loop may sleep waiting for replies.
     fn next_wake(&self, now: Instant, finished: bool, last_send: Instant) -> Duration {
         let mut wake = Duration::from_millis(50);
         if finished {
-            wake = wake.min((last_send + self.tuning.wait).saturating_duration_since(now));
+            wake = wake.min((last_send + self.final_wait()).saturating_duration_since(now));
         } else if !self.due.is_empty()
             || (self.window.head < self.plan.len() && self.window.has_room())
         {

@@ -36,8 +36,9 @@ pub struct Tuning {
     pub initial_rtt_timeout: Duration,
     pub min_rtt_timeout: Duration,
     pub max_rtt_timeout: Duration,
-    /// After the last probe, how long late replies are still awaited.
-    pub wait: Duration,
+    /// The most the scan listens for late replies after its last probe
+    /// (`--wait`); without it, one retry timeout (see `Engine::final_wait`).
+    pub wait: Option<Duration>,
 }
 
 pub const DEFAULT_INITIAL_RTT: Duration = Duration::from_millis(1000);
@@ -87,7 +88,7 @@ impl Default for Tuning {
             initial_rtt_timeout: DEFAULT_INITIAL_RTT,
             min_rtt_timeout: DEFAULT_MIN_RTT,
             max_rtt_timeout: DEFAULT_MAX_RTT,
-            wait: Duration::from_secs(1),
+            wait: None,
         }
     }
 }

@@ -26,6 +26,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressFlags, AddressMessage},
     link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -63,6 +64,8 @@ pub(super) struct Rtnl {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// The last [`Rtnl::can_solicit_v6`] answer: interface, answer, when.
+    link_local: Option<(u32, bool, Instant)>,
 }
 
 impl Rtnl {
@@ -75,6 +78,7 @@ impl Rtnl {
             seq: 0,
             // Large enough for one datagram of a dump.
             buf: vec![0; 1 << 16],
+            link_local: None,
         })
     }
 
@@ -251,8 +255,16 @@ impl Rtnl {
 
     /// Makes the kernel resolve `ip` on `ifindex` as if its own traffic
     /// used the entry (`NTF_USE`): an absent or failed entry is solicited,
-    /// a stale one re-probed, a fresh one left alone.
-    pub(super) fn nudge(&mut self, ifindex: u32, ip: IpAddr) -> Result<(), NeighbourError> {
+    /// a stale one re-probed, a fresh one left alone. False when the kernel
+    /// could not solicit it now (nothing was asked).
+    pub(super) fn nudge(&mut self, ifindex: u32, ip: IpAddr) -> Result<bool, NeighbourError> {
+        if ip.is_ipv6() && !self.can_solicit_v6(ifindex)? {
+            // The kernel would mark the entry INCOMPLETE without sending
+            // anything (a solicitation not caused by a packet needs a
+            // link-local source) and only retry a second later; left alone,
+            // the first probe's own packet makes it solicit at once.
+            return Ok(false);
+        }
         let mut msg = NeighbourMessage::default();
         msg.header.family = family(ip);
         msg.header.ifindex = ifindex;
@@ -265,8 +277,52 @@ impl Rtnl {
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_ACK,
         )?;
-        Ok(())
+        Ok(true)
     }
+}
+
+impl Rtnl {
+    /// Whether the kernel can solicit IPv6 neighbours on `ifindex` by
+    /// itself: it needs a link-local address that is not tentative.
+    /// Remembered for a second (an address finishing DAD is seen soon).
+    fn can_solicit_v6(&mut self, ifindex: u32) -> Result<bool, NeighbourError> {
+        if let Some((index, ready, at)) = self.link_local
+            && index == ifindex
+            && at.elapsed() < LINK_LOCAL_RECHECK
+        {
+            return Ok(ready);
+        }
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet6;
+        let answers = self.call(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP)?;
+        let ready = answers.iter().any(|a| match a {
+            RouteNetlinkMessage::NewAddress(m) => m.header.index == ifindex && usable_link_local(m),
+            _ => false,
+        });
+        self.link_local = Some((ifindex, ready, Instant::now()));
+        Ok(ready)
+    }
+}
+
+/// How long [`Rtnl::can_solicit_v6`] trusts its last answer.
+const LINK_LOCAL_RECHECK: Duration = Duration::from_secs(1);
+
+/// A link-local IPv6 address the kernel may send from (not tentative or
+/// failed DAD).
+fn usable_link_local(m: &AddressMessage) -> bool {
+    let mut flags = u32::from(m.header.flags.bits());
+    let mut link_local = false;
+    for a in &m.attributes {
+        match a {
+            AddressAttribute::Address(IpAddr::V6(v6)) => {
+                link_local = v6.segments()[0] & 0xffc0 == 0xfe80;
+            }
+            AddressAttribute::Flags(f) => flags |= f.bits(),
+            _ => {}
+        }
+    }
+    let unusable = (AddressFlags::Tentative | AddressFlags::Dadfailed).bits();
+    link_local && flags & unusable == 0
 }
 
 fn family(ip: IpAddr) -> AddressFamily {
@@ -551,7 +607,11 @@ pub(super) fn resolve(
             return Ok(None);
         }
         if !asked {
-            rtnl.nudge(ifindex, ip)?;
+            if !rtnl.nudge(ifindex, ip)? {
+                // Nothing will resolve it before a packet needs it: the
+                // caller's raw sockets then make the kernel do it.
+                return Ok(None);
+            }
             asked = true;
         }
         thread::sleep(Duration::from_millis(10));
@@ -569,16 +629,15 @@ pub(super) fn prime(
     sample: &[IpAddr],
     patience: Duration,
 ) -> Result<(), NeighbourError> {
-    let on_link: Vec<IpAddr> = sample
-        .iter()
-        .copied()
-        .filter(|&a| table.hop(a) == Hop::OnLink)
-        .collect();
+    let mut on_link = Vec::new();
+    for &a in sample {
+        // Only what the kernel is soliciting now is worth waiting for.
+        if table.hop(a) == Hop::OnLink && rtnl.nudge(ifindex, a)? {
+            on_link.push(a);
+        }
+    }
     if on_link.is_empty() {
         return Ok(());
-    }
-    for &a in &on_link {
-        rtnl.nudge(ifindex, a)?;
     }
     let until = Instant::now() + patience;
     while Instant::now() < until {
@@ -697,5 +756,44 @@ mod tests {
             rtnl.link("no-such-if0"),
             Err(NeighbourError::NoInterface(_))
         ));
+    }
+
+    /// Without a usable link-local address the kernel cannot solicit an
+    /// IPv6 neighbour by itself: such entries are left to the first probe
+    /// (whose own source address the solicitation then uses) instead of
+    /// being marked INCOMPLETE for a second with nothing sent.
+    #[test]
+    fn ipv6_neighbours_are_only_nudged_when_the_kernel_can_solicit_them() {
+        testbed::require_root!();
+        let lab = testbed::Lab::new(&[std::net::Ipv4Addr::new(198, 18, 0, 2)], 1500);
+        let target: IpAddr = "2001:db8::2".parse().unwrap();
+        let ask = move || {
+            let mut rtnl = Rtnl::open().unwrap();
+            let link = rtnl.link(testbed::SCANNER_IF).unwrap();
+            let nudged = rtnl.nudge(link.index, target).unwrap();
+            let listed = rtnl
+                .neighbours(link.index)
+                .unwrap()
+                .iter()
+                .any(|e| e.ip == target);
+            (nudged, listed)
+        };
+        assert_eq!(lab.scanner.run(ask), (true, true));
+        lab.scanner
+            .ip(&["neigh", "flush", "dev", testbed::SCANNER_IF]);
+        lab.scanner.ip(&[
+            "-6",
+            "addr",
+            "flush",
+            "dev",
+            testbed::SCANNER_IF,
+            "scope",
+            "link",
+        ]);
+        assert_eq!(
+            lab.scanner.run(ask),
+            (false, false),
+            "nothing asked of the kernel without a link-local source"
+        );
     }
 }
