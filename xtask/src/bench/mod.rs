@@ -58,7 +58,7 @@ const WORKLOADS: [Workload; 2] = [
         name: "W2: 254 hosts x 65535 ports",
         id: "w2",
         hosts: (FIRST_HOST, testbed::LAST_HOST),
-        agent_rates: &[300_000, 1_000_000],
+        agent_rates: &[300_000, 1_000_000, 2_000_000],
         masscan_rates: &[100_000, 300_000, 1_000_000],
         // nmap would take hours here.
         nmap: &[],
@@ -70,8 +70,12 @@ impl Workload {
         (u64::from(self.hosts.1) - u64::from(self.hosts.0) + 1) * PORTS
     }
 
-    fn scanners(&self, quick: bool) -> Vec<Scanner> {
-        let take = if quick { 1 } else { usize::MAX };
+    fn scanners(&self, quick: bool, tools: &[Tool]) -> Vec<Scanner> {
+        let take = |tool| match (tools.is_empty() || tools.contains(&tool), quick) {
+            (false, _) => 0,
+            (true, true) => 1,
+            (true, false) => usize::MAX,
+        };
         let agent = self.agent_rates.iter().map(|&rate| Scanner::Agent { rate });
         let masscan = self
             .masscan_rates
@@ -79,11 +83,19 @@ impl Workload {
             .map(|&rate| Scanner::Masscan { rate });
         let nmap = self.nmap.iter().map(|&p| Scanner::Nmap(p));
         agent
-            .take(take)
-            .chain(masscan.take(take))
-            .chain(nmap.take(take))
+            .take(take(Tool::Agent))
+            .chain(masscan.take(take(Tool::Masscan)))
+            .chain(nmap.take(take(Tool::Nmap)))
             .collect()
     }
+}
+
+/// A tool of the scan comparison, for `--tool`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Tool {
+    Agent,
+    Masscan,
+    Nmap,
 }
 
 #[derive(Args)]
@@ -100,23 +112,41 @@ pub(crate) struct Options {
     /// Only the node_exporter passthrough comparison.
     #[arg(long)]
     passthrough_only: bool,
+    /// Only these tools' scans (repeatable; the ceiling is still measured,
+    /// the passthrough and firewall parts are skipped): a developer's
+    /// quick look, not a comparison.
+    #[arg(long, value_enum)]
+    tool: Vec<Tool>,
+    /// Only this workload's scans (`w1` or `w2`; the other parts are
+    /// skipped as with `--tool`).
+    #[arg(long, value_parser = ["w1", "w2"])]
+    workload: Option<String>,
 }
 
 pub(crate) fn run_task(o: Options) -> Result<()> {
     let only = match (o.firewall, o.passthrough_only) {
         (true, _) => Only::Firewall,
         (_, true) => Only::Passthrough,
+        _ if !o.tool.is_empty() || o.workload.is_some() => Only::Scans {
+            tools: o.tool,
+            workload: o.workload,
+        },
         _ => Only::Everything,
     };
     run(o.quick, o.agent, only)
 }
 
 /// Which parts of the bench to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Only {
     Everything,
     Firewall,
     Passthrough,
+    /// Some scans only: these tools (all when empty), this workload.
+    Scans {
+        tools: Vec<Tool>,
+        workload: Option<String>,
+    },
 }
 
 /// Runs the bench; `agent` is a prebuilt binary to use instead of a fresh
@@ -142,12 +172,18 @@ pub(crate) fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()>
         fs::write(out_dir.join("firewall.md"), &table)?;
         return Ok(());
     }
-    let workloads = if only == Only::Passthrough {
-        &WORKLOADS[..0]
+    let (tools, only_workload) = match &only {
+        Only::Scans { tools, workload } => (&tools[..], workload.as_deref()),
+        _ => (&[][..], None),
+    };
+    let workloads: Vec<&Workload> = if only == Only::Passthrough {
+        Vec::new()
+    } else if let Some(id) = only_workload {
+        WORKLOADS.iter().filter(|w| w.id == id).collect()
     } else if quick {
-        &WORKLOADS[..1]
+        WORKLOADS[..1].iter().collect()
     } else {
-        &WORKLOADS[..]
+        WORKLOADS.iter().collect()
     };
     let mut ceiling_pps = None;
     let rows = if workloads.is_empty() {
@@ -166,7 +202,7 @@ pub(crate) fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()>
         thread::sleep(Duration::from_secs(1));
         let mut rows = Vec::new();
         for workload in workloads {
-            for scanner in workload.scanners(quick) {
+            for scanner in workload.scanners(quick, tools) {
                 measure::check_interrupted()?;
                 rows.push(bench_one(&testbed, &agent, workload, scanner, &out_dir)?);
             }
@@ -180,6 +216,11 @@ pub(crate) fn run(quick: bool, agent: Option<PathBuf>, only: Only) -> Result<()>
     } else {
         report::markdown(&rows, ceiling_pps)
     };
+    if matches!(only, Only::Scans { .. }) {
+        print!("{table}");
+        fs::write(out_dir.join("scans.md"), &table)?;
+        return Ok(());
+    }
     eprintln!("xtask: bench: node_exporter passthrough");
     match passthrough::run(&agent, if quick { 5 } else { 15 }, &out_dir) {
         Ok(t) => table.push_str(&format!("\n{t}")),

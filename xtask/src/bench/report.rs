@@ -73,6 +73,41 @@ pub(super) fn markdown(rows: &[Row], ceiling: Option<f64>) -> String {
     for row in rows {
         line(&mut out, cells(row, ceiling));
     }
+    out.push_str(&ratios(rows));
+    out
+}
+
+/// Per workload, the agent's fastest run that found every open port
+/// against masscan's fastest run, as ratios (below 1: the agent is
+/// better).
+fn ratios(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let mut workloads: Vec<&str> = rows.iter().map(|r| r.workload).collect();
+    workloads.dedup();
+    for w in workloads {
+        let fastest = |tool: &str, complete: bool| {
+            rows.iter()
+                .filter(|r| r.workload == w && r.tool == tool)
+                .filter_map(|r| r.outcome.as_ref().ok().map(|m| (r, m)))
+                .filter(|(_, m)| !complete || m.correct == m.truth)
+                .min_by(|a, b| a.1.wall.cmp(&b.1.wall))
+        };
+        let (Some((ar, a)), Some((mr, m))) =
+            (fastest("scanner-agent", true), fastest("masscan", false))
+        else {
+            continue;
+        };
+        let per_mprobe = |m: &Metrics| m.cpu.as_secs_f64() / (m.probes as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "\n{w}: scanner-agent at {} (recall 1.0) against masscan's fastest run at {} (recall {:.4}): wall time {:.2}x, CPU per million probes {:.2}x.",
+            ar.rate,
+            mr.rate,
+            m.correct as f64 / m.truth.max(1) as f64,
+            a.wall.as_secs_f64() / m.wall.as_secs_f64(),
+            per_mprobe(a) / per_mprobe(m),
+        );
+    }
     out
 }
 
