@@ -25,7 +25,7 @@ use scanner_common::{
 
 pub use self::pacer::Budget;
 use self::{
-    pacer::Pacer,
+    pacer::{MAX_TURN, Pacer},
     rate::{RateController, RttEstimator},
     tuning::Tuning,
     window::{Fate, Window},
@@ -254,18 +254,26 @@ impl<'a> Engine<'a> {
             self.expire(now);
             self.window.advance();
 
-            let wanted = self.due.len()
-                + usize::from(self.window.head < self.plan.len() && self.window.has_room()) * BATCH;
-            let mut allowed = self.pacer.take(now, wanted.min(BATCH));
+            let wanted = (self.due.len()
+                + usize::from(self.window.head < self.plan.len() && self.window.has_room())
+                    * MAX_TURN)
+                .min(MAX_TURN);
+            let mut allowed = self.pacer.take(now, wanted);
             if let Some(budget) = &self.budget {
-                allowed = budget.take(now, allowed);
+                let granted = budget.take(now, allowed);
+                self.pacer.refund(allowed - granted);
+                allowed = granted;
             }
-            period_limited |= wanted > 0 && allowed < wanted.min(BATCH);
-            let mut batch = tx.buffer();
-            batch.resize(allowed, Packet::default());
-            let n = self.fill(&mut batch, now)?;
-            batch.truncate(n);
-            tx.submit(batch)?;
+            period_limited |= wanted > 0 && allowed < wanted;
+            let n = self.send_turn(tx, allowed, now)?;
+            if n < allowed {
+                // The window or the plan ran out first: the rest of the
+                // tokens are not lost.
+                self.pacer.refund(allowed - n);
+                if let Some(budget) = &self.budget {
+                    budget.refund(allowed - n);
+                }
+            }
             if n > 0 {
                 self.stats.sent += n as u64;
                 last_send = Instant::now();
@@ -301,6 +309,33 @@ impl<'a> Engine<'a> {
         }
         self.stats.final_rate = self.rate.rate();
         Ok(self.stats.clone())
+    }
+
+    /// Sends up to `allowed` packets, a batch at a time; returns how many
+    /// went (fewer when the window or the plan runs out).
+    fn send_turn(
+        &mut self,
+        tx: &mut TxPool,
+        allowed: usize,
+        now: Instant,
+    ) -> Result<usize, EngineError> {
+        let mut sent = 0;
+        let mut now = now;
+        while sent < allowed {
+            let mut batch = tx.buffer();
+            batch.resize((allowed - sent).min(BATCH), Packet::default());
+            let n = self.fill(&mut batch, now)?;
+            batch.truncate(n);
+            tx.submit(batch)?;
+            if n == 0 {
+                break;
+            }
+            sent += n;
+            // A full queue may have held the batch: the next probes' send
+            // times are their own.
+            now = Instant::now();
+        }
+        Ok(sent)
     }
 
     /// How long the scan still listens after its last probe once every
