@@ -234,6 +234,7 @@ fn summarize(r: &ScanReport, opts: &ScanOptions) {
         probes = p.sent,
         retries = p.retries,
         seconds = format_args!("{:.2}", r.total_time.as_secs_f64()),
+        startup_seconds = format_args!("{:.3}", r.startup.as_secs_f64()),
         rate = format_args!("{:.0}", p.achieved_rate()),
         final_rate = format_args!("{:.0}", p.final_rate),
         open = count(PortState::Open),

@@ -108,6 +108,9 @@ pub struct ScanReport {
     pub xdp: XdpCounters,
     /// The send path and what went through it.
     pub transmit: TransmitReport,
+    /// From the call to the first probe: targets, route, attachment, the
+    /// send path and its next hops.
+    pub startup: std::time::Duration,
     pub total_time: std::time::Duration,
 }
 
@@ -148,6 +151,7 @@ pub enum Attachment<'a> {
 /// then host discovery (if asked for) and the port scan, with replies
 /// from `attachment`.
 pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport, ScanError> {
+    let started = Instant::now();
     let targets = TargetSet::build(&opts.targets)?;
     match attachment {
         Attachment::Own => {
@@ -165,7 +169,8 @@ pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport,
                 settings: capture.settings(),
                 sources: route.sources(),
             };
-            let mut report = execute(&mut stream, id, &route, &targets, opts, capture.mode())?;
+            let at = (started, capture.mode());
+            let mut report = execute(&mut stream, id, &route, &targets, opts, at)?;
             report.xdp = capture.counters()?;
             Ok(report)
         }
@@ -178,7 +183,8 @@ pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport,
                 settings: hub.settings(),
                 sources: route.sources(),
             };
-            let mut report = execute(&mut lease, id, route, &targets, opts, hub.mode())?;
+            let at = (started, hub.mode());
+            let mut report = execute(&mut lease, id, route, &targets, opts, at)?;
             drop(lease);
             report.xdp = hub.counters()?;
             Ok(report)
@@ -214,16 +220,17 @@ fn tx_workers() -> usize {
 /// Target addresses whose next hop is resolved before the first probe.
 const FIRST_RESOLVED: u64 = 64;
 
-/// Discovery (if asked for), then the port scan, with replies from `replies`.
+/// Discovery (if asked for), then the port scan, with replies from
+/// `replies`; `(started, mode)`: when the scan was asked for, and how the
+/// program is attached.
 fn execute(
     replies: &mut impl Replies,
     id: Identity,
     route: &Route,
     targets: &TargetSet,
     opts: &ScanOptions,
-    mode: AttachMode,
+    (started, mode): (Instant, AttachMode),
 ) -> Result<ScanReport, ScanError> {
-    let started = Instant::now();
     let wanted = targets.clone();
     let tx_targets = transmit::Targets {
         range_starts: targets.range_starts(),
@@ -233,6 +240,11 @@ fn execute(
         wanted: Box::new(move |a| wanted.contains(a)),
     };
     let mut sender = TxPool::start(&route.interface, tx_workers(), tx_targets)?;
+    let startup = started.elapsed();
+    tracing::debug!(
+        seconds = startup.as_secs_f64(),
+        "start-up done: first probe next"
+    );
     let seed = order_seed(opts);
     let mut hosts = HostReport::new();
     let mut answered = Vec::new();
@@ -285,6 +297,7 @@ fn execute(
         // Read by the caller, from the program this scan ran on.
         xdp: XdpCounters::default(),
         transmit,
+        startup,
         total_time: started.elapsed(),
     })
 }

@@ -32,7 +32,10 @@ use self::{
 };
 use crate::scan::{
     capture::hub::Replies,
-    probes::{Probe, ProbePlan, Protocol, packets},
+    probes::{
+        Probe, ProbePlan, Protocol,
+        packets::{self, SynTemplate},
+    },
     results::{PortState, Reason, ResultSet, classify},
     transmit::{BATCH, Packet, TransmitError, TxPool},
 };
@@ -140,6 +143,8 @@ pub struct Engine<'a> {
     due: Vec<u64>,
     rsts: Vec<Packet>,
     stats: EngineStats,
+    /// SYN templates for IPv4 and IPv6, where we have a source.
+    syn: (Option<SynTemplate>, Option<SynTemplate>),
     results: &'a mut ResultSet,
     deadline: Option<Instant>,
     cancel: Option<Cancel>,
@@ -189,6 +194,10 @@ impl<'a> Engine<'a> {
             due: Vec::new(),
             rsts: Vec::new(),
             stats,
+            syn: (
+                id.sources.v4.map(|a| SynTemplate::new(a.into())),
+                id.sources.v6.map(|a| SynTemplate::new(a.into())),
+            ),
             results,
             deadline: None,
             cancel: None,
@@ -475,7 +484,17 @@ impl<'a> Engine<'a> {
         let ident = ident_of(remote.family, tag);
         let ports = (reply::local_port(&settings, slot, h), port);
         out.len = match probe.protocol {
-            Protocol::Tcp => packets::syn(&mut out.bytes, addrs, ports, seq_of(h), ident),
+            Protocol::Tcp => {
+                let template = if probe.addr.is_ipv4() {
+                    &self.syn.0
+                } else {
+                    &self.syn.1
+                };
+                match template {
+                    Some(t) => t.write(&mut out.bytes, probe.addr, ports, seq_of(h), ident),
+                    None => packets::syn(&mut out.bytes, addrs, ports, seq_of(h), ident),
+                }
+            }
             Protocol::Udp => {
                 let secret = payload_secret(h, tag);
                 packets::udp(&mut out.bytes, addrs, ports, ident, secret)
