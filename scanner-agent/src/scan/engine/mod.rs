@@ -28,7 +28,7 @@ use self::{
     pacer::{MAX_TURN, Pacer},
     rate::{RateController, RttEstimator},
     tuning::Tuning,
-    window::{Fate, Window},
+    window::{Fate, Slot, Window},
 };
 use crate::scan::{
     capture::hub::Replies,
@@ -143,6 +143,9 @@ pub struct Engine<'a> {
     due: Vec<u64>,
     rsts: Vec<Packet>,
     stats: EngineStats,
+    /// Until when (ms since the start) answers to given-up probes may
+    /// still come: see [`Engine::end`].
+    listen_until_ms: u32,
     /// SYN templates for IPv4 and IPv6, where we have a source.
     syn: (Option<SynTemplate>, Option<SynTemplate>),
     results: &'a mut ResultSet,
@@ -194,6 +197,7 @@ impl<'a> Engine<'a> {
             due: Vec::new(),
             rsts: Vec::new(),
             stats,
+            listen_until_ms: 0,
             syn: (
                 id.sources.v4.map(|a| SynTemplate::new(a.into())),
                 id.sources.v6.map(|a| SynTemplate::new(a.into())),
@@ -301,7 +305,7 @@ impl<'a> Engine<'a> {
 
             let finished =
                 self.window.head >= self.plan.len() && self.window.settled() && self.due.is_empty();
-            if finished && now >= last_send + self.final_wait() {
+            if finished && now >= self.end(last_send) {
                 break;
             }
             let timeout = self.next_wake(now, finished, last_send);
@@ -347,21 +351,27 @@ impl<'a> Engine<'a> {
         Ok(sent)
     }
 
-    /// How long the scan still listens after its last probe once every
-    /// probe is answered or given up: one retry timeout as the measured
-    /// round trip makes it (within `min_rtt_timeout` and `max_rtt_timeout`),
-    /// so a LAN scan ends about `min_rtt_timeout` after its last answer
-    /// instead of a fixed second later; `--wait` caps it.
-    fn final_wait(&self) -> Duration {
-        let timeout = self.rtt.timeout();
-        self.tuning.wait.map_or(timeout, |w| w.min(timeout))
+    /// When the scan ends once every probe is answered or given up: when
+    /// the retry timeout each given-up probe's last attempt went out with
+    /// has passed (answers in that time still count), so a LAN scan ends
+    /// about `min_rtt_timeout` after its last attempt instead of a fixed
+    /// second later, and one with nothing given up ends at once; `--wait`
+    /// after the last probe caps it.
+    fn end(&self, last_send: Instant) -> Instant {
+        let own = self.start + Duration::from_millis(u64::from(self.listen_until_ms));
+        self.tuning.wait.map_or(own, |w| own.min(last_send + w))
+    }
+
+    /// The current retry timeout in ms.
+    fn timeout_ms(&self) -> u32 {
+        self.rtt.timeout().as_millis().min(u128::from(u32::MAX)) as u32
     }
 
     /// How long the loop may sleep waiting for replies.
     fn next_wake(&self, now: Instant, finished: bool, last_send: Instant) -> Duration {
         let mut wake = Duration::from_millis(50);
         if finished {
-            wake = wake.min((last_send + self.final_wait()).saturating_duration_since(now));
+            wake = wake.min(self.end(last_send).saturating_duration_since(now));
         } else if !self.due.is_empty()
             || (self.window.head < self.plan.len() && self.window.has_room())
         {
@@ -370,7 +380,7 @@ impl<'a> Engine<'a> {
                 wake = wake.min(budget.next_in());
             }
         }
-        if let Some(deadline) = self.window.next_deadline() {
+        if let Some(deadline) = self.window.next_deadline(self.timeout_ms()) {
             let at = self.start + Duration::from_millis(u64::from(deadline));
             wake = wake.min(at.saturating_duration_since(now));
         }
@@ -379,18 +389,20 @@ impl<'a> Engine<'a> {
 
     /// Moves overdue probes to the retry list, or decides them silent.
     fn expire(&mut self, now: Instant) {
-        let now_ms = self.ms(now);
-        while let Some((i, slot)) = self.window.next_overdue(now_ms) {
+        let (now_ms, timeout_ms) = (self.ms(now), self.timeout_ms());
+        while let Some((i, slot)) = self.window.next_overdue(now_ms, timeout_ms) {
             if slot.tries <= self.tuning.max_retries {
                 self.due.push(i);
             } else {
-                self.settle_silent(i);
+                self.settle_silent(i, slot);
             }
         }
     }
 
-    fn settle_silent(&mut self, i: u64) {
+    fn settle_silent(&mut self, i: u64, slot: Slot) {
         self.window.decide(i, Fate::Silent);
+        let heard_until = slot.sent_ms.saturating_add(u32::from(slot.patience_ms));
+        self.listen_until_ms = self.listen_until_ms.max(heard_until);
         if self.phase == Phase::Ports {
             let probe = self.plan.get(i);
             let state = silence_of(probe.protocol);
@@ -407,11 +419,11 @@ impl<'a> Engine<'a> {
     /// Fills `batch` with retries first, then new probes; returns how many.
     fn fill(&mut self, batch: &mut [Packet], now: Instant) -> Result<usize, EngineError> {
         let now_ms = self.ms(now);
-        let deadline = now_ms.saturating_add(self.rtt.timeout().as_millis() as u32);
+        let patience = self.timeout_ms().min(u32::from(u16::MAX)) as u16;
         let mut n = 0;
         while n < batch.len() {
             if let Some(i) = self.due.pop() {
-                self.window.resend(i, now_ms, deadline);
+                self.window.resend(i, now_ms, patience);
                 self.stats.retries += 1;
                 self.write_probe(&mut batch[n], self.plan.get(i))?;
                 n += 1;
@@ -421,7 +433,7 @@ impl<'a> Engine<'a> {
                 break;
             }
             let (probe, host) = self.plan.get_with_host(self.window.head);
-            let i = self.window.push(now_ms, deadline);
+            let i = self.window.push(now_ms, patience);
             if !self.host_may_be_probed(host, now_ms) {
                 // Its host timed out: decided, but nothing to report.
                 self.window.decide(i, Fate::Silent);

@@ -18,17 +18,24 @@ pub(super) struct Slot {
     pub fate: Fate,
     /// Attempts sent so far.
     pub tries: u8,
+    /// The retry timeout when the last attempt went out, in ms (at most
+    /// 65 s): how long an answer to it is still awaited once the probe is
+    /// given up.
+    pub patience_ms: u16,
     /// When the last attempt went out, in ms since the scan started.
     pub sent_ms: u32,
 }
 
 /// Probes `base..head` of the scan order, indexed modulo the capacity, and
-/// their retry deadlines in send order.
+/// their attempts in send order (probe, send time). An attempt is overdue
+/// after the *current* retry timeout, as in nmap: probes sent before the
+/// round trip was measured (with the 1 s initial timeout) do not hold up
+/// the retries of those sent after.
 pub(super) struct Window {
     slots: Vec<Slot>,
     pub base: u64,
     pub head: u64,
-    deadlines: VecDeque<(u64, u32)>,
+    attempts: VecDeque<(u64, u32)>,
 }
 
 impl Window {
@@ -37,7 +44,7 @@ impl Window {
             slots: vec![Slot::default(); capacity.max(1)],
             base: 0,
             head: 0,
-            deadlines: VecDeque::new(),
+            attempts: VecDeque::new(),
         }
     }
 
@@ -59,16 +66,18 @@ impl Window {
         Some(&mut self.slots[(i % n) as usize])
     }
 
-    /// Opens the next probe's slot; its first attempt goes out now.
-    pub(super) fn push(&mut self, now_ms: u32, deadline_ms: u32) -> u64 {
+    /// Opens the next probe's slot; its first attempt goes out now, with
+    /// `patience_ms` the retry timeout.
+    pub(super) fn push(&mut self, now_ms: u32, patience_ms: u16) -> u64 {
         let i = self.head;
         self.head += 1;
         *self.get(i).expect("room was checked") = Slot {
             fate: Fate::Pending,
             tries: 1,
+            patience_ms,
             sent_ms: now_ms,
         };
-        self.deadlines.push_back((i, deadline_ms));
+        self.attempts.push_back((i, now_ms));
         i
     }
 
@@ -80,21 +89,22 @@ impl Window {
     }
 
     /// Records a retransmission of probe `i`.
-    pub(super) fn resend(&mut self, i: u64, now_ms: u32, deadline_ms: u32) {
+    pub(super) fn resend(&mut self, i: u64, now_ms: u32, patience_ms: u16) {
         if let Some(slot) = self.get(i) {
             slot.tries += 1;
             slot.sent_ms = now_ms;
-            self.deadlines.push_back((i, deadline_ms));
+            slot.patience_ms = patience_ms;
+            self.attempts.push_back((i, now_ms));
         }
     }
 
-    /// The next pending probe whose answer is overdue, if any.
-    pub(super) fn next_overdue(&mut self, now_ms: u32) -> Option<(u64, Slot)> {
-        while let Some(&(i, deadline)) = self.deadlines.front() {
-            if deadline > now_ms {
+    /// The next pending probe unanswered for `timeout_ms`, if any.
+    pub(super) fn next_overdue(&mut self, now_ms: u32, timeout_ms: u32) -> Option<(u64, Slot)> {
+        while let Some(&(i, sent)) = self.attempts.front() {
+            if sent.saturating_add(timeout_ms) > now_ms {
                 return None;
             }
-            self.deadlines.pop_front();
+            self.attempts.pop_front();
             if let Some(slot) = self.get(i).filter(|s| s.fate == Fate::Pending).copied() {
                 return Some((i, slot));
             }
@@ -102,9 +112,11 @@ impl Window {
         None
     }
 
-    /// The earliest retry deadline, if any probe awaits one.
-    pub(super) fn next_deadline(&self) -> Option<u32> {
-        self.deadlines.front().map(|&(_, d)| d)
+    /// When the next attempt becomes overdue at `timeout_ms`, if any waits.
+    pub(super) fn next_deadline(&self, timeout_ms: u32) -> Option<u32> {
+        self.attempts
+            .front()
+            .map(|&(_, sent)| sent.saturating_add(timeout_ms))
     }
 
     /// Frees the slots of decided probes at the start of the window.
@@ -132,16 +144,22 @@ mod tests {
     fn window_bounds_and_retries() {
         let mut w = Window::new(3);
         for _ in 0..3 {
-            w.push(0, 100);
+            w.push(0, 1000);
         }
         assert!(!w.has_room());
-        assert_eq!(w.next_overdue(99), None);
+        assert_eq!(w.next_overdue(99, 100), None);
+        assert_eq!(w.next_deadline(100), Some(100));
         w.get(1).unwrap().fate = Fate::Answered;
-        assert_eq!(w.next_overdue(100).map(|(i, s)| (i, s.tries)), Some((0, 1)));
+        // Sent with a 1 s timeout, overdue at the current 100 ms one.
+        assert_eq!(
+            w.next_overdue(100, 100).map(|(i, s)| (i, s.tries)),
+            Some((0, 1))
+        );
         // Probe 1 was answered: skipped. Probe 2 is overdue too.
-        assert_eq!(w.next_overdue(100).map(|(i, _)| i), Some(2));
-        w.resend(0, 100, 200);
+        assert_eq!(w.next_overdue(100, 100).map(|(i, _)| i), Some(2));
+        w.resend(0, 100, 100);
         assert_eq!(w.get(0).unwrap().tries, 2);
+        assert_eq!(w.get(0).unwrap().patience_ms, 100);
         w.advance();
         assert_eq!(w.base, 0, "probe 0 still pending");
         w.get(0).unwrap().fate = Fate::Silent;
@@ -149,6 +167,10 @@ mod tests {
         w.advance();
         assert!(w.settled() && w.has_room());
         assert_eq!(w.get(1).map(|s| s.fate), None, "out of the window");
-        assert_eq!(w.next_overdue(1000), None, "decided probes are not retried");
+        assert_eq!(
+            w.next_overdue(1000, 100),
+            None,
+            "decided probes are not retried"
+        );
     }
 }
