@@ -259,11 +259,14 @@ fn bench_one(
         results: out_dir.join("runs").join(format!("{tag}.out")),
         log: out_dir.join("runs").join(format!("{tag}.log")),
     };
+    let before = testbed.drops()?;
     let outcome = scan(testbed, agent, workload, scanner, &files);
     measure::check_interrupted()?;
+    let after = testbed.drops()?;
+    let dropped: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     match &outcome {
         Ok(m) => eprintln!(
-            "xtask: bench:   {:.1} s, {} of {} open ports found, {} wrong; {} half-open on the target",
+            "xtask: bench:   {:.1} s, {} of {} open ports found, {} wrong; {} half-open on the target; veth drops (scanner rx/tx, target rx/tx) {dropped:?}",
             m.wall.as_secs_f64(),
             m.correct,
             m.truth,

@@ -121,6 +121,24 @@ impl Testbed {
         })
     }
 
+    /// Packets the veth pair dropped so far, as `ip -s link` counts them:
+    /// (scanner rx, scanner tx, target rx, target tx). Printed per run, so
+    /// a rate the path cannot carry shows where the loss was.
+    pub(super) fn drops(&self) -> Result<[u64; 4]> {
+        let read = |ns: &Netns, dev: &str| -> Result<(u64, u64)> {
+            let json = ns.try_ip(&["-s", "-j", "link", "show", dev])?;
+            let v: serde_json::Value = serde_json::from_str(&json).context("ip -s -j link")?;
+            let stats = &v[0]["stats64"];
+            Ok((
+                stats["rx"]["dropped"].as_u64().unwrap_or(0),
+                stats["tx"]["dropped"].as_u64().unwrap_or(0),
+            ))
+        };
+        let (srx, stx) = read(&self.scanner, SCANNER_IF)?;
+        let (trx, ttx) = read(&self.target, TARGET_IF)?;
+        Ok([srx, stx, trx, ttx])
+    }
+
     /// SYN-ACKs the target sent but that were never answered: half-open
     /// connections a scanner left behind.
     pub(super) fn half_open(&self) -> Result<usize> {
