@@ -252,6 +252,15 @@ fn summarize(r: &ScanReport, opts: &ScanOptions) {
         "scan finished"
     );
     if let Rate::Fixed(asked) = opts.tuning.rate
+        && p.held_periods > 0
+    {
+        tracing::info!(
+            asked,
+            achieved = format_args!("{:.0}", p.achieved_rate()),
+            held_seconds = format_args!("{:.1}", p.held_periods as f64 * 0.1),
+            "the path carried less than the asked rate: the sender held just below what it carried (faster would only cost retries)"
+        );
+    } else if let Rate::Fixed(asked) = opts.tuning.rate
         && p.sent > 10_000
         && p.achieved_rate() < asked as f64 * 0.9
     {

@@ -109,6 +109,9 @@ pub struct EngineStats {
     pub hosts_timed_out: u64,
     /// The rate the controller ended at.
     pub final_rate: f64,
+    /// Rate periods (100 ms) a fixed rate was held below the asked one
+    /// because the path carried less.
+    pub held_periods: u64,
     pub window_bytes: usize,
 }
 
@@ -249,6 +252,7 @@ impl<'a> Engine<'a> {
         self.start = Instant::now();
         let mut period_start = self.start;
         let mut period_limited = false;
+        let (mut period_blocked, mut period_sent) = (tx.blocked(), 0);
         let mut last_send = self.start;
         let mut sent_every_probe = false;
         let mut replies = Vec::new();
@@ -297,10 +301,18 @@ impl<'a> Engine<'a> {
             }
             sent_every_probe |= self.window.head >= self.plan.len();
             if now - period_start >= RATE_PERIOD {
-                let rate = self.rate.end_period(period_limited);
+                let elapsed = now - period_start;
+                let waited = tx.blocked() - period_blocked;
+                // The senders held the loop up for a fifth of the period:
+                // the path, not the pacer, set the pace.
+                let carried = (waited > elapsed / 5)
+                    .then(|| (self.stats.sent - period_sent) as f64 / elapsed.as_secs_f64());
+                let rate = self.rate.end_period(period_limited, carried);
                 self.pacer.set_rate(rate);
                 period_start = now;
                 period_limited = false;
+                period_blocked = tx.blocked();
+                period_sent = self.stats.sent;
             }
 
             let finished =
@@ -321,6 +333,7 @@ impl<'a> Engine<'a> {
             }
         }
         self.stats.final_rate = self.rate.rate();
+        self.stats.held_periods = self.rate.held_periods();
         Ok(self.stats.clone())
     }
 

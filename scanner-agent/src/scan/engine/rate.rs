@@ -50,8 +50,11 @@ impl RttEstimator {
     }
 }
 
-/// Chooses the send rate. Fixed rates only obey the per-host ceiling;
-/// adaptive ones move between their bounds every period.
+/// Chooses the send rate. Adaptive rates move between their bounds every
+/// period. A fixed rate is kept as long as the path carries it; above what
+/// the path carries (the senders make the scan wait, or answers are lost)
+/// it is held just below that, since sending faster would only cost
+/// retries, and climbs back towards the asked rate when the path allows.
 #[derive(Clone, Debug)]
 pub struct RateController {
     current: f64,
@@ -60,10 +63,18 @@ pub struct RateController {
     adaptive: bool,
     answered: u64,
     lost: u64,
+    /// Periods a fixed rate was held below the asked one.
+    held: u64,
 }
 
 /// Loss above this share of answers counts as congestion.
 const LOSS_THRESHOLD: f64 = 0.02;
+/// A fixed rate backs off for loss only when a period had this many
+/// answers (fewer say little) and lost above [`FIXED_LOSS_THRESHOLD`].
+const MIN_ANSWERS: u64 = 100;
+const FIXED_LOSS_THRESHOLD: f64 = 0.05;
+/// A held fixed rate never falls below this share of the asked one.
+const FIXED_FLOOR: f64 = 1.0 / 16.0;
 
 impl RateController {
     pub fn new(t: &Tuning, hosts: u64) -> Self {
@@ -73,11 +84,12 @@ impl RateController {
                 let r = (r as f64).min(host_ceiling);
                 Self {
                     current: r,
-                    floor: r,
+                    floor: (r * FIXED_FLOOR).max(1.0).min(r),
                     ceiling: r,
                     adaptive: false,
                     answered: 0,
                     lost: 0,
+                    held: 0,
                 }
             }
             Rate::Adaptive { min, max } => {
@@ -90,6 +102,7 @@ impl RateController {
                     adaptive: true,
                     answered: 0,
                     lost: 0,
+                    held: 0,
                 }
             }
         }
@@ -107,19 +120,35 @@ impl RateController {
     }
 
     /// Adjusts the rate at the end of a period. `limited` says the sender
-    /// used all it was allowed (speeding up would be used).
-    pub fn end_period(&mut self, limited: bool) -> f64 {
+    /// used all it was allowed (speeding up would be used); `carried` is
+    /// the rate the period achieved when the senders, not the pacer, set
+    /// the pace (the path is full).
+    pub fn end_period(&mut self, limited: bool, carried: Option<f64>) -> f64 {
+        let loss = self.lost as f64 / self.answered.max(1) as f64;
         if self.adaptive {
-            let loss = self.lost as f64 / self.answered.max(1) as f64;
             if self.lost > 0 && loss > LOSS_THRESHOLD {
                 self.current = (self.current * 0.7).max(self.floor);
-            } else if limited {
+            } else if limited && carried.is_none() {
                 self.current = (self.current * 1.3).min(self.ceiling);
             }
+        } else if self.answered >= MIN_ANSWERS && loss > FIXED_LOSS_THRESHOLD {
+            self.current = (self.current * 0.85).max(self.floor);
+            self.held += 1;
+        } else if let Some(carried) = carried {
+            // Just below what the path carried, so its queues drain.
+            self.current = (carried * 0.95).clamp(self.floor, self.current);
+            self.held += 1;
+        } else if limited {
+            self.current = (self.current * 1.05).min(self.ceiling);
         }
         self.answered = 0;
         self.lost = 0;
         self.current
+    }
+
+    /// Periods a fixed rate spent held below the asked one.
+    pub fn held_periods(&self) -> u64 {
+        self.held
     }
 }
 
@@ -173,26 +202,60 @@ mod tests {
         );
         assert_eq!(c.rate(), 1000.0);
         c.answered(false);
-        assert_eq!(c.end_period(true), 1300.0);
+        assert_eq!(c.end_period(true, None), 1300.0);
         assert_eq!(
-            c.end_period(false),
+            c.end_period(false, None),
             1300.0,
             "no speed-up when the sender was not limited"
         );
         for _ in 0..5 {
-            c.end_period(true);
+            c.end_period(true, None);
         }
         assert_eq!(c.rate(), 2000.0, "never above max_rate");
         for _ in 0..10 {
             c.answered(false);
         }
         c.answered(true);
-        assert_eq!(c.end_period(true), 1400.0, "loss backs off");
+        assert_eq!(c.end_period(true, None), 1400.0, "loss backs off");
         for _ in 0..10 {
             c.answered(true);
-            c.end_period(true);
+            c.end_period(true, None);
         }
         assert_eq!(c.rate(), 1000.0, "never below min_rate");
+    }
+
+    #[test]
+    fn a_fixed_rate_holds_below_a_full_path_and_climbs_back() {
+        let mut c = RateController::new(&tuning(Rate::Fixed(1_000_000)), 1);
+        assert_eq!(
+            c.end_period(true, None),
+            1_000_000.0,
+            "a carried rate stays"
+        );
+        assert_eq!(c.end_period(true, Some(400_000.0)), 380_000.0);
+        assert_eq!(c.end_period(true, Some(390_000.0)), 370_500.0);
+        // A few lost answers among many are not congestion.
+        for i in 0..1000 {
+            c.answered(i % 50 == 0);
+        }
+        assert_eq!(c.end_period(true, None), 370_500.0 * 1.05);
+        for i in 0..1000 {
+            c.answered(i % 10 == 0);
+        }
+        assert_eq!(
+            c.end_period(true, None),
+            370_500.0 * 1.05 * 0.85,
+            "10% lost"
+        );
+        for _ in 0..200 {
+            c.end_period(true, None);
+        }
+        assert_eq!(c.rate(), 1_000_000.0, "never above the asked rate");
+        for _ in 0..200 {
+            c.end_period(true, Some(1.0));
+        }
+        assert_eq!(c.rate(), 62_500.0, "never below a 16th of it");
+        assert_eq!(c.held_periods(), 203);
     }
 
     #[test]
@@ -205,7 +268,7 @@ mod tests {
             1,
         );
         for _ in 0..100 {
-            c.end_period(true);
+            c.end_period(true, None);
         }
         assert!(c.rate() > 1e9, "max_rate 0 has no fixed ceiling");
         let t = Tuning {

@@ -17,10 +17,10 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex, PoisonError,
-        mpsc::{self, Receiver, SyncSender},
+        mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use self::{
@@ -277,6 +277,7 @@ pub struct TxPool {
     workers: Vec<JoinHandle<Result<Counts, TransmitError>>>,
     path: Path,
     why_raw: Option<String>,
+    blocked: Duration,
     /// Keeps the next hops current while the pool runs.
     _plan: Option<RingPlan>,
 }
@@ -361,6 +362,7 @@ impl TxPool {
             workers: handles,
             path,
             why_raw,
+            blocked: Duration::ZERO,
             _plan: plan,
         })
     }
@@ -384,11 +386,27 @@ impl TxPool {
             return Ok(());
         }
         let queue = self.queue.as_ref().expect("pool is running");
-        if queue.send(batch).is_err() {
+        let sent = match queue.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(batch)) => {
+                let waited = Instant::now();
+                let sent = queue.send(batch).map_err(drop);
+                self.blocked += waited.elapsed();
+                sent
+            }
+            Err(TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() {
             // A worker only hangs up after a send error: report it.
             return Err(self.stop().err().unwrap_or(TransmitError::Panicked));
         }
         Ok(())
+    }
+
+    /// How long [`TxPool::submit`] has waited for the senders in all: time
+    /// the path, not the pacer, set the pace.
+    pub fn blocked(&self) -> Duration {
+        self.blocked
     }
 
     /// Waits until everything queued is sent; reports the path and what
