@@ -127,3 +127,46 @@ fn a_next_hop_mac_changed_mid_scan_is_followed() {
     assert!(ring >= 13_000 && raw < 1_000, "{stderr}");
     assert_eq!(summary(&stderr, "xdp_lost"), "0", "{stderr}");
 }
+
+/// A link shaped to about 13 kpps (a token bucket on the scanner's veth,
+/// which the ring path goes through: it keeps the qdisc) asked for 1 Mpps:
+/// the senders make the scan wait, the rate is held just below what the
+/// link carries, the summary says so, and nothing is missed.
+#[test]
+fn a_rate_above_what_the_path_carries_is_held_below_it() {
+    testbed::require_root!();
+    let target = Ipv4Addr::new(198, 18, 0, 2);
+    let lab = Lab::new(&[target], 1500);
+    let open: BTreeSet<u16> = (1..=10).map(|i| i * 2000 - 1).collect();
+    let endpoints: Vec<(Ipv4Addr, u16)> = open.iter().map(|&p| (target, p)).collect();
+    let _listeners = lab.target.listen(&endpoints);
+    let tc = lab
+        .scanner
+        .command("tc")
+        .args(["qdisc", "add", "dev", common::SCANNER_IF, "root"])
+        .args(["tbf", "rate", "8mbit", "burst", "16kb", "limit", "64kb"])
+        .output()
+        .unwrap();
+    assert!(tc.status.success(), "{tc:?}");
+    let out = scan(&lab.scanner)
+        .args(["--rate", "1000000", "-p", "1-20000", "198.18.0.2"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(open_ports(&out), open, "{stderr}");
+    assert_eq!(summary(&stderr, "transmit_path"), "packet_ring", "{stderr}");
+    assert!(
+        stderr.contains("held just below what it carried"),
+        "the summary says the rate was held: {stderr}"
+    );
+    assert!(
+        !stderr.contains("requested rate was not reached"),
+        "no warning for a rate the path cannot carry: {stderr}"
+    );
+    let final_rate: f64 = summary(&stderr, "final_rate").parse().unwrap();
+    assert!(
+        final_rate < 50_000.0,
+        "held near what the link carries: {stderr}"
+    );
+}

@@ -73,8 +73,12 @@ const LOSS_THRESHOLD: f64 = 0.02;
 /// answers (fewer say little) and lost above [`FIXED_LOSS_THRESHOLD`].
 const MIN_ANSWERS: u64 = 100;
 const FIXED_LOSS_THRESHOLD: f64 = 0.05;
-/// A held fixed rate never falls below this share of the asked one.
-const FIXED_FLOOR: f64 = 1.0 / 16.0;
+/// A held fixed rate never falls below this (probes per second), or the
+/// asked rate if lower.
+const FIXED_FLOOR: f64 = 1000.0;
+/// How fast a held fixed rate climbs back per period (from a tenth of the
+/// asked rate to all of it in about 2.4 s).
+const FIXED_CLIMB: f64 = 1.1;
 
 impl RateController {
     pub fn new(t: &Tuning, hosts: u64) -> Self {
@@ -84,7 +88,7 @@ impl RateController {
                 let r = (r as f64).min(host_ceiling);
                 Self {
                     current: r,
-                    floor: (r * FIXED_FLOOR).max(1.0).min(r),
+                    floor: FIXED_FLOOR.min(r),
                     ceiling: r,
                     adaptive: false,
                     answered: 0,
@@ -139,7 +143,7 @@ impl RateController {
             self.current = (carried * 0.95).clamp(self.floor, self.current);
             self.held += 1;
         } else if limited {
-            self.current = (self.current * 1.05).min(self.ceiling);
+            self.current = (self.current * FIXED_CLIMB).min(self.ceiling);
         }
         self.answered = 0;
         self.lost = 0;
@@ -238,15 +242,11 @@ mod tests {
         for i in 0..1000 {
             c.answered(i % 50 == 0);
         }
-        assert_eq!(c.end_period(true, None), 370_500.0 * 1.05);
+        assert_eq!(c.end_period(true, None), 370_500.0 * 1.1);
         for i in 0..1000 {
             c.answered(i % 10 == 0);
         }
-        assert_eq!(
-            c.end_period(true, None),
-            370_500.0 * 1.05 * 0.85,
-            "10% lost"
-        );
+        assert_eq!(c.end_period(true, None), 370_500.0 * 1.1 * 0.85, "10% lost");
         for _ in 0..200 {
             c.end_period(true, None);
         }
@@ -254,7 +254,7 @@ mod tests {
         for _ in 0..200 {
             c.end_period(true, Some(1.0));
         }
-        assert_eq!(c.rate(), 62_500.0, "never below a 16th of it");
+        assert_eq!(c.rate(), 1000.0, "never below 1000 probes per second");
         assert_eq!(c.held_periods(), 203);
     }
 
