@@ -36,6 +36,7 @@ fn options(target: &str) -> ScanOptions {
         deadline: None,
         cancel: None,
         budget: None,
+        link: Default::default(),
     }
 }
 

@@ -16,7 +16,8 @@ use prometheus_client::registry::Registry;
 use scanner_agent::{
     daemon::metrics::{
         AgentMetrics, ChangeLabels, ExporterMetrics, ExposureMetrics, FailureLabels, HostView,
-        IpLabels, ModeLabels, PathLabels, PortLabels, TargetLabels, TaskLabels,
+        InterfaceLabels, IpLabels, LinkLabels, ModeLabels, PathLabels, PortLabels, TargetLabels,
+        TaskLabels,
     },
     web::exposition::encode_text,
 };
@@ -145,6 +146,16 @@ fn exported_series() -> BTreeSet<String> {
             path: "packet_ring".into(),
         })
         .set(1);
+    let link = LinkLabels {
+        interface: "eth0".into(),
+        direction: "rx".into(),
+    };
+    a.link_utilisation.get_or_create(&link).set(0.1);
+    a.link_probe_rate
+        .get_or_create(&InterfaceLabels {
+            interface: link.interface.clone(),
+        })
+        .set(1000.0);
     let mut names = BTreeSet::new();
     for line in encode_text(&registry).lines() {
         let Some(rest) = line.strip_prefix("# TYPE ") else {
@@ -168,7 +179,7 @@ fn exported_series() -> BTreeSet<String> {
     names.extend(ExposureMetrics::FAMILIES.map(str::to_owned));
     names.extend(HostView::FAMILIES.map(str::to_owned));
     // Every field of the metric structs, so none was left unencoded.
-    assert_eq!(names.len(), 12 + 2 + 11 + 6 + 4, "{names:?}");
+    assert_eq!(names.len(), 12 + 2 + 14 + 6 + 4, "{names:?}");
     names
 }
 

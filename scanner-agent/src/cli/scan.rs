@@ -12,6 +12,7 @@ use scanner_agent::{
         probes::{Protocol, Shard},
         results::{OutputFormat, PortState, write_results},
         targets::PortList,
+        transmit::LinkPolicy,
     },
 };
 
@@ -100,6 +101,25 @@ pub(crate) struct ScanArgs {
     /// [default: one retry timeout, from the measured round trip].
     #[arg(long)]
     wait: Option<f64>,
+    /// Largest share of the interface's speed the probes may take
+    /// [default: 0.05, or the config's scanning.max_link_share].
+    #[arg(long, value_parser = share)]
+    max_link_share: Option<f64>,
+    /// While the interface's other traffic is above this share of its
+    /// speed, probe at the floor rate (1 = never) [default: 0.7].
+    #[arg(long, value_parser = share)]
+    yield_above: Option<f64>,
+    /// The interface's speed (Mbit/s) for links that report none.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    link_speed_mbps: Option<u64>,
+}
+
+/// A share above 0 and at most 1, as the config's share keys take it.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("{s} is not a share above 0 and at most 1")),
+    }
 }
 
 impl ScanArgs {
@@ -181,6 +201,7 @@ impl ScanArgs {
         targets.max_v6_prefix = self.max_ipv6_prefix.unwrap_or(targets.max_v6_prefix);
         targets.resolve_dns &= !self.no_dns;
         let udp = self.udp || section.udp_scan;
+        let link = section.link_policy();
         Ok(ScanOptions {
             targets,
             ports,
@@ -198,6 +219,11 @@ impl ScanArgs {
             deadline: None,
             cancel: None,
             budget: None,
+            link: LinkPolicy {
+                max_share: self.max_link_share.unwrap_or(link.max_share),
+                yield_above: self.yield_above.unwrap_or(link.yield_above),
+                speed_mbps: self.link_speed_mbps.or(link.speed_mbps),
+            },
         })
     }
 }
@@ -235,6 +261,7 @@ fn summarize(r: &ScanReport, opts: &ScanOptions) {
         retries = p.retries,
         seconds = format_args!("{:.2}", r.total_time.as_secs_f64()),
         startup_seconds = format_args!("{:.3}", r.startup.as_secs_f64()),
+        yielded_seconds = format_args!("{:.1}", p.yielded.as_secs_f64()),
         rate = format_args!("{:.0}", p.achieved_rate()),
         final_rate = format_args!("{:.0}", p.final_rate),
         open = count(PortState::Open),

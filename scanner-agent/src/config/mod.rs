@@ -27,6 +27,7 @@ use crate::{
         engine::tuning::{NmapTimings, Rate, Tuning},
         probes::Protocol,
         targets::{self, PortList, TargetSpec},
+        transmit::LinkPolicy,
     },
     web::tls::TlsSettings,
 };
@@ -171,6 +172,18 @@ pub struct Scanning {
     /// port (new key; 1.0 turns it off).
     #[serde(default = "defaults::every_port_share")]
     pub every_port_share: Share,
+    /// The agent's own probes stay under this share of the scan
+    /// interface's speed (new key).
+    #[serde(default = "defaults::max_link_share")]
+    pub max_link_share: Share,
+    /// While the interface's other traffic is above this share of its
+    /// speed, scans drop to `min_rate` (new key; 1 turns it off).
+    #[serde(default = "defaults::yield_above")]
+    pub yield_above: Share,
+    /// The scan interface's speed in Mbit/s, for links that report none
+    /// or the wrong one (new key).
+    #[serde(default)]
+    pub link_speed_mbps: Option<Bounded<1, 10_000_000>>,
 }
 
 impl Default for Scanning {
@@ -235,6 +248,12 @@ mod defaults {
     }
     pub(super) fn every_port_share() -> super::Share {
         super::Share(0.9)
+    }
+    pub(super) fn max_link_share() -> super::Share {
+        super::Share(0.05)
+    }
+    pub(super) fn yield_above() -> super::Share {
+        super::Share(0.7)
     }
 }
 
@@ -424,6 +443,15 @@ impl Scanning {
             max_rtt_timeout: Some(self.max_rtt_timeout.0),
             min_rtt_timeout: Some(self.min_rtt_timeout.0),
         })
+    }
+
+    /// How much of the scan interface scans may take, and when they yield.
+    pub fn link_policy(&self) -> LinkPolicy {
+        LinkPolicy {
+            max_share: self.max_link_share.0,
+            yield_above: self.yield_above.0,
+            speed_mbps: self.link_speed_mbps.map(|b| b.0),
+        }
     }
 
     /// The target specification for `include`, with this section's

@@ -161,6 +161,14 @@ fn rejections_name_key_and_line() {
             "server:\n  max_connections: many\n",
             "server.max_connections: invalid type: string \"many\"",
         ),
+        (
+            "scanning:\n  max_link_share: 1.5\n",
+            "scanning.max_link_share: 1.5 is out of range (expected a share above 0 and at most 1) at line 2",
+        ),
+        (
+            "scanning:\n  yield_above: 0\n",
+            "scanning.yield_above: 0 is out of range (expected a share above 0 and at most 1) at line 2",
+        ),
         ("bogus: 1\n", "unknown field `bogus`"),
     ];
     for (yaml, want) in cases {
@@ -180,7 +188,7 @@ fn rejections_name_key_and_line() {
 /// among the rejections.
 #[test]
 fn every_numeric_key_has_a_range() {
-    let keys: [(&str, u64, u64); 20] = [
+    let keys: [(&str, u64, u64); 21] = [
         ("scanning.interval", 1, 31_536_000),
         ("scanning.timeout", 1, 604_800),
         ("scanning.min_rate", 1, MAX_RATE),
@@ -197,6 +205,7 @@ fn every_numeric_key_has_a_range() {
         ("scanning.task_queue_size", 1, 1_000_000),
         ("scanning.worker_count", 1, 1024),
         ("scanning.max_open_port_series", 1, 10_000_000),
+        ("scanning.link_speed_mbps", 1, 10_000_000),
         ("passthrough.timeout", 1, 600),
         ("passthrough.max_body_bytes", 1, 1 << 30),
         ("server.port", 1, 65535),

@@ -169,6 +169,9 @@ async fn metrics(
     Extension(encoders): Extension<Encoders>,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(c) = shared.capture() {
+        shared.metrics.link(c.hub.link());
+    }
     encoders
         .respond(&shared, |s| Some(&s.metrics.registry), headers)
         .await
@@ -193,6 +196,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let full = shared.runtime.work.is_full();
     let capture_ok = shared.capture_ok();
     let mode = shared.capture().map(|c| c.hub.mode().to_string());
+    let yielding = shared.capture().is_some_and(|c| c.hub.link().yielding());
     let stopped = shared.runtime.vitals.stopped();
     let status = if !stopped.is_empty() {
         format!("a daemon thread stopped: {}", stopped.join(", "))
@@ -207,6 +211,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "status": status,
         "queue_size": shared.runtime.work.len(),
         "xdp": { "attached": mode.is_some(), "healthy": capture_ok, "mode": mode },
+        "yielding": yielding,
         "last_scan_timestamp_seconds": last.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
     });
     let status = if full || !capture_ok || !stopped.is_empty() {

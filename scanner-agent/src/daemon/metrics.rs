@@ -27,7 +27,11 @@ pub use crate::host::HostView;
 use crate::{
     firewall::FirewallConfig,
     passthrough,
-    scan::{ScanReport, capture::XdpCounters, transmit::Path},
+    scan::{
+        ScanReport,
+        capture::XdpCounters,
+        transmit::{Link, Path},
+    },
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,6 +193,18 @@ pub struct PathLabels {
     pub path: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    pub interface: String,
+    /// `rx` or `tx`.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InterfaceLabels {
+    pub interface: String,
+}
+
 /// The agent's own operational metrics, under one prefix.
 #[derive(Default)]
 pub struct AgentMetrics {
@@ -203,6 +219,9 @@ pub struct AgentMetrics {
     pub transmit_path: Family<PathLabels, Gauge>,
     pub config_reload_ok: Gauge,
     pub config_reload_time: Gauge,
+    pub scan_yielded_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub link_utilisation: Family<LinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub link_probe_rate: Family<InterfaceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl AgentMetrics {
@@ -264,6 +283,21 @@ impl AgentMetrics {
             "Time of the last successful configuration (re)load",
             m.config_reload_time.clone(),
         );
+        r.register(
+            "scan_yielded_seconds",
+            "Time scans ran at min_rate because the scan interface's other traffic was above yield_above",
+            m.scan_yielded_seconds.clone(),
+        );
+        r.register(
+            "link_utilisation",
+            "Share of the scan interface's speed used by traffic other than the agent's scans, in the last 100 ms",
+            m.link_utilisation.clone(),
+        );
+        r.register(
+            "link_probe_rate_pps",
+            "Probes per second the agent's scans sent on the interface in the last 100 ms",
+            m.link_probe_rate.clone(),
+        );
         m
     }
 }
@@ -299,6 +333,8 @@ pub(crate) struct Metrics {
     exposure: ExposureMetrics,
     /// The XDP counters at the last update, to add only what is new.
     xdp_seen: Mutex<XdpCounters>,
+    /// The link's yielded time at the last update.
+    yielded_seen: Mutex<Duration>,
 }
 
 impl Metrics {
@@ -324,8 +360,37 @@ impl Metrics {
             agent,
             exposure,
             xdp_seen: Mutex::new(XdpCounters::default()),
+            yielded_seen: Mutex::new(Duration::ZERO),
         };
         (metrics, proxy)
+    }
+
+    /// The scan interface's families, read from its watch at a scrape.
+    pub(crate) fn link(&self, link: &Link) {
+        let a = &self.agent;
+        let u = link.utilisation();
+        for (direction, share) in [("rx", u.rx), ("tx", u.tx)] {
+            a.link_utilisation
+                .get_or_create(&LinkLabels {
+                    interface: link.interface().to_owned(),
+                    direction: direction.to_owned(),
+                })
+                .set(share);
+        }
+        a.link_probe_rate
+            .get_or_create(&InterfaceLabels {
+                interface: link.interface().to_owned(),
+            })
+            .set(link.probe_rate());
+        let mut seen = self
+            .yielded_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = link.yielded();
+        // A new watch (the program moved to another interface) starts at 0.
+        a.scan_yielded_seconds
+            .inc_by(now.saturating_sub(*seen).as_secs_f64());
+        *seen = now;
     }
 
     /// `task_queue_size`.

@@ -86,6 +86,7 @@ fn scan_job(
         deadline: Instant::now().checked_add(Duration::from_secs(s.timeout.0)),
         cancel: Some(Arc::clone(cancel)),
         budget: live.budget.clone(),
+        link: s.link_policy(),
     };
     scan::run(
         &opts,

@@ -16,7 +16,7 @@ pub mod engine;
 pub mod route;
 pub mod privileges;
 
-use std::{collections::BTreeMap, hash::Hasher as _, net::IpAddr, time::Instant};
+use std::{collections::BTreeMap, hash::Hasher as _, net::IpAddr, sync::Arc, time::Instant};
 
 use scanner_common::maps::protocols;
 use siphasher::sip::SipHasher13;
@@ -32,7 +32,7 @@ use self::{
     results::{PortState, ResultSet},
     route::{Route, RouteError},
     targets::{PortList, TargetError, TargetSet, TargetSpec},
-    transmit::{TransmitError, TransmitReport, TxPool},
+    transmit::{Link, LinkPolicy, LinkWatch, TransmitError, TransmitReport, TxPool},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,8 @@ pub struct ScanOptions {
     pub cancel: Option<Cancel>,
     /// A rate ceiling shared with other scans (the daemon's agent-wide budget).
     pub budget: Option<Budget>,
+    /// How much of the link the scan may take, and when it gives way.
+    pub link: LinkPolicy,
 }
 
 /// Hosts up and down per target, as the targets were named.
@@ -169,8 +171,10 @@ pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport,
                 settings: capture.settings(),
                 sources: route.sources(),
             };
+            let watch = LinkWatch::start(Link::new(&route.interface, opts.link))
+                .map_err(TransmitError::Thread)?;
             let at = (started, capture.mode());
-            let mut report = execute(&mut stream, id, &route, &targets, opts, at)?;
+            let mut report = execute(&mut stream, (id, watch.link()), &route, &targets, opts, at)?;
             report.xdp = capture.counters()?;
             Ok(report)
         }
@@ -183,8 +187,10 @@ pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport,
                 settings: hub.settings(),
                 sources: route.sources(),
             };
+            // Every scan of the daemon carries the configuration's policy.
+            hub.link().set_policy(opts.link);
             let at = (started, hub.mode());
-            let mut report = execute(&mut lease, id, route, &targets, opts, at)?;
+            let mut report = execute(&mut lease, (id, hub.link()), route, &targets, opts, at)?;
             drop(lease);
             report.xdp = hub.counters()?;
             Ok(report)
@@ -221,11 +227,11 @@ fn tx_workers() -> usize {
 const FIRST_RESOLVED: u64 = 64;
 
 /// Discovery (if asked for), then the port scan, with replies from
-/// `replies`; `(started, mode)`: when the scan was asked for, and how the
-/// program is attached.
+/// `replies`, as `id` on `link`; `(started, mode)`: when the scan was asked
+/// for, and how the program is attached.
 fn execute(
     replies: &mut impl Replies,
-    id: Identity,
+    (id, link): (Identity, &Arc<Link>),
     route: &Route,
     targets: &TargetSet,
     opts: &ScanOptions,
@@ -249,7 +255,7 @@ fn execute(
     let mut hosts = HostReport::new();
     let mut answered = Vec::new();
     let (up, discovery) = if opts.host_discovery {
-        let (up, stats) = discover(targets, opts, id, seed, replies, &mut sender)?;
+        let (up, stats) = discover(targets, opts, (id, link), seed, replies, &mut sender)?;
         (up, Some(stats))
     } else {
         (Some(targets.clone()), None)
@@ -261,7 +267,8 @@ fn execute(
             let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results)
                 .with_deadline(opts.deadline)
                 .with_cancel(opts.cancel.clone())
-                .with_budget(opts.budget.clone());
+                .with_budget(opts.budget.clone())
+                .with_link(Some(Arc::clone(link)));
             let stats = engine.run(replies, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
             answered = count_hosts(targets, &mut hosts, |a| {
@@ -308,7 +315,7 @@ fn execute(
 fn discover(
     targets: &TargetSet,
     opts: &ScanOptions,
-    id: Identity,
+    (id, link): (Identity, &Arc<Link>),
     seed: [u64; 2],
     replies: &mut impl Replies,
     sender: &mut TxPool,
@@ -328,7 +335,8 @@ fn discover(
     let mut engine = Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused)
         .with_deadline(opts.deadline)
         .with_cancel(opts.cancel.clone())
-        .with_budget(opts.budget.clone());
+        .with_budget(opts.budget.clone())
+        .with_link(Some(Arc::clone(link)));
     let stats = engine.run(replies, sender)?;
     let up = targets.retain(|a| targets.index_of(a).is_some_and(|h| engine.host_answered(h)));
     Ok((up, stats))

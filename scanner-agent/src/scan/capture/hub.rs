@@ -19,6 +19,7 @@ use scanner_common::{
 };
 
 use super::{AttachMode, Capture, CaptureError, XdpCounters};
+use crate::scan::transmit::{Link, LinkPolicy, LinkWatch};
 
 /// Where a scan gets its replies from.
 pub trait Replies {
@@ -44,6 +45,8 @@ struct Shared {
 pub struct Hub {
     shared: Arc<Shared>,
     reader: Option<JoinHandle<()>>,
+    /// The link the scans share: its other traffic and their share of it.
+    watch: LinkWatch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,10 +90,18 @@ impl Hub {
                 })
                 .map_err(|e| CaptureError::Load(format!("cannot start the reply reader: {e}")))?
         };
+        let watch = LinkWatch::start(Link::new(interface, LinkPolicy::default()))
+            .map_err(|e| CaptureError::Load(format!("cannot start the link watch: {e}")))?;
         Ok(Self {
             shared,
             reader: Some(reader),
+            watch,
         })
+    }
+
+    /// The link the program is attached to, as every scan on it shares it.
+    pub fn link(&self) -> &Arc<Link> {
+        self.watch.link()
     }
 
     pub fn settings(&self) -> Settings {

@@ -12,6 +12,7 @@ mod window;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -38,12 +39,22 @@ use crate::scan::{
     },
     results::{PortState, Reason, ResultSet, classify},
     transmit::{BATCH, Packet, TransmitError, TxPool},
+    transmit::{Link, Running},
 };
 
 /// Probes awaiting an answer at once, unless `min_parallelism` asks for more.
 pub const DEFAULT_WINDOW: usize = 1 << 19;
 /// How often the adaptive rate is reconsidered.
 const RATE_PERIOD: Duration = Duration::from_millis(100);
+/// An Ethernet header, which the link's counters count with each probe.
+const ETHERNET_HEADER: usize = 14;
+/// A probe frame's size before any was sent: an IPv4 SYN with its MSS.
+const DEFAULT_FRAME_BYTES: f64 = 58.0;
+/// What a reply frame is reckoned to weigh on the link (a SYN-ACK with
+/// options or an ICMP error is about this; the estimate only keeps the
+/// agent's own replies from counting as other traffic).
+const REPLY_FRAME_V4: u64 = 64;
+const REPLY_FRAME_V6: u64 = 84;
 /// Hosts beyond this many are not tracked (host_timeout, up/down report).
 const MAX_TRACKED_HOSTS: u64 = 1 << 24;
 
@@ -55,7 +66,9 @@ pub enum EngineError {
     Receive(std::io::Error),
     #[error("no IPv{0} source address on the scan interface for an IPv{0} target")]
     NoSource(u8),
-    #[error("the scan ran past its deadline and was cancelled")]
+    #[error(
+        "the scan ran past its deadline (not counting time yielded to other traffic) and was cancelled"
+    )]
     TimedOut,
     #[error("the scan was cancelled: its target is no longer configured")]
     Cancelled,
@@ -112,6 +125,9 @@ pub struct EngineStats {
     /// Rate periods (100 ms) a fixed rate was held below the asked one
     /// because the path carried less.
     pub held_periods: u64,
+    /// Time the scan ran at its floor rate because other traffic filled
+    /// the link (not counted against host_timeout or the deadline).
+    pub yielded: Duration,
     pub window_bytes: usize,
 }
 
@@ -155,6 +171,12 @@ pub struct Engine<'a> {
     deadline: Option<Instant>,
     cancel: Option<Cancel>,
     budget: Option<Budget>,
+    /// The link's share and its other traffic (and this scan's place on it).
+    link: Option<(Arc<Link>, Running)>,
+    /// Frame bytes sent (probes and RSTs), and how many of them the link
+    /// was told of.
+    frame_bytes: u64,
+    reported_bytes: u64,
 }
 
 /// Set from another thread to stop a scan at once (a reload that removes its
@@ -209,7 +231,20 @@ impl<'a> Engine<'a> {
             deadline: None,
             cancel: None,
             budget: None,
+            link: None,
+            frame_bytes: 0,
+            reported_bytes: 0,
         }
+    }
+
+    /// Keeps the scan within the link's share, yielding to other traffic
+    /// (see [`Link`]).
+    pub fn with_link(mut self, link: Option<Arc<Link>>) -> Self {
+        self.link = link.map(|l| {
+            let running = l.running();
+            (l, running)
+        });
+        self
     }
 
     /// Draws every packet from `budget` too, so scans sharing it together
@@ -250,6 +285,8 @@ impl<'a> Engine<'a> {
         tx: &mut TxPool,
     ) -> Result<EngineStats, EngineError> {
         self.start = Instant::now();
+        let first = self.within_link(self.rate.rate(), Duration::ZERO);
+        self.pacer.set_rate(first);
         let mut period_start = self.start;
         let mut period_limited = false;
         let (mut period_blocked, mut period_sent) = (tx.blocked(), 0);
@@ -258,7 +295,7 @@ impl<'a> Engine<'a> {
         let mut replies = Vec::new();
         loop {
             let now = Instant::now();
-            if self.deadline.is_some_and(|d| now >= d) {
+            if self.deadline.is_some_and(|d| now >= d + self.stats.yielded) {
                 return Err(EngineError::TimedOut);
             }
             if self
@@ -292,6 +329,10 @@ impl<'a> Engine<'a> {
                 }
             }
             if n > 0 {
+                if let Some((link, _)) = &self.link {
+                    link.sent(n as u64, self.frame_bytes - self.reported_bytes);
+                    self.reported_bytes = self.frame_bytes;
+                }
                 self.stats.sent += n as u64;
                 last_send = Instant::now();
                 if !sent_every_probe {
@@ -308,6 +349,7 @@ impl<'a> Engine<'a> {
                 let carried = (waited > elapsed / 5)
                     .then(|| (self.stats.sent - period_sent) as f64 / elapsed.as_secs_f64());
                 let rate = self.rate.end_period(period_limited, carried);
+                let rate = self.within_link(rate, elapsed);
                 self.pacer.set_rate(rate);
                 period_start = now;
                 period_limited = false;
@@ -335,6 +377,25 @@ impl<'a> Engine<'a> {
         self.stats.final_rate = self.rate.rate();
         self.stats.held_periods = self.rate.held_periods();
         Ok(self.stats.clone())
+    }
+
+    /// `rate` within the link's share, or the floor rate while the link's
+    /// other traffic asks scans to yield (`elapsed` of yielding counted).
+    fn within_link(&mut self, rate: f64, elapsed: Duration) -> f64 {
+        let Some((link, _)) = &self.link else {
+            return rate;
+        };
+        let frame = if self.stats.sent > 0 {
+            self.frame_bytes as f64 / self.stats.sent as f64
+        } else {
+            DEFAULT_FRAME_BYTES
+        };
+        let mut rate = link.cap_pps(frame).map_or(rate, |cap| rate.min(cap));
+        if link.yielding() {
+            rate = rate.min(self.rate.floor());
+            self.stats.yielded += elapsed;
+        }
+        rate
     }
 
     /// Sends up to `allowed` packets, a batch at a time; returns how many
@@ -439,6 +500,7 @@ impl<'a> Engine<'a> {
                 self.window.resend(i, now_ms, patience);
                 self.stats.retries += 1;
                 self.write_probe(&mut batch[n], self.plan.get(i))?;
+                self.frame_bytes += (batch[n].len + ETHERNET_HEADER) as u64;
                 n += 1;
                 continue;
             }
@@ -447,12 +509,15 @@ impl<'a> Engine<'a> {
             }
             let (probe, host) = self.plan.get_with_host(self.window.head);
             let i = self.window.push(now_ms, patience);
-            if !self.host_may_be_probed(host, now_ms) {
+            // Time yielded to other traffic does not count against host_timeout.
+            let active_ms = now_ms.saturating_sub(self.stats.yielded.as_millis() as u32);
+            if !self.host_may_be_probed(host, active_ms) {
                 // Its host timed out: decided, but nothing to report.
                 self.window.decide(i, Fate::Silent);
                 continue;
             }
             self.write_probe(&mut batch[n], probe)?;
+            self.frame_bytes += (batch[n].len + ETHERNET_HEADER) as u64;
             n += 1;
         }
         Ok(n)
@@ -537,6 +602,13 @@ impl<'a> Engine<'a> {
             return;
         }
         let Some(kind) = ev.kind() else { return };
+        if let Some((link, _)) = &self.link {
+            link.received(if ev.remote_addr().to_ip().is_ipv4() {
+                REPLY_FRAME_V4
+            } else {
+                REPLY_FRAME_V6
+            });
+        }
         if kind == ReplyKind::SynAck {
             self.queue_rst(ev);
         }
@@ -621,6 +693,7 @@ impl<'a> Engine<'a> {
             ports,
             seq_of(h).wrapping_add(1),
         );
+        self.frame_bytes += (pkt.len + ETHERNET_HEADER) as u64;
         self.rsts.push(pkt);
     }
 }

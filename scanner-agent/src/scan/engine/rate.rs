@@ -150,6 +150,12 @@ impl RateController {
         self.current
     }
 
+    /// The lowest rate the controller goes to (`min_rate` for adaptive
+    /// rates), which scans yield to.
+    pub fn floor(&self) -> f64 {
+        self.floor
+    }
+
     /// Periods a fixed rate spent held below the asked one.
     pub fn held_periods(&self) -> u64 {
         self.held

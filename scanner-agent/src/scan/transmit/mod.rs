@@ -8,6 +8,7 @@
 //! sockets, and so does any single packet whose next hop has no usable
 //! entry yet (sending it raw makes the kernel resolve it).
 
+mod link;
 mod neighbour;
 mod raw;
 mod ring;
@@ -23,12 +24,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use self::{
+    link::{Link, LinkPolicy, LinkWatch, Running, Utilisation},
+    raw::RawError,
+    ring::RingError,
+};
 use self::{
-    neighbour::{Follower, Hop, Link, NeighbourError, Rtnl, Shared, Table},
+    neighbour::{Follower, Hop, Interface, NeighbourError, Rtnl, Shared, Table},
     raw::RawSender,
     ring::Ring,
 };
-pub use self::{raw::RawError, ring::RingError};
 use crate::scan::probes::packets::MAX_PACKET;
 
 /// Packets handed to the kernel in one `sendmmsg` call (or one ring flush).
@@ -117,7 +122,7 @@ pub struct TransmitReport {
 /// What the ring path needs: the link, the next hops, and the thread that
 /// keeps them current.
 struct RingPlan {
-    link: Link,
+    link: Interface,
     shared: Arc<Shared>,
     _follower: Follower,
 }

@@ -136,9 +136,28 @@ impl Rtnl {
         }
     }
 
+    /// The interface's byte counters (received, sent), as `ip -s link`
+    /// shows them.
+    pub(super) fn byte_counts(&mut self, ifindex: u32) -> Result<(u64, u64), NeighbourError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = ifindex;
+        let answers = self.call(RouteNetlinkMessage::GetLink(msg), 0)?;
+        let gone = || NeighbourError::NoInterface(format!("index {ifindex}"));
+        let Some(RouteNetlinkMessage::NewLink(link)) = answers.into_iter().next() else {
+            return Err(gone());
+        };
+        link.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Stats64(s) => Some((s.rx_bytes, s.tx_bytes)),
+                _ => None,
+            })
+            .ok_or_else(gone)
+    }
+
     /// The interface's index, link address and whether frames can be
     /// addressed on it at all.
-    pub(super) fn link(&mut self, name: &str) -> Result<Link, NeighbourError> {
+    pub(super) fn link(&mut self, name: &str) -> Result<Interface, NeighbourError> {
         let index = nix::net::if_::if_nametoindex(name)
             .map_err(|_| NeighbourError::NoInterface(name.to_owned()))?;
         let mut msg = LinkMessage::default();
@@ -162,7 +181,7 @@ impl Rtnl {
         } else {
             None
         };
-        Ok(Link {
+        Ok(Interface {
             index,
             mac: mac.unwrap_or_default(),
             unusable,
@@ -335,7 +354,7 @@ fn family(ip: IpAddr) -> AddressFamily {
 
 /// The interface frames leave through.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Link {
+pub(super) struct Interface {
     pub(super) index: u32,
     pub(super) mac: Mac,
     /// Why frames cannot be addressed on it, if they cannot.
