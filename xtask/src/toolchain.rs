@@ -206,6 +206,8 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "curl",
     "systemd",
     "rpm",
+    // The bulk transfer a scan must yield to (tests/gentle.rs).
+    "iperf3",
 ];
 
 /// Programs the tests and benches run from Debian packages that must not be
