@@ -272,11 +272,14 @@ impl Drop for Running {
     }
 }
 
+/// One sample: when, the interface's (rx, tx) bytes, and the agent's own
+/// (rx, tx, probes).
+type Sample = (Instant, (u64, u64), (u64, u64, u64));
+
 /// What the watch remembers between samples.
 #[derive(Default)]
 struct SampleState {
-    /// When, the interface's counters, and the agent's (rx, tx, probes).
-    prev: Option<(Instant, (u64, u64), (u64, u64, u64))>,
+    prev: Option<Sample>,
     last_over: Option<Instant>,
 }
 
