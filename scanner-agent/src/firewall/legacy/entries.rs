@@ -365,15 +365,24 @@ pub(super) fn parse(
     blob: &[u8],
     info: &GetInfo,
 ) -> Result<Vec<Chain>, LegacyError> {
-    parse_blob(family, blob, info).map_err(|b| LegacyError::Malformed {
-        family: family.label(),
-        table: table.to_owned(),
-        offset: b.offset,
-        what: b.what,
+    parse_blob(family, blob, info.valid_hooks, &info.hook_entry).map_err(|b| {
+        LegacyError::Malformed {
+            family: family.label(),
+            table: table.to_owned(),
+            offset: b.offset,
+            what: b.what,
+        }
     })
 }
 
-fn parse_blob(family: Family, blob: &[u8], info: &GetInfo) -> Result<Vec<Chain>, Bad> {
+/// [`parse`] with the table's built-in chains: the hooks `valid_hooks`
+/// names start at their `hook_entry` offsets.
+fn parse_blob(
+    family: Family,
+    blob: &[u8],
+    valid_hooks: u32,
+    hook_entry: &[u32; HOOKS],
+) -> Result<Vec<Chain>, Bad> {
     let g = match family {
         Family::Ipv4 => &V4,
         Family::Ipv6 => &V6,
@@ -386,17 +395,14 @@ fn parse_blob(family: Family, blob: &[u8], info: &GetInfo) -> Result<Vec<Chain>,
         entries.push(e);
     }
     let hook_at = |offset: usize| {
-        (0..HOOKS)
-            .find(|&h| info.valid_hooks & (1 << h) != 0 && info.hook_entry[h] as usize == offset)
+        (0..HOOKS).find(|&h| valid_hooks & (1 << h) != 0 && hook_entry[h] as usize == offset)
     };
     let mut spans = Vec::new();
     let mut current: Option<Building> = None;
-    let mut ended = entries.is_empty();
     for (index, e) in entries.iter().enumerate() {
         if e.offset + e.next_offset == blob.len() {
-            // The table's end marker.
+            // The table's end marker: the last entry, whatever it holds.
             close(current.take(), &entries, &mut spans)?;
-            ended = true;
             break;
         }
         if e.target.name == "ERROR" {
@@ -423,9 +429,6 @@ fn parse_blob(family: Family, blob: &[u8], info: &GetInfo) -> Result<Vec<Chain>,
             .ok_or(bad(e.offset, "rule outside any chain"))?
             .entries
             .push(index);
-    }
-    if !ended {
-        return Err(bad(blob.len(), "no end marker"));
     }
     let v6 = family == Family::Ipv6;
     Ok(spans
