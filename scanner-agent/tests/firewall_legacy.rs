@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Lab, Netns};
+use common::{
+    Lab, Netns, agent,
+    daemon::{Daemon, await_body, fetch},
+};
 use prometheus_client::registry::Registry;
 use scanner_agent::{
     firewall::{FirewallCollector, FirewallConfig},
@@ -517,4 +520,44 @@ fn without_legacy_tables_there_is_no_legacy_series_and_none_is_created() {
         assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
     }
     assert_eq!(names(&ns), "", "reading created no legacy table");
+}
+
+/// The daemon with `CAP_NET_ADMIN` as its only capability reads legacy
+/// tables (the get-sockopts go through a UDP socket: no `CAP_NET_RAW`).
+#[test]
+fn cap_net_admin_alone_reads_legacy_tables() {
+    testbed::require_root!();
+    let ns = Netns::new("fw-legacy-cap");
+    script(
+        &ns,
+        "iptables-legacy -A INPUT -p tcp --dport 7000 -j ACCEPT",
+    );
+    let _daemon = Daemon::start_wrapped(
+        agent(),
+        &ns,
+        "fw-legacy-cap",
+        "server:\n  port: 19460\n",
+        &[],
+        &[
+            "setpriv",
+            "--inh-caps=-all",
+            "--bounding-set=-all,+net_admin",
+            "--",
+        ],
+    );
+    let rule = "iptables_rule_packets_total{chain=\"INPUT\",rule=\"-p tcp -m tcp --dport 7000 -j ACCEPT\",table=\"filter\"} 0";
+    let body = await_body(
+        || fetch(&ns, 19460, "/metrics", ""),
+        |b| b.lines().any(|l| l == rule),
+        "port 19460",
+    );
+    assert!(
+        body.lines().any(|l| l == "iptables_scrape_success 1"),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l == "iptables_chain_rules{chain=\"INPUT\",table=\"filter\"} 1"),
+        "{body}"
+    );
 }
