@@ -491,6 +491,28 @@ fn a_table_in_both_backends_is_exported_once_from_nftables() {
     );
     // Counters only, the structure kept: the same again.
     assert_eq!(exported(&scraper.scrape(&ns), "iptables"), want);
+    // A legacy rule replaced in place (same size, same place): the next
+    // scrape of the same collector renders it anew, no stale label.
+    script(
+        &ns,
+        "iptables-legacy -t mangle -R OUTPUT 1 -p udp --dport 5 -j ACCEPT",
+    );
+    let text = scraper.scrape(&ns);
+    assert!(text.contains("--dport 5 -j ACCEPT"), "{text}");
+    assert!(!text.contains("--dport 3 "), "{text}");
+    let legacy = saved(&ns, "iptables-legacy-save");
+    assert_eq!(
+        exported(&text, "iptables")
+            .rules
+            .keys()
+            .filter(|k| k.0 == "mangle")
+            .collect::<Vec<_>>(),
+        legacy
+            .rules
+            .keys()
+            .filter(|k| k.0 == "mangle")
+            .collect::<Vec<_>>()
+    );
 }
 
 /// No legacy tables in the namespace (the kernel lists none): no legacy

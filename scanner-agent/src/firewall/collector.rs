@@ -50,6 +50,8 @@ pub struct FirewallCollector {
     last_legacy_error: Arc<Mutex<Option<(String, Instant)>>>,
     /// The shadowed legacy tables last logged: logged again when they change.
     shadowed: Arc<Mutex<Vec<(LegacyFamily, String)>>>,
+    /// The legacy tables last read, rendered.
+    legacy: Arc<Mutex<legacy::Cache>>,
 }
 
 type LastError = Mutex<Option<(String, Instant)>>;
@@ -65,6 +67,7 @@ impl FirewallCollector {
             last_error: Arc::default(),
             last_legacy_error: Arc::default(),
             shadowed: Arc::default(),
+            legacy: Arc::default(),
         }
     }
 
@@ -121,6 +124,7 @@ impl FirewallCollector {
     /// The legacy tables, all but those `layout`'s iptables-nft tables
     /// shadow; logs failures and changes of what is shadowed.
     fn read_legacy(&self, layout: &Layout) -> legacy::Read {
+        let mut cache = self.legacy.lock().unwrap_or_else(PoisonError::into_inner);
         let read = legacy::read(
             |family, table| {
                 let nft = match family {
@@ -130,7 +134,9 @@ impl FirewallCollector {
                 nft.tables.contains(table)
             },
             self.position_label,
+            &mut cache,
         );
+        drop(cache);
         if read.errors.is_empty() {
             Self::recovered(&self.last_legacy_error, "legacy x_tables");
         } else {

@@ -364,7 +364,7 @@ pub(super) fn parse(
     table: &str,
     blob: &[u8],
     info: &GetInfo,
-) -> Result<Vec<Chain>, LegacyError> {
+) -> Result<Parsed, LegacyError> {
     parse_blob(family, blob, info.valid_hooks, &info.hook_entry).map_err(|b| {
         LegacyError::Malformed {
             family: family.label(),
@@ -382,7 +382,7 @@ fn parse_blob(
     blob: &[u8],
     valid_hooks: u32,
     hook_entry: &[u32; HOOKS],
-) -> Result<Vec<Chain>, Bad> {
+) -> Result<Parsed, Bad> {
     let g = match family {
         Family::Ipv4 => &V4,
         Family::Ipv6 => &V6,
@@ -431,7 +431,16 @@ fn parse_blob(
             .push(index);
     }
     let v6 = family == Family::Ipv6;
-    Ok(spans
+    let mut slots = vec![Slot::Skip; entries.len()];
+    for (c, span) in spans.iter().enumerate() {
+        for (r, &i) in span.rules.iter().enumerate() {
+            slots[i] = Slot::Rule(c, r);
+        }
+        if span.builtin {
+            slots[span.policy] = Slot::Policy(c);
+        }
+    }
+    let chains = spans
         .iter()
         .map(|span| {
             let policy = &entries[span.policy];
@@ -457,7 +466,85 @@ fn parse_blob(
                     .collect(),
             }
         })
-        .collect())
+        .collect();
+    Ok(Parsed { chains, slots })
+}
+
+/// Where the counters of an entry go in [`Parsed::chains`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Slot {
+    /// A chain head, a user chain's RETURN, the end marker.
+    Skip,
+    /// The policy of built-in chain `.0`.
+    Policy(usize),
+    /// Rule `.1` of chain `.0`.
+    Rule(usize, usize),
+}
+
+/// A table's chains and, for every entry in blob order, where its
+/// counters go: what [`counters`] of a later read of the same structure
+/// updates.
+#[derive(Clone, Debug)]
+pub(super) struct Parsed {
+    pub chains: Vec<Chain>,
+    pub slots: Vec<Slot>,
+}
+
+impl Parsed {
+    /// Sets every counter from `counters` (one per entry, in blob order);
+    /// false, changing nothing, when they are not one per entry.
+    pub(super) fn set_counters(&mut self, counters: &[Counters]) -> bool {
+        if counters.len() != self.slots.len() {
+            return false;
+        }
+        for (slot, &c) in self.slots.iter().zip(counters) {
+            match *slot {
+                Slot::Skip => {}
+                Slot::Policy(chain) => {
+                    if let Some(chain) = self.chains.get_mut(chain) {
+                        chain.counters = c;
+                    }
+                }
+                Slot::Rule(chain, rule) => {
+                    if let Some(rule) = self
+                        .chains
+                        .get_mut(chain)
+                        .and_then(|chain| chain.rules.get_mut(rule))
+                    {
+                        rule.counters = c;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The blob with every entry's counters zeroed (its structure: equal
+/// structures render equally), and those counters in blob order. `None`
+/// when the entries do not chain up to the blob's end: [`parse`] says why.
+pub(super) fn counters(family: Family, blob: &[u8]) -> Option<(Vec<u8>, Vec<Counters>)> {
+    let g = match family {
+        Family::Ipv4 => &V4,
+        Family::Ipv6 => &V6,
+    };
+    let mut structure = blob.to_vec();
+    let mut counters = Vec::new();
+    let mut offset = 0;
+    while offset < blob.len() {
+        let next = usize::from(u16_at(blob, offset.checked_add(g.next_offset)?)?);
+        let at = offset + g.counters;
+        if next < g.entry || offset + next > blob.len() {
+            return None;
+        }
+        counters.push(Counters {
+            packets: u64_at(blob, at)?,
+            bytes: u64_at(blob, at + 8)?,
+        });
+        structure.get_mut(at..at + 16)?.fill(0);
+        offset += next;
+    }
+    Some((structure, counters))
 }
 
 /// libiptc's `standard_target_map`, with any other verdict shown as a number.

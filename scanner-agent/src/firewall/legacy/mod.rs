@@ -18,7 +18,10 @@
 mod entries;
 mod sockopt;
 
-use std::{collections::BTreeMap, io};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+};
 
 use super::{
     layout::{ChainLabels, PolicyLabels, RuleLabels},
@@ -148,8 +151,28 @@ pub(super) fn warn_if_present() {
     );
 }
 
+/// A table as last read: its structure (the entries blob with the
+/// counters zeroed, and its hooks) and what it rendered to.
+#[derive(Debug)]
+struct Cached {
+    structure: Vec<u8>,
+    hooks: (u32, [u32; sockopt::HOOKS]),
+    parsed: entries::Parsed,
+}
+
+/// The tables of the last read, so a scrape of an unchanged table only
+/// takes the counters from its new copy instead of rendering every rule
+/// again. Tables that are gone are dropped at each read: it holds about
+/// twice the entries of the tables in use, never more.
+#[derive(Debug, Default)]
+pub(super) struct Cache(HashMap<(Family, String), Cached>);
+
 /// One table's chains, read in one consistent copy.
-fn read_table(family: Family, table: &str) -> Result<Vec<Chain>, LegacyError> {
+fn read_table<'c>(
+    family: Family,
+    table: &str,
+    cache: &'c mut Cache,
+) -> Result<&'c [Chain], LegacyError> {
     let label = family.label();
     let socket = sockopt::Socket::new(family).map_err(|source| LegacyError::Socket {
         family: label,
@@ -182,7 +205,7 @@ fn read_table(family: Family, table: &str) -> Result<Vec<Chain>, LegacyError> {
             });
         }
         match socket.entries(table, size) {
-            Ok(blob) => return entries::parse(family, table, &blob, &info),
+            Ok(blob) => return Ok(parsed(family, table, &blob, &info, cache)?),
             // The table was replaced by one of another size in between.
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
             Err(e) => return Err(failed(e)),
@@ -193,6 +216,45 @@ fn read_table(family: Family, table: &str) -> Result<Vec<Chain>, LegacyError> {
         table: table.to_owned(),
         attempts: ATTEMPTS,
     })
+}
+
+/// The chains of `blob`: the cached ones with new counters when its
+/// structure is the one last read, else rendered (and cached).
+fn parsed<'c>(
+    family: Family,
+    table: &str,
+    blob: &[u8],
+    info: &sockopt::GetInfo,
+    cache: &'c mut Cache,
+) -> Result<&'c [Chain], LegacyError> {
+    let key = (family, table.to_owned());
+    let hooks = (info.valid_hooks, info.hook_entry);
+    let split = entries::counters(family, blob);
+    let unchanged = match (cache.0.get_mut(&key), &split) {
+        (Some(cached), Some((structure, counters))) => {
+            cached.hooks == hooks
+                && cached.structure == *structure
+                && cached.parsed.set_counters(counters)
+        }
+        _ => false,
+    };
+    if !unchanged {
+        cache.0.remove(&key);
+        let parsed = entries::parse(family, table, blob, info)?;
+        let structure = split.map(|(s, _)| s).unwrap_or_default();
+        cache.0.insert(
+            key.clone(),
+            Cached {
+                structure,
+                hooks,
+                parsed,
+            },
+        );
+    }
+    Ok(cache
+        .0
+        .get(&key)
+        .map_or(&[][..], |c| c.parsed.chains.as_slice()))
 }
 
 /// One family's legacy series, merged as the nftables path merges its
@@ -248,7 +310,11 @@ pub(super) struct Read {
 /// Reads every legacy table that `shadowed` (family, table) does not
 /// name. Those are exported from nftables: exporting both would give two
 /// series the same label set, so the legacy one is left out and reported.
-pub(super) fn read(shadowed: impl Fn(Family, &str) -> bool, position_label: bool) -> Read {
+pub(super) fn read(
+    shadowed: impl Fn(Family, &str) -> bool,
+    position_label: bool,
+    cache: &mut Cache,
+) -> Read {
     let mut read = Read {
         ipv4: Series {
             complete: true,
@@ -260,7 +326,14 @@ pub(super) fn read(shadowed: impl Fn(Family, &str) -> bool, position_label: bool
         },
         ..Read::default()
     };
-    for (family, table) in tables() {
+    let in_use = tables();
+    cache.0.retain(|(f, t), _| {
+        in_use
+            .iter()
+            .any(|(family, table)| f == family && t == table)
+            && !shadowed(*f, t)
+    });
+    for (family, table) in in_use {
         if shadowed(family, &table) {
             read.shadowed.push((family, table));
             continue;
@@ -269,8 +342,8 @@ pub(super) fn read(shadowed: impl Fn(Family, &str) -> bool, position_label: bool
             Family::Ipv4 => &mut read.ipv4,
             Family::Ipv6 => &mut read.ipv6,
         };
-        match read_table(family, &table) {
-            Ok(chains) => series.add(&table, &chains, position_label),
+        match read_table(family, &table, cache) {
+            Ok(chains) => series.add(&table, chains, position_label),
             Err(e) => {
                 series.complete = false;
                 read.errors.push(e);

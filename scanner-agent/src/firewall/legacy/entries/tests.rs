@@ -137,7 +137,7 @@ impl Builder {
     }
 
     fn parse(&self) -> Result<Vec<Chain>, Bad> {
-        parse_blob(self.family, &self.blob, self.valid, &self.hooks)
+        parse_blob(self.family, &self.blob, self.valid, &self.hooks).map(|p| p.chains)
     }
 }
 
@@ -343,6 +343,44 @@ fn broken_tables_are_errors() {
     );
     // An empty blob is an empty table, not an error.
     assert_eq!(Builder::new(Family::Ipv4).parse().ok(), Some(vec![]));
+}
+
+/// A later read of the same structure: its counters land where they belong.
+#[test]
+fn counters_of_an_unchanged_structure_update_the_parsed_table() {
+    let table = filter_v4();
+    let mut parsed = parse_blob(Family::Ipv4, &table.blob, table.valid, &table.hooks)
+        .unwrap_or_else(|b| panic!("{}: {}", b.offset, b.what));
+    let (structure, first) = counters(Family::Ipv4, &table.blob).expect("counters");
+    assert_eq!(first.len(), parsed.slots.len());
+    assert_eq!(
+        first[0],
+        Counters {
+            packets: 5,
+            bytes: 300
+        }
+    );
+
+    let mut later = filter_v4();
+    let at = V4.counters;
+    later.blob[at..at + 8].copy_from_slice(&6u64.to_ne_bytes());
+    let (later_structure, later_counters) = counters(Family::Ipv4, &later.blob).expect("counters");
+    assert_eq!(structure, later_structure, "counters are not structure");
+    assert!(parsed.set_counters(&later_counters));
+    assert_eq!(parsed.chains[0].rules[0].counters.packets, 6);
+    assert_eq!(parsed.chains[0].counters.packets, 7, "the policy");
+    assert!(!parsed.set_counters(&later_counters[1..]));
+    assert_eq!(parsed.chains, later.parse().unwrap_or_default());
+
+    let mut changed = filter_v4();
+    changed.blob[V4.proto] = 17;
+    assert_ne!(
+        counters(Family::Ipv4, &changed.blob).map(|c| c.0),
+        Some(structure)
+    );
+    for len in 0..table.blob.len() {
+        let _ = counters(Family::Ipv6, &table.blob[..len]);
+    }
 }
 
 /// xorshift64: reproducible noise without a dependency.
