@@ -205,7 +205,7 @@ fn read_table<'c>(
             });
         }
         match socket.entries(table, size) {
-            Ok(blob) => return Ok(parsed(family, table, &blob, &info, cache)?),
+            Ok(blob) => return parsed(family, table, &blob, &info, cache),
             // The table was replaced by one of another size in between.
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
             Err(e) => return Err(failed(e)),
