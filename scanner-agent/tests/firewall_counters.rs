@@ -518,6 +518,21 @@ fn the_seeds_cassandra_ruleset_gives_the_seeds_label_sets() {
         }
     }
     want.push("iptables_scrape_success 1".into());
+    // Not the seed's: rules per chain (issue #19), every chain listed.
+    for (chain, table, rules) in [
+        ("FORWARD", "filter", 0),
+        ("FORWARD", "mangle", 0),
+        ("INPUT", "filter", 4),
+        ("INPUT", "mangle", 0),
+        ("OUTPUT", "filter", 4),
+        ("OUTPUT", "mangle", 0),
+        ("POSTROUTING", "mangle", 0),
+        ("PREROUTING", "mangle", 0),
+    ] {
+        want.push(format!(
+            "iptables_chain_rules{{chain=\"{chain}\",table=\"{table}\"}} {rules}"
+        ));
+    }
     want.sort();
     let mut got: Vec<String> = text
         .lines()

@@ -26,6 +26,32 @@ pub(super) struct PolicyLabels {
     table: String,
 }
 
+impl PolicyLabels {
+    pub(super) fn new(table: &str, chain: &str, policy: &str) -> Self {
+        Self {
+            chain: chain.to_owned(),
+            policy: policy.to_owned(),
+            table: table.to_owned(),
+        }
+    }
+}
+
+/// A chain of an iptables table (`iptables_chain_rules`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub(super) struct ChainLabels {
+    chain: String,
+    table: String,
+}
+
+impl ChainLabels {
+    pub(super) fn new(table: &str, chain: &str) -> Self {
+        Self {
+            chain: chain.to_owned(),
+            table: table.to_owned(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct RuleLabels {
     chain: String,
@@ -34,6 +60,17 @@ pub(super) struct RuleLabels {
     /// Only with `rule_position_label`: the label is absent otherwise, so
     /// the default label set is exactly the original's.
     position: Option<usize>,
+}
+
+impl RuleLabels {
+    pub(super) fn new(table: &str, chain: &str, rule: String, position: Option<usize>) -> Self {
+        Self {
+            chain: chain.to_owned(),
+            rule,
+            table: table.to_owned(),
+            position,
+        }
+    }
 }
 
 impl EncodeLabelSet for RuleLabels {
@@ -87,6 +124,11 @@ impl<L> Series<L> {
 pub(super) struct Xtables {
     pub policies: Series<PolicyLabels>,
     pub rules: Series<RuleLabels>,
+    /// Rules per chain, every chain of `policies` included.
+    pub chain_rules: Vec<(ChainLabels, u64)>,
+    /// The tables exported: a legacy x_tables table of the same name is
+    /// shadowed by them.
+    pub tables: BTreeSet<String>,
 }
 
 /// A chain, rule or named counter of the dump: its handle, checked at
@@ -283,6 +325,20 @@ impl Builder {
                 }
             }
         }
+        let mut chain_rules: BTreeMap<ChainLabels, u64> = policies
+            .keys()
+            .map(|p| (ChainLabels::new(&p.table, &p.chain), 0))
+            .collect();
+        for rule in ruleset
+            .rules
+            .iter()
+            .filter(|r| r.family == family && is_managed(&r.table))
+        {
+            *chain_rules
+                .entry(ChainLabels::new(&rule.table, &rule.chain))
+                .or_default() += 1;
+        }
+        let tables = chain_rules.keys().map(|c| c.table.clone()).collect();
         let policies = self.series_of(policies, Target::Chains);
 
         let mut positions: BTreeMap<(&str, &str), usize> = BTreeMap::new();
@@ -303,7 +359,12 @@ impl Builder {
             },
             Target::Rules,
         );
-        Xtables { policies, rules }
+        Xtables {
+            policies,
+            rules,
+            chain_rules: chain_rules.into_iter().collect(),
+            tables,
+        }
     }
 
     /// Rules with a counter in every table iptables-nft does not manage.

@@ -8,7 +8,8 @@
 //! [`xt_match`]/[`xt_target`] the xtables extensions; kept while the
 //! generation holds) -> [`collector`] (adds up the values and encodes the
 //! `iptables_*`, `ip6tables_*` and `nftables_*` families); [`legacy`]
-//! notices hosts still on x_tables. The daemon's HTTP server serves them,
+//! reads hosts still on x_tables (getsockopt, rendered by the same
+//! printers) into the same `iptables_*`/`ip6tables_*` families. The daemon's HTTP server serves them,
 //! also on the separate drop-in port when asked.
 
 mod collector;

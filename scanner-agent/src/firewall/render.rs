@@ -60,25 +60,27 @@ struct Register {
 }
 
 /// An address selector: `-s`/`-d` with its mask.
-struct Address {
-    addr: Vec<u8>,
-    mask: Vec<u8>,
-    invert: bool,
+pub(super) struct Address {
+    pub addr: Vec<u8>,
+    pub mask: Vec<u8>,
+    pub invert: bool,
 }
 
-/// What `iptables_command_state` holds, in print order.
+/// What `iptables_command_state` holds, in print order. Legacy x_tables
+/// rules (`legacy::entries`) fill it straight from `ipt_entry`.
 #[derive(Default)]
-struct Command {
-    src: Option<Address>,
-    dst: Option<Address>,
-    iniface: Option<(String, bool)>,
-    outiface: Option<(String, bool)>,
-    proto: u8,
-    proto_invert: bool,
+pub(super) struct Command {
+    pub src: Option<Address>,
+    pub dst: Option<Address>,
+    pub iniface: Option<(String, bool)>,
+    pub outiface: Option<(String, bool)>,
+    pub proto: u8,
+    pub proto_invert: bool,
     /// `-f`; true when inverted.
-    fragment: Option<bool>,
-    matches: Vec<Match>,
-    target: Option<String>,
+    pub fragment: Option<bool>,
+    pub matches: Vec<Match>,
+    /// ` -j ...` / ` -g ...` with its leading space.
+    pub target: Option<String>,
 }
 
 /// `iptables-save`'s text for `rule` (without counters and `-A CHAIN`).
@@ -471,7 +473,8 @@ fn range(cmd: &mut Command, r: &Register, op: u32, from: &[u8], to: &[u8]) {
     }
 }
 
-fn print(cmd: &Command, v6: bool) -> String {
+/// The rule text `iptables-save` prints for `cmd` after `-A CHAIN`.
+pub(super) fn print(cmd: &Command, v6: bool) -> String {
     let mut out = String::new();
     for (letter, addr) in [('s', &cmd.src), ('d', &cmd.dst)] {
         if let Some(a) = addr {

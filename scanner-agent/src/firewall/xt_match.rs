@@ -115,6 +115,18 @@ impl Match {
                 burst: u32_at(info, 4).unwrap_or(0),
             }),
             ("comment", 0) => Some(Self::Comment(cstr(info))),
+            // iptables-nft turns these three into native expressions;
+            // legacy x_tables keep their structs (`struct xt_pkttype_info`,
+            // `ipt_ttl_info`, `ip6t_hl_info`).
+            ("pkttype", 0) if info.len() >= 8 => Some(Self::Pkttype {
+                kind: u32_at(info, 0).unwrap_or(0),
+                invert: u32_at(info, 4).unwrap_or(0) != 0,
+            }),
+            ("ttl" | "hl", 0) if info.len() >= 2 && info[0] <= 3 => Some(Self::HopLimit {
+                v6: name == "hl",
+                mode: info[0],
+                value: info[1],
+            }),
             _ => None,
         };
         decoded.unwrap_or_else(|| Self::Compat {
@@ -531,6 +543,34 @@ mod tests {
         assert_eq!(
             saved(&m),
             " -m tcp ! --sport 1:1023 --tcp-flags FIN,SYN,RST,PSH,ACK,URG NONE"
+        );
+    }
+
+    /// The structs legacy x_tables keep where iptables-nft uses native expressions.
+    #[test]
+    fn pkttype_ttl_and_hl_structs() {
+        let mut pkttype = 1u32.to_ne_bytes().to_vec();
+        pkttype.extend(1u32.to_ne_bytes());
+        assert_eq!(
+            saved(&Match::from_compat("pkttype", 0, &pkttype, false)),
+            " -m pkttype ! --pkt-type broadcast"
+        );
+        assert_eq!(
+            saved(&Match::from_compat("ttl", 0, &[2, 5], false)),
+            " -m ttl --ttl-lt 5"
+        );
+        assert_eq!(
+            saved(&Match::from_compat("hl", 0, &[1, 64], true)),
+            " -m hl ! --hl-eq 64"
+        );
+        // Too short, or a mode iptables does not have: shown raw, no panic.
+        assert_eq!(
+            saved(&Match::from_compat("ttl", 0, &[9, 5], false)),
+            " -m ttl [rev 0 info 0905]"
+        );
+        assert_eq!(
+            saved(&Match::from_compat("pkttype", 0, &[1], false)),
+            " -m pkttype [rev 0 info 01]"
         );
     }
 

@@ -13,6 +13,7 @@ pub(super) fn save(out: &mut String, name: &str, rev: u32, info: &[u8], v6: bool
         ("REJECT", 0) => reject(info, v6),
         ("MARK", 2) => mark(info),
         ("MASQUERADE", 0) if !v6 => masquerade(info),
+        ("MASQUERADE", 0) => masquerade6(info),
         _ => None,
     };
     match text {
@@ -94,11 +95,22 @@ fn mark(info: &[u8]) -> Option<String> {
 
 /// `struct nf_nat_ipv4_multi_range_compat` with one range.
 fn masquerade(info: &[u8]) -> Option<String> {
-    let flags = u32_at(info, 4)?;
+    nat_ports(info, 4, 16)
+}
+
+/// `struct nf_nat_range` (IPv6): flags, two addresses, then the ports.
+fn masquerade6(info: &[u8]) -> Option<String> {
+    nat_ports(info, 0, 36)
+}
+
+/// libxt_MASQUERADE's save: the flags at `flags_at`, the big-endian port
+/// range at `ports_at`.
+fn nat_ports(info: &[u8], flags_at: usize, ports_at: usize) -> Option<String> {
+    let flags = u32_at(info, flags_at)?;
     let port = |at: usize| -> Option<u16> {
         Some(u16::from_be_bytes(info.get(at..at + 2)?.try_into().ok()?))
     };
-    let (min, max) = (port(16)?, port(18)?);
+    let (min, max) = (port(ports_at)?, port(ports_at + 2)?);
     let mut out = String::new();
     if flags & 0x02 != 0 {
         let _ = write!(out, " --to-ports {min}");
@@ -135,6 +147,28 @@ mod tests {
             saved("LOG", 0, &info, false),
             " -j LOG --log-prefix \"a b\" --log-level 7 --log-tcp-sequence --log-tcp-options --log-ip-options --log-uid"
         );
+    }
+
+    #[test]
+    fn masquerade_ports_in_both_families() {
+        let mut v4 = vec![0u8; 20];
+        v4[..4].copy_from_slice(&1u32.to_ne_bytes());
+        v4[4..8].copy_from_slice(&0x06u32.to_ne_bytes());
+        v4[16..18].copy_from_slice(&1024u16.to_be_bytes());
+        v4[18..20].copy_from_slice(&2000u16.to_be_bytes());
+        assert_eq!(
+            saved("MASQUERADE", 0, &v4, false),
+            " -j MASQUERADE --to-ports 1024-2000 --random"
+        );
+        let mut v6 = vec![0u8; 40];
+        v6[..4].copy_from_slice(&0x12u32.to_ne_bytes());
+        v6[36..38].copy_from_slice(&7u16.to_be_bytes());
+        v6[38..40].copy_from_slice(&7u16.to_be_bytes());
+        assert_eq!(
+            saved("MASQUERADE", 0, &v6, true),
+            " -j MASQUERADE --to-ports 7 --random-fully"
+        );
+        assert_eq!(saved("MASQUERADE", 0, &[0; 40], true), " -j MASQUERADE");
     }
 
     #[test]

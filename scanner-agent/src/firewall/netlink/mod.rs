@@ -8,7 +8,8 @@
 //! A read parses the structure of chains, rules and objects with libnftnl
 //! ([`nftnl`]) only when the ruleset generation differs from the one the
 //! caller already has; the counter values always come from a walk over
-//! the raw attributes ([`attrs`]). This is the only module with `unsafe`.
+//! the raw attributes ([`attrs`]). Besides `legacy::sockopt`, this is the
+//! only module with `unsafe`.
 //!
 //! The reads never reset anything (`NFT_MSG_GETRULE`, not `..._RESET`). A
 //! dump the kernel flags as interrupted (`NLM_F_DUMP_INTR`), or a ruleset
