@@ -206,6 +206,10 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "curl",
     "systemd",
     "rpm",
+    // The progress line's test runs `scanner-agent scan` in a real terminal.
+    "tmux",
+    // `nroff` renders the generated man page in the docs test.
+    "groff-base",
 ];
 
 /// Programs the tests and benches run from Debian packages that must not be

@@ -1,8 +1,9 @@
 //! The command line: [`Cli`] names the commands, and each command's module
 //! owns its arguments and runs it ([`scan`], [`run`], [`guard`],
-//! [`check_config`]).
+//! [`check_config`], [`docs`]).
 
 pub(crate) mod check_config;
+pub(crate) mod docs;
 pub(crate) mod guard;
 pub(crate) mod run;
 pub(crate) mod scan;
@@ -38,6 +39,11 @@ pub(crate) enum Command {
     Guard(guard::GuardArgs),
     /// Validate a configuration file without starting anything.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff), as the packages install it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// Logs go to standard error; `-v` shows the agent's and the XDP
