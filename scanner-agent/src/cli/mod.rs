@@ -1,10 +1,11 @@
 //! The command line: [`Cli`] names the commands, and each command's module
 //! owns its arguments and runs it ([`scan`], [`run`], [`guard`],
-//! [`check_config`], [`docs`]).
+//! [`check_config`], [`docs`]; [`progress`] draws `scan`'s progress line).
 
 pub(crate) mod check_config;
 pub(crate) mod docs;
 pub(crate) mod guard;
+pub(crate) mod progress;
 pub(crate) mod run;
 pub(crate) mod scan;
 

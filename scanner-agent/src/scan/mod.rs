@@ -16,7 +16,7 @@ pub mod engine;
 pub mod route;
 pub mod privileges;
 
-use std::{collections::BTreeMap, hash::Hasher as _, net::IpAddr, time::Instant};
+use std::{collections::BTreeMap, hash::Hasher as _, net::IpAddr, sync::Arc, time::Instant};
 
 use scanner_common::maps::protocols;
 use siphasher::sip::SipHasher13;
@@ -26,7 +26,10 @@ use self::{
         AttachMode, Capture, CaptureError, XdpCounters,
         hub::{Hub, HubError, Replies},
     },
-    engine::{Budget, Cancel, Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
+    engine::{
+        Budget, Cancel, Engine, EngineError, EngineStats, Identity, Phase, progress::Progress,
+        tuning::Tuning,
+    },
     privileges::MissingCapability,
     probes::{ProbePlan, Protocol, Shard},
     results::{PortState, ResultSet},
@@ -148,6 +151,16 @@ pub enum Attachment<'a> {
 /// then host discovery (if asked for) and the port scan, with replies
 /// from `attachment`.
 pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport, ScanError> {
+    run_reporting(opts, attachment, None)
+}
+
+/// [`run`], with the engine's counters kept in `progress` as it goes (the
+/// CLI's progress line reads them from another thread).
+pub fn run_reporting(
+    opts: &ScanOptions,
+    attachment: Attachment<'_>,
+    progress: Option<Arc<Progress>>,
+) -> Result<ScanReport, ScanError> {
     let targets = TargetSet::build(&opts.targets)?;
     match attachment {
         Attachment::Own => {
@@ -165,7 +178,8 @@ pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport,
                 settings: capture.settings(),
                 sources: route.sources(),
             };
-            let mut report = execute(&mut stream, id, &route, &targets, opts, capture.mode())?;
+            let mode = capture.mode();
+            let mut report = execute(&mut stream, id, &route, &targets, opts, mode, progress)?;
             report.xdp = capture.counters()?;
             Ok(report)
         }
@@ -178,7 +192,7 @@ pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport,
                 settings: hub.settings(),
                 sources: route.sources(),
             };
-            let mut report = execute(&mut lease, id, route, &targets, opts, hub.mode())?;
+            let mut report = execute(&mut lease, id, route, &targets, opts, hub.mode(), progress)?;
             drop(lease);
             report.xdp = hub.counters()?;
             Ok(report)
@@ -222,6 +236,7 @@ fn execute(
     targets: &TargetSet,
     opts: &ScanOptions,
     mode: AttachMode,
+    progress: Option<Arc<Progress>>,
 ) -> Result<ScanReport, ScanError> {
     let started = Instant::now();
     let wanted = targets.clone();
@@ -237,7 +252,7 @@ fn execute(
     let mut hosts = HostReport::new();
     let mut answered = Vec::new();
     let (up, discovery) = if opts.host_discovery {
-        let (up, stats) = discover(targets, opts, id, seed, replies, &mut sender)?;
+        let (up, stats) = discover(targets, opts, id, seed, replies, &mut sender, &progress)?;
         (up, Some(stats))
     } else {
         (Some(targets.clone()), None)
@@ -249,7 +264,8 @@ fn execute(
             let mut engine = Engine::new(&plan, Phase::Ports, &opts.tuning, id, &mut results)
                 .with_deadline(opts.deadline)
                 .with_cancel(opts.cancel.clone())
-                .with_budget(opts.budget.clone());
+                .with_budget(opts.budget.clone())
+                .with_progress(progress);
             let stats = engine.run(replies, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
             answered = count_hosts(targets, &mut hosts, |a| {
@@ -299,6 +315,7 @@ fn discover(
     seed: [u64; 2],
     replies: &mut impl Replies,
     sender: &mut TxPool,
+    progress: &Option<Arc<Progress>>,
 ) -> Result<(Option<TargetSet>, EngineStats), ScanError> {
     let units = vec![
         (Protocol::Icmp, 0),
@@ -315,7 +332,8 @@ fn discover(
     let mut engine = Engine::new(&plan, Phase::Discovery, &tuning, id, &mut unused)
         .with_deadline(opts.deadline)
         .with_cancel(opts.cancel.clone())
-        .with_budget(opts.budget.clone());
+        .with_budget(opts.budget.clone())
+        .with_progress(progress.clone());
     let stats = engine.run(replies, sender)?;
     let up = targets.retain(|a| targets.index_of(a).is_some_and(|h| engine.host_answered(h)));
     Ok((up, stats))

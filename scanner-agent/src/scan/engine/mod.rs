@@ -6,6 +6,7 @@
 //! the daemon's scans share.
 
 mod pacer;
+pub mod progress;
 pub mod rate;
 pub mod tuning;
 mod window;
@@ -26,6 +27,7 @@ use scanner_common::{
 pub use self::pacer::Budget;
 use self::{
     pacer::Pacer,
+    progress::Progress,
     rate::{RateController, RttEstimator},
     tuning::Tuning,
     window::{Fate, Window},
@@ -144,6 +146,7 @@ pub struct Engine<'a> {
     deadline: Option<Instant>,
     cancel: Option<Cancel>,
     budget: Option<Budget>,
+    progress: Option<std::sync::Arc<Progress>>,
 }
 
 /// Set from another thread to stop a scan at once (a reload that removes its
@@ -193,7 +196,14 @@ impl<'a> Engine<'a> {
             deadline: None,
             cancel: None,
             budget: None,
+            progress: None,
         }
+    }
+
+    /// Reports the scan's counters to `progress` as it goes (for a display).
+    pub fn with_progress(mut self, progress: Option<std::sync::Arc<Progress>>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Draws every packet from `budget` too, so scans sharing it together
@@ -239,6 +249,9 @@ impl<'a> Engine<'a> {
         let mut last_send = self.start;
         let mut sent_every_probe = false;
         let mut replies = Vec::new();
+        if let Some(p) = &self.progress {
+            p.begin(self.phase, self.plan.len());
+        }
         loop {
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d) {
@@ -275,6 +288,10 @@ impl<'a> Engine<'a> {
                 }
             }
             sent_every_probe |= self.window.head >= self.plan.len();
+            if let Some(p) = &self.progress {
+                let open = self.results.count(PortState::Open);
+                p.update(self.window.head, self.stats.sent, self.stats.retries, open);
+            }
             if now - period_start >= RATE_PERIOD {
                 let rate = self.rate.end_period(period_limited);
                 self.pacer.set_rate(rate);
