@@ -37,7 +37,10 @@ fn bash_completes(script: &str, line: &str) -> Vec<String> {
         last = words[words.len() - 1],
         prev = words[words.len() - 2],
     );
-    let out = Command::new("bash").args(["-c", &program]).output().unwrap();
+    let out = Command::new("bash")
+        .args(["-c", &program])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout)
         .unwrap()
@@ -87,7 +90,7 @@ fn an_unknown_shell_is_a_usage_error() {
 /// The long flags a command's `--help` lists.
 fn long_flags(help: &str) -> Vec<String> {
     help.lines()
-        .filter_map(|l| l.trim_start().split_whitespace().find(|w| w.starts_with("--")))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
         .map(|w| w.trim_end_matches([',', '.']).to_owned())
         .filter(|w| w != "--help" && w != "--version")
         .collect()
@@ -110,11 +113,7 @@ fn the_man_page_renders_and_documents_every_flag() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     // Overstrikes (bold, underline) out, so the text reads as printed.
-    let text = String::from_utf8_lossy(&out.stdout)
-        .replace(['\u{2010}', '\u{2212}'], "-")
-        .chars()
-        .collect::<String>();
-    let text = strip_overstrike(&text);
+    let text = strip_overstrike(&String::from_utf8_lossy(&out.stdout));
     for command in ["scan", "run", "guard", "check-config", "completions"] {
         let heading = format!("SCANNER-AGENT {}", command.to_uppercase());
         assert!(text.contains(&heading), "no {heading} section:\n{text}");
@@ -132,13 +131,12 @@ fn the_man_page_renders_and_documents_every_flag() {
 
 fn strip_overstrike(text: &str) -> String {
     let mut out: Vec<char> = Vec::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
+    for c in text.chars() {
         if c == '\u{8}' {
             out.pop();
-            continue;
+        } else {
+            out.push(c);
         }
-        out.push(c);
     }
     out.into_iter().collect()
 }
