@@ -56,11 +56,15 @@ fn build_info() {
     watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
     for name in watched {
         if let Some(path) = git(&["rev-parse", "--git-path", &name])
-            && PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&path).is_file()
+            && PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(&path)
+                .is_file()
         {
             println!(
                 "cargo:rerun-if-changed={}",
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path).display()
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join(path)
+                    .display()
             );
         }
     }

@@ -95,10 +95,7 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit()),
         "{build}"
     );
-    assert!(
-        label("rustc_version").starts_with("1."),
-        "{build}"
-    );
+    assert!(label("rustc_version").starts_with("1."), "{build}");
     // Across a veth pair the scans send through the TX ring.
     assert_eq!(
         metric(&body, "scanner_agent_transmit_path{path=\"packet_ring\"}"),

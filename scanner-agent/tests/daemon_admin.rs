@@ -224,7 +224,10 @@ fn healthz_fails_when_the_capture_path_is_gone() {
     assert!(ok.contains("\"healthy\":true"), "{ok}");
     // Targets configured and the program attached: ready.
     let ready = call("/-/ready");
-    assert!(ready.starts_with("200 ") && ready.contains("Ready"), "{ready}");
+    assert!(
+        ready.starts_with("200 ") && ready.contains("Ready"),
+        "{ready}"
+    );
     lab.scanner.ip(&["link", "del", SCANNER_IF]);
     let down = await_body(
         health,

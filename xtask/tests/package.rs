@@ -295,7 +295,11 @@ fn check_rpm(rpm: &Path) {
             .find(|l| l.starts_with(&format!("{installed} ")))
             .unwrap_or_else(|| panic!("no {installed} in {dump}"));
         let size = printed.len().to_string();
-        assert_eq!(line.split_whitespace().nth(1), Some(size.as_str()), "{line}");
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some(size.as_str()),
+            "{line}"
+        );
     }
 
     let scripts = output("rpm", &["-qp", "--scripts", rpm_s]);

@@ -229,7 +229,9 @@ pub struct AgentMetrics {
 impl AgentMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        m.build_info.get_or_create(&BuildLabels::this_build()).set(1);
+        m.build_info
+            .get_or_create(&BuildLabels::this_build())
+            .set(1);
         let r = registry.sub_registry_with_prefix("scanner_agent");
         r.register(
             "build_info",

@@ -149,13 +149,21 @@ pub(crate) fn payload(binary: &Path) -> Result<Vec<File>> {
 /// The man page and shell completions, as the packaged agent prints them
 /// from its own clap definitions: installed path, arguments, kind.
 const GENERATED: &[(&str, &[&str], Kind)] = &[
-    ("/usr/share/man/man1/scanner-agent.1", &["manpage"], Kind::Doc),
+    (
+        "/usr/share/man/man1/scanner-agent.1",
+        &["manpage"],
+        Kind::Doc,
+    ),
     (
         "/usr/share/bash-completion/completions/scanner-agent",
         &["completions", "bash"],
         Kind::Data,
     ),
-    ("{zshdir}/_scanner-agent", &["completions", "zsh"], Kind::Data),
+    (
+        "{zshdir}/_scanner-agent",
+        &["completions", "zsh"],
+        Kind::Data,
+    ),
     (
         "/usr/share/fish/vendor_completions.d/scanner-agent.fish",
         &["completions", "fish"],

@@ -35,7 +35,8 @@ pub(super) fn build(
         .pre_uninstall_script(Scriptlet::new(scripts::rpm_preun()))
         .post_uninstall_script(Scriptlet::new(scripts::rpm_postun()));
     for f in files {
-        let mut options = FileOptions::new(f.installed(UNIT_DIR, ZSH_DIR)).permissions(f.mode() as u16);
+        let mut options =
+            FileOptions::new(f.installed(UNIT_DIR, ZSH_DIR)).permissions(f.mode() as u16);
         options = match f.kind {
             // The group exists by then: %pre creates it.
             Kind::Config => options.config().noreplace().group("scanner-agent"),
