@@ -3,20 +3,17 @@
 //! firewall counters and passthrough, until Ctrl-C. `-- <args>` runs any
 //! subcommand instead.
 
-use std::{
-    path::PathBuf,
-    process::Command,
-    sync::atomic::{AtomicBool, Ordering},
-    thread,
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command, thread, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use testbed::demo::{Demo, Place, ensure_clean};
 
-use crate::{build::build, exec::run, toolchain};
+use crate::{
+    build::build,
+    exec::{catch_interrupts, interrupted, run},
+    toolchain,
+};
 
 #[derive(Args)]
 pub(crate) struct Options {
@@ -42,29 +39,13 @@ pub(crate) fn run_task(o: Options) -> Result<()> {
     demo(&agent)
 }
 
-/// Set by SIGINT (Ctrl-C) and SIGTERM: the demo then stops.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 fn demo(agent: &std::path::Path) -> Result<()> {
     // Caught before anything starts, so Ctrl-C always reaches the clean-up
     // below (the agent gets its own SIGINT from the terminal, or from us).
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe.
-        unsafe { sigaction(signal, &action) }.context("cannot catch Ctrl-C")?;
-    }
+    catch_interrupts()?;
     let mut demo = Demo::start(agent, Place::Host, false)?;
     print!("{}", demo.banner());
-    while !STOP.load(Ordering::SeqCst) && demo.running() {
+    while !interrupted() && demo.running() {
         thread::sleep(Duration::from_millis(100));
     }
     let dir = demo.dir.clone();
