@@ -59,7 +59,7 @@ pub(crate) fn init_logging(verbose: u8) {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
-        .with_writer(io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(io::stderr().is_terminal())
         .init();
 }

@@ -5,9 +5,9 @@
 //! for it.
 
 use std::{
-    io::{self, IsTerminal as _},
+    io::{self, IsTerminal as _, Write},
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
     thread::{self, JoinHandle},
@@ -23,6 +23,28 @@ use scanner_agent::scan::engine::{
 /// How often the line is redrawn: often enough to look live, rarely
 /// enough to cost nothing.
 const PERIOD: Duration = Duration::from_millis(150);
+
+/// The line on screen, if any: log lines are written around it ([`LogWriter`]).
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Standard error for the log: while the progress line is shown, each log
+/// line is written with the line taken down and redrawn after it, so the
+/// two never mix on one row.
+pub(crate) struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let shown = SHOWN.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match shown {
+            Some(bar) => bar.suspend(|| io::stderr().write(buf)),
+            None => io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
 
 /// The display thread; [`Reporter::finish`] clears the line.
 pub(crate) struct Reporter {
@@ -63,6 +85,7 @@ fn draw(progress: &Progress, stop: &AtomicBool) {
         .expect("a valid template")
         .progress_chars("=> "),
     );
+    *SHOWN.lock().unwrap_or_else(PoisonError::into_inner) = Some(bar.clone());
     let mut rate = Rate::default();
     while !stop.load(Ordering::Acquire) {
         let now = progress.read();
@@ -71,6 +94,7 @@ fn draw(progress: &Progress, stop: &AtomicBool) {
         }
         thread::sleep(PERIOD);
     }
+    SHOWN.lock().unwrap_or_else(PoisonError::into_inner).take();
     bar.finish_and_clear();
 }
 
