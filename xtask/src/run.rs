@@ -43,8 +43,11 @@ fn demo(agent: &std::path::Path) -> Result<()> {
     // Caught before anything starts, so Ctrl-C always reaches the clean-up
     // below (the agent gets its own SIGINT from the terminal, or from us).
     catch_interrupts()?;
-    let mut demo = Demo::start(agent, Place::Host, false)?;
+    let mut demo = Demo::prepare(agent, Place::Host, false)?;
     print!("{}", demo.banner());
+    // Printed before the agent's first log line.
+    std::io::Write::flush(&mut std::io::stdout())?;
+    demo.launch()?;
     while !interrupted() && demo.running() {
         thread::sleep(Duration::from_millis(100));
     }

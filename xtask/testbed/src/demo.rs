@@ -83,7 +83,8 @@ pub struct Demo {
     pub udp: SocketAddr,
     /// The configuration, state file and logs, removed by [`Demo::stop`].
     pub dir: PathBuf,
-    /// None only while starting.
+    /// The agent's command until [`Demo::launch`], then its process.
+    pending: Option<Command>,
     agent: Option<Child>,
     exporter: Option<Child>,
     listeners: Vec<TcpListener>,
@@ -100,15 +101,24 @@ pub struct Stopped {
 }
 
 impl Demo {
-    /// Opens the demo listeners, starts node_exporter (if installed) and
-    /// the agent (`agent`), in `place`. When `quiet`, the agent's output goes
-    /// to `agent.log` in [`Demo::dir`] instead of this process's.
+    /// [`Demo::prepare`], then [`Demo::launch`].
     pub fn start(agent: &Path, place: Place<'_>, quiet: bool) -> Result<Self> {
+        let mut demo = Self::prepare(agent, place, quiet)?;
+        demo.launch()?;
+        Ok(demo)
+    }
+
+    /// Opens the demo listeners, starts node_exporter (if installed) and
+    /// writes the configuration, in `place`; the agent (`agent`) is started
+    /// by [`Demo::launch`], so the banner can come before its first log
+    /// line. When `quiet`, the agent's output goes to `agent.log` in
+    /// [`Demo::dir`] instead of this process's.
+    pub fn prepare(agent: &Path, place: Place<'_>, quiet: bool) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("scanner-agent-demo-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-        match Self::start_in(agent, place, quiet, dir.clone()) {
+        match Self::prepare_in(agent, place, quiet, dir.clone()) {
             Ok(demo) => Ok(demo),
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);
@@ -117,7 +127,7 @@ impl Demo {
         }
     }
 
-    fn start_in(agent: &Path, place: Place<'_>, quiet: bool, dir: PathBuf) -> Result<Self> {
+    fn prepare_in(agent: &Path, place: Place<'_>, quiet: bool, dir: PathBuf) -> Result<Self> {
         let (listeners, udp) = place.inside(|| -> Result<_> {
             let v4 = tcp((Ipv4Addr::LOCALHOST, TCP_V4_PORT).into())?;
             let v6 = tcp((Ipv6Addr::LOCALHOST, TCP_V6_PORT).into())?;
@@ -145,6 +155,7 @@ impl Demo {
             tcp_v6,
             udp: udp_addr,
             dir,
+            pending: None,
             agent: None,
             exporter: None,
             listeners,
@@ -183,14 +194,21 @@ impl Demo {
             let log = fs::File::create(demo.dir.join("agent.log"))?;
             command.stdout(log.try_clone()?).stderr(log);
         }
-        demo.agent = match command.spawn() {
-            Ok(child) => Some(child),
-            Err(e) => {
-                demo.stop_exporter();
-                return Err(e).with_context(|| format!("cannot start {}", agent.display()));
-            }
-        };
+        demo.pending = Some(command);
         Ok(demo)
+    }
+
+    /// Starts the agent prepared by [`Demo::prepare`].
+    pub fn launch(&mut self) -> Result<()> {
+        let mut command = self
+            .pending
+            .take()
+            .context("the agent was launched already")?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", command.get_program()))?;
+        self.agent = Some(child);
+        Ok(())
     }
 
     /// The ports scanned: the well-known ones, the demo listeners', and the
