@@ -5,7 +5,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 
 use self::cli::{Cli, Command};
 
@@ -17,5 +17,7 @@ fn main() -> ExitCode {
         Command::Run(args) => args.run(),
         Command::Guard(args) => args.run(),
         Command::CheckConfig(args) => args.run(),
+        Command::Completions(args) => args.run(Cli::command()),
+        Command::Manpage => cli::docs::manpage(Cli::command()),
     }
 }

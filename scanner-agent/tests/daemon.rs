@@ -78,6 +78,24 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
         Some(0.0),
         "{body}"
     );
+    // Prometheus' build_info convention: the version, the git revision this
+    // checkout built (the tests run from one) and the compiler's version.
+    let build = body
+        .lines()
+        .find(|l| l.starts_with("scanner_agent_build_info{"))
+        .unwrap_or_else(|| panic!("no scanner_agent_build_info: {body}"));
+    let label = |name: &str| {
+        let start = build.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+        build[start..].split('"').next().unwrap().to_owned()
+    };
+    assert!(build.ends_with("} 1"), "{build}");
+    assert_eq!(label("version"), env!("CARGO_PKG_VERSION"), "{build}");
+    let revision = label("revision");
+    assert!(
+        revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit()),
+        "{build}"
+    );
+    assert!(label("rustc_version").starts_with("1."), "{build}");
     // Across a veth pair the scans send through the TX ring.
     assert_eq!(
         metric(&body, "scanner_agent_transmit_path{path=\"packet_ring\"}"),
@@ -148,7 +166,8 @@ fn basic_auth_guards_every_endpoint() {
         ),
     );
     await_up(&lab, AUTH_PORT, "");
-    for path in ["/metrics", "/healthz"] {
+    // Prometheus' conventions have the same scope as /healthz.
+    for path in ["/metrics", "/healthz", "/-/healthy", "/-/ready"] {
         let (status, head, _) = request(&lab, AUTH_PORT, path, "").unwrap();
         assert_eq!(status, 401, "{path} without credentials");
         assert!(
@@ -178,6 +197,12 @@ fn basic_auth_guards_every_endpoint() {
     assert!(
         health.contains("\"attached\":false"),
         "no targets, nothing attached: {health}"
+    );
+    let (status, _, ready) = request(&lab, AUTH_PORT, "/-/ready", &bearer("tok-abc")).unwrap();
+    assert_eq!(
+        (status, ready.as_str()),
+        (200, "scanner-agent is Ready.\n"),
+        "no targets: ready without an attached program"
     );
 }
 

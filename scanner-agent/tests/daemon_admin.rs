@@ -219,8 +219,15 @@ fn healthz_fails_when_the_capture_path_is_gone() {
     let lab = Lab::new(&[Ipv4Addr::new(198, 18, 0, 2)], 1500);
     let _daemon = Daemon::start(agent(), &lab, "capture", &config(PORT, "20-23", "tok"));
     let health = || fetch_status(&lab, PORT, "/healthz", "Authorization: Bearer tok\r\n");
+    let call = |path: &str| fetch_status(&lab, PORT, path, "Authorization: Bearer tok\r\n");
     let ok = await_body(health, |b| b.starts_with("200 "), "never healthy");
     assert!(ok.contains("\"healthy\":true"), "{ok}");
+    // Targets configured and the program attached: ready.
+    let ready = call("/-/ready");
+    assert!(
+        ready.starts_with("200 ") && ready.contains("Ready"),
+        "{ready}"
+    );
     lab.scanner.ip(&["link", "del", SCANNER_IF]);
     let down = await_body(
         health,
@@ -228,6 +235,14 @@ fn healthz_fails_when_the_capture_path_is_gone() {
         "a lost interface went unnoticed",
     );
     assert!(down.contains("capture path is down"), "{down}");
+    // The program is gone with its interface: not ready, though still alive.
+    let ready = call("/-/ready");
+    assert!(
+        ready.starts_with("503 ") && ready.contains("not attached"),
+        "{ready}"
+    );
+    let healthy = call("/-/healthy");
+    assert!(healthy.starts_with("200 "), "{healthy}");
 }
 
 #[test]

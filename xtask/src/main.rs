@@ -27,7 +27,7 @@ struct Cli {
 enum Task {
     /// Build the agent with its XDP program embedded.
     Build(build::Options),
-    /// Build and run the agent. Without arguments: a demo scan of loopback.
+    /// Build and run the agent. Without arguments: the exporter's loopback demo, until Ctrl-C.
     Run(run::Options),
     /// Run every test, privileged ones included (needs root).
     Test(test::Options),

@@ -208,6 +208,10 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "rpm",
     // The bulk transfer a scan must yield to (tests/gentle.rs).
     "iperf3",
+    // The progress line's test runs `scanner-agent scan` in a real terminal.
+    "tmux",
+    // `nroff` renders the generated man page in the docs test.
+    "groff-base",
 ];
 
 /// Programs the tests and benches run from Debian packages that must not be

@@ -11,8 +11,11 @@ use std::{
 };
 
 /// A small real ELF stands in for the agent: packaging does not look
-/// inside it beyond its glibc version, and a release build would take minutes.
-const STAND_IN: &str = "/usr/bin/true";
+/// inside it beyond its glibc version, and a release build would take
+/// minutes. `echo` prints its arguments, so each generated file (man page,
+/// completions) shows which command of the packaged binary produced it
+/// (the real agent's output is tested in scanner-agent's `docs` test).
+const STAND_IN: &str = "/usr/bin/echo";
 
 struct TempDir(PathBuf);
 
@@ -95,7 +98,33 @@ const COMMON: &[(&str, &str)] = &[
         "-rw-r--r--",
         "/usr/share/scanner-agent/grafana/scanner-agent.json",
     ),
+    ("-rw-r--r--", "/usr/share/man/man1/scanner-agent.1"),
+    (
+        "-rw-r--r--",
+        "/usr/share/bash-completion/completions/scanner-agent",
+    ),
+    (
+        "-rw-r--r--",
+        "/usr/share/fish/vendor_completions.d/scanner-agent.fish",
+    ),
 ];
+
+/// The generated files: installed path (zsh's differs per distribution)
+/// and what the packaged binary printed for them (`echo <args>`).
+fn generated(zsh_dir: &str) -> [(String, &'static str); 4] {
+    [
+        ("/usr/share/man/man1/scanner-agent.1".into(), "manpage\n"),
+        (
+            "/usr/share/bash-completion/completions/scanner-agent".into(),
+            "completions bash\n",
+        ),
+        (format!("{zsh_dir}/_scanner-agent"), "completions zsh\n"),
+        (
+            "/usr/share/fish/vendor_completions.d/scanner-agent.fish".into(),
+            "completions fish\n",
+        ),
+    ]
+}
 
 #[test]
 fn packages_hold_the_agent_its_unit_config_and_scripts() {
@@ -138,6 +167,11 @@ fn check_deb(deb: &Path, tree: &Path) {
         "-rw-r--r--".into(),
         "root/root".into(),
         "/lib/systemd/system/scanner-agent.service".into(),
+    ));
+    expected.insert((
+        "-rw-r--r--".into(),
+        "root/root".into(),
+        "/usr/share/zsh/vendor-completions/_scanner-agent".into(),
     ));
     assert_eq!(listing, expected);
 
@@ -189,6 +223,14 @@ fn check_deb(deb: &Path, tree: &Path) {
             "{installed} differs from {source:?}"
         );
     }
+    // The man page and completions are what the packaged binary printed.
+    for (installed, printed) in generated("/usr/share/zsh/vendor-completions") {
+        assert_eq!(
+            fs::read_to_string(tree.join(installed.trim_start_matches('/'))).unwrap(),
+            printed,
+            "{installed}"
+        );
+    }
 }
 
 fn check_rpm(rpm: &Path) {
@@ -214,13 +256,16 @@ fn check_rpm(rpm: &Path) {
         .map(|(mode, path)| {
             let (flags, owner) = match *path {
                 "/etc/scanner-agent/config.yaml" => ("cn", "root:scanner-agent"),
-                p if p.starts_with("/usr/share/doc/") => ("d", "root:root"),
+                p if p.starts_with("/usr/share/doc/") || p.starts_with("/usr/share/man/") => {
+                    ("d", "root:root")
+                }
                 _ => ("", "root:root"),
             };
             format!("{flags}|{mode}|{owner}|{path}")
         })
         .collect();
     expected.insert("|-rw-r--r--|root:root|/usr/lib/systemd/system/scanner-agent.service".into());
+    expected.insert("|-rw-r--r--|root:root|/usr/share/zsh/site-functions/_scanner-agent".into());
     assert_eq!(files, expected);
     let dirs = query("[%{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]");
     assert!(
@@ -243,6 +288,19 @@ fn check_rpm(rpm: &Path) {
         agent.split_whitespace().nth(3),
         Some(sha256(Path::new(STAND_IN)).as_str())
     );
+    // And the generated files are what it printed.
+    for (installed, printed) in generated("/usr/share/zsh/site-functions") {
+        let line = dump
+            .lines()
+            .find(|l| l.starts_with(&format!("{installed} ")))
+            .unwrap_or_else(|| panic!("no {installed} in {dump}"));
+        let size = printed.len().to_string();
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some(size.as_str()),
+            "{line}"
+        );
+    }
 
     let scripts = output("rpm", &["-qp", "--scripts", rpm_s]);
     let pre = scripts

@@ -1,9 +1,11 @@
 //! The command line: [`Cli`] names the commands, and each command's module
 //! owns its arguments and runs it ([`scan`], [`run`], [`guard`],
-//! [`check_config`]).
+//! [`check_config`], [`docs`]; [`progress`] draws `scan`'s progress line).
 
 pub(crate) mod check_config;
+pub(crate) mod docs;
 pub(crate) mod guard;
+pub(crate) mod progress;
 pub(crate) mod run;
 pub(crate) mod scan;
 
@@ -38,6 +40,11 @@ pub(crate) enum Command {
     Guard(guard::GuardArgs),
     /// Validate a configuration file without starting anything.
     CheckConfig(check_config::CheckConfigArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff), as the packages install it.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// Logs go to standard error; `-v` shows the agent's and the XDP
@@ -52,7 +59,7 @@ pub(crate) fn init_logging(verbose: u8) {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
-        .with_writer(io::stderr)
+        .with_writer(|| progress::LogWriter)
         .with_ansi(io::stderr().is_terminal())
         .init();
 }

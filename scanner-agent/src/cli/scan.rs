@@ -1,7 +1,7 @@
 //! `scanner-agent scan`: its flags, how they combine with a config file,
 //! and the closing summary.
 
-use std::{io, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Args;
 use scanner_agent::{
@@ -16,7 +16,8 @@ use scanner_agent::{
     },
 };
 
-use super::{failure, usage_error};
+use super::{failure, progress::Reporter, usage_error};
+use scanner_agent::scan::engine::progress::Progress;
 
 /// Flags override the `scanning:` section of `--config`, which overrides
 /// the built-in defaults (those of the replaced exporter, except that the
@@ -235,7 +236,15 @@ impl ScanArgs {
             Ok(o) => o,
             Err(e) => return usage_error(e),
         };
-        let report = match scan::run(&opts, Attachment::Own) {
+        // The progress line (a terminal on stderr only) is gone before the summary.
+        let progress = Arc::new(Progress::default());
+        let reporter = Reporter::start(&progress);
+        let counted = reporter.is_some().then_some(progress);
+        let outcome = scan::run_reporting(&opts, Attachment::Own, counted);
+        if let Some(reporter) = reporter {
+            reporter.finish();
+        }
+        let report = match outcome {
             Ok(r) => r,
             Err(e) if e.is_usage() => return usage_error(e),
             Err(e) => return failure(e),

@@ -1,5 +1,5 @@
-//! The daemon's HTTP endpoints: `/metrics`, `/healthz`, `/query` and the
-//! passthrough, each behind its scope, served through [`crate::web`]
+//! The daemon's HTTP endpoints: `/metrics`, `/healthz`, Prometheus'
+//! `/-/healthy` and `/-/ready`, `/query` and the passthrough, each behind its scope, served through [`crate::web`]
 //! (listeners, TLS, connection bounds, authentication).
 
 use std::{
@@ -95,7 +95,9 @@ pub(super) fn serve(server: Server, shared: Arc<Shared>) -> Result<(), DaemonErr
                 Scope::Metrics,
                 Router::new()
                     .route("/metrics", get(metrics))
-                    .route("/healthz", get(healthz)),
+                    .route("/healthz", get(healthz))
+                    .route("/-/healthy", get(healthy))
+                    .route("/-/ready", get(ready)),
             ))
             .merge(web::scoped(
                 Scope::Query,
@@ -220,6 +222,25 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         StatusCode::OK
     };
     (status, Json(body))
+}
+
+/// Prometheus' liveness convention: the process answers, so it is alive.
+async fn healthy() -> &'static str {
+    "scanner-agent is Healthy.\n"
+}
+
+/// Prometheus' readiness convention: the configuration is loaded (it is,
+/// once anything is served) and, when there is something to scan, the XDP
+/// program is attached and its reader alive.
+async fn ready(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+    if shared.capture_ok() {
+        (StatusCode::OK, "scanner-agent is Ready.\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scanner-agent is not ready: the XDP program is not attached.\n",
+        )
+    }
 }
 
 async fn passthrough(

@@ -205,9 +205,30 @@ pub struct InterfaceLabels {
     pub interface: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+    /// The git revision built, or `unknown`.
+    pub revision: String,
+    pub rustc_version: String,
+}
+
+impl BuildLabels {
+    /// This binary's, as its build script recorded them.
+    pub fn this_build() -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            revision: env!("SCANNER_AGENT_REVISION").to_owned(),
+            rustc_version: env!("SCANNER_AGENT_RUSTC_VERSION").to_owned(),
+        }
+    }
+}
+
 /// The agent's own operational metrics, under one prefix.
 #[derive(Default)]
 pub struct AgentMetrics {
+    /// Always 1: Prometheus' `*_build_info` convention, for joins on version.
+    pub build_info: Family<BuildLabels, Gauge>,
     pub probes_sent: Counter,
     pub probe_retries: Counter,
     pub xdp_frames: Counter,
@@ -227,7 +248,15 @@ pub struct AgentMetrics {
 impl AgentMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
+        m.build_info
+            .get_or_create(&BuildLabels::this_build())
+            .set(1);
         let r = registry.sub_registry_with_prefix("scanner_agent");
+        r.register(
+            "build_info",
+            "A metric with a constant 1 labelled by the version, git revision and compiler the agent was built from",
+            m.build_info.clone(),
+        );
         r.register(
             "probes_sent",
             "Probes sent, retransmissions included",

@@ -26,7 +26,10 @@ use self::{
         AttachMode, Capture, CaptureError, XdpCounters,
         hub::{Hub, HubError, Replies},
     },
-    engine::{Budget, Cancel, Engine, EngineError, EngineStats, Identity, Phase, tuning::Tuning},
+    engine::{
+        Budget, Cancel, Engine, EngineError, EngineStats, Identity, Phase, progress::Progress,
+        tuning::Tuning,
+    },
     privileges::MissingCapability,
     probes::{ProbePlan, Protocol, Shard},
     results::{PortState, ResultSet},
@@ -153,6 +156,16 @@ pub enum Attachment<'a> {
 /// then host discovery (if asked for) and the port scan, with replies
 /// from `attachment`.
 pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport, ScanError> {
+    run_reporting(opts, attachment, None)
+}
+
+/// [`run`], with the engine's counters kept in `progress` as it goes (the
+/// CLI's progress line reads them from another thread).
+pub fn run_reporting(
+    opts: &ScanOptions,
+    attachment: Attachment<'_>,
+    progress: Option<Arc<Progress>>,
+) -> Result<ScanReport, ScanError> {
     let started = Instant::now();
     let targets = TargetSet::build(&opts.targets)?;
     match attachment {
@@ -174,7 +187,15 @@ pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport,
             let watch = LinkWatch::start(Link::new(&route.interface, opts.link))
                 .map_err(TransmitError::Thread)?;
             let at = (started, capture.mode());
-            let mut report = execute(&mut stream, (id, watch.link()), &route, &targets, opts, at)?;
+            let mut report = execute(
+                &mut stream,
+                (id, watch.link()),
+                &route,
+                &targets,
+                opts,
+                at,
+                progress,
+            )?;
             report.xdp = capture.counters()?;
             Ok(report)
         }
@@ -190,7 +211,15 @@ pub fn run(opts: &ScanOptions, attachment: Attachment<'_>) -> Result<ScanReport,
             // Every scan of the daemon carries the configuration's policy.
             hub.link().set_policy(opts.link);
             let at = (started, hub.mode());
-            let mut report = execute(&mut lease, (id, hub.link()), route, &targets, opts, at)?;
+            let mut report = execute(
+                &mut lease,
+                (id, hub.link()),
+                route,
+                &targets,
+                opts,
+                at,
+                progress,
+            )?;
             drop(lease);
             report.xdp = hub.counters()?;
             Ok(report)
@@ -236,6 +265,7 @@ fn execute(
     targets: &TargetSet,
     opts: &ScanOptions,
     (started, mode): (Instant, AttachMode),
+    progress: Option<Arc<Progress>>,
 ) -> Result<ScanReport, ScanError> {
     let wanted = targets.clone();
     let tx_targets = transmit::Targets {
@@ -255,7 +285,15 @@ fn execute(
     let mut hosts = HostReport::new();
     let mut answered = Vec::new();
     let (up, discovery) = if opts.host_discovery {
-        let (up, stats) = discover(targets, opts, (id, link), seed, replies, &mut sender)?;
+        let (up, stats) = discover(
+            targets,
+            opts,
+            (id, link),
+            seed,
+            replies,
+            &mut sender,
+            &progress,
+        )?;
         (up, Some(stats))
     } else {
         (Some(targets.clone()), None)
@@ -268,7 +306,8 @@ fn execute(
                 .with_deadline(opts.deadline)
                 .with_cancel(opts.cancel.clone())
                 .with_budget(opts.budget.clone())
-                .with_link(Some(Arc::clone(link)));
+                .with_link(Some(Arc::clone(link)))
+                .with_progress(progress);
             let stats = engine.run(replies, &mut sender)?;
             tracing::debug!(window_bytes = stats.window_bytes, "port scan done");
             answered = count_hosts(targets, &mut hosts, |a| {
@@ -319,6 +358,7 @@ fn discover(
     seed: [u64; 2],
     replies: &mut impl Replies,
     sender: &mut TxPool,
+    progress: &Option<Arc<Progress>>,
 ) -> Result<(Option<TargetSet>, EngineStats), ScanError> {
     let units = vec![
         (Protocol::Icmp, 0),
@@ -336,7 +376,8 @@ fn discover(
         .with_deadline(opts.deadline)
         .with_cancel(opts.cancel.clone())
         .with_budget(opts.budget.clone())
-        .with_link(Some(Arc::clone(link)));
+        .with_link(Some(Arc::clone(link)))
+        .with_progress(progress.clone());
     let stats = engine.run(replies, sender)?;
     let up = targets.retain(|a| targets.index_of(a).is_some_and(|h| engine.host_answered(h)));
     Ok((up, stats))

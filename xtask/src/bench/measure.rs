@@ -5,39 +5,21 @@
 use std::{
     os::unix::process::ExitStatusExt as _,
     process::{Command, ExitStatus},
-    sync::atomic::{AtomicBool, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
+use crate::exec::interrupted;
 
 /// Turns Ctrl-C and SIGTERM into an error at the next check instead of an
 /// immediate exit, so the testbed's drop guards still tear everything down.
-pub(super) fn catch_interrupts() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_interrupt),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is
-        // async-signal-safe, and no other code in xtask installs handlers.
-        unsafe { sigaction(signal, &action) }.context("installing a signal handler")?;
-    }
-    Ok(())
-}
+pub(super) use crate::exec::catch_interrupts;
 
 /// Fails once Ctrl-C (or SIGTERM) has been received.
 pub(super) fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupted() {
         bail!("interrupted");
     }
     Ok(())
@@ -68,7 +50,7 @@ pub(super) fn run(c: &mut Command, timeout: Duration) -> Result<Measured> {
                 cpu,
             });
         }
-        let give_up = if INTERRUPTED.load(Ordering::SeqCst) {
+        let give_up = if interrupted() {
             Some("interrupted".to_owned())
         } else if start.elapsed() > timeout {
             Some(format!("timed out after {} s", timeout.as_secs()))

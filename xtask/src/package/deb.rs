@@ -14,6 +14,8 @@ use super::{DESCRIPTION, File, Kind, MAINTAINER, NAME, SUMMARY, VERSION, scripts
 /// Debian (bookworm and older) keeps packaged units here; `/usr/lib` also
 /// works on merged-/usr systems, but this works everywhere.
 const UNIT_DIR: &str = "/lib/systemd/system";
+/// Where Debian's zsh looks for completion functions of packages.
+const ZSH_DIR: &str = "/usr/share/zsh/vendor-completions";
 
 fn write(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     if let Some(dir) = path.parent() {
@@ -57,7 +59,7 @@ pub(super) fn build(
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
     }
     for f in files {
-        let installed = f.installed(UNIT_DIR);
+        let installed = f.installed(UNIT_DIR, ZSH_DIR);
         write(
             &stage.join(installed.trim_start_matches('/')),
             &f.contents,
@@ -73,7 +75,7 @@ pub(super) fn build(
     let conffiles: String = files
         .iter()
         .filter(|f| f.kind == Kind::Config)
-        .map(|f| f.installed(UNIT_DIR) + "\n")
+        .map(|f| f.installed(UNIT_DIR, ZSH_DIR) + "\n")
         .collect();
     write(&debian.join("conffiles"), conffiles.as_bytes(), 0o644)?;
     for (name, script) in [

@@ -45,8 +45,8 @@ pub(crate) enum Kind {
 }
 
 pub(crate) struct File {
-    /// Where it is installed, `{unitdir}` standing for the distribution's
-    /// systemd unit directory.
+    /// Where it is installed, `{unitdir}` and `{zshdir}` standing for the
+    /// distribution's systemd unit and zsh completion directories.
     pub path: &'static str,
     pub contents: Vec<u8>,
     pub kind: Kind,
@@ -61,9 +61,12 @@ impl File {
         }
     }
 
-    /// The installed path for a distribution whose unit directory is `unitdir`.
-    pub(crate) fn installed(&self, unitdir: &str) -> String {
-        self.path.replace("{unitdir}", unitdir)
+    /// The installed path for a distribution whose unit directory is
+    /// `unitdir` and whose zsh completions live in `zshdir`.
+    pub(crate) fn installed(&self, unitdir: &str, zshdir: &str) -> String {
+        self.path
+            .replace("{unitdir}", unitdir)
+            .replace("{zshdir}", zshdir)
     }
 }
 
@@ -80,7 +83,7 @@ pub(crate) fn payload(binary: &Path) -> Result<Vec<File>> {
     };
     let program =
         fs::read(binary).with_context(|| format!("cannot read the agent {}", binary.display()))?;
-    Ok(vec![
+    let mut files = vec![
         File {
             path: "/usr/bin/scanner-agent",
             contents: program,
@@ -132,7 +135,57 @@ pub(crate) fn payload(binary: &Path) -> Result<Vec<File>> {
             "configs/grafana/scanner-agent.json",
             Kind::Data,
         )?,
-    ])
+    ];
+    for (path, args, kind) in GENERATED {
+        files.push(File {
+            path,
+            contents: generated(binary, args)?,
+            kind: *kind,
+        });
+    }
+    Ok(files)
+}
+
+/// The man page and shell completions, as the packaged agent prints them
+/// from its own clap definitions: installed path, arguments, kind.
+const GENERATED: &[(&str, &[&str], Kind)] = &[
+    (
+        "/usr/share/man/man1/scanner-agent.1",
+        &["manpage"],
+        Kind::Doc,
+    ),
+    (
+        "/usr/share/bash-completion/completions/scanner-agent",
+        &["completions", "bash"],
+        Kind::Data,
+    ),
+    (
+        "{zshdir}/_scanner-agent",
+        &["completions", "zsh"],
+        Kind::Data,
+    ),
+    (
+        "/usr/share/fish/vendor_completions.d/scanner-agent.fish",
+        &["completions", "fish"],
+        Kind::Data,
+    ),
+];
+
+/// What `binary args` prints; it must succeed and print something.
+fn generated(binary: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let what = format!("{} {}", binary.display(), args.join(" "));
+    let out = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        bail!(
+            "{what} printed nothing ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
 }
 
 /// The newest glibc symbol version the binary links against, e.g. `2.34`:

@@ -9,6 +9,8 @@ use super::{DESCRIPTION, File, Kind, LICENSE, NAME, SUMMARY, VERSION, scripts};
 
 /// RHEL/Rocky keep packaged units here.
 const UNIT_DIR: &str = "/usr/lib/systemd/system";
+/// Where RHEL's zsh looks for completion functions.
+const ZSH_DIR: &str = "/usr/share/zsh/site-functions";
 
 /// Builds `scanner-agent-<version>-1.x86_64.rpm` in `out_dir`.
 pub(super) fn build(
@@ -33,7 +35,8 @@ pub(super) fn build(
         .pre_uninstall_script(Scriptlet::new(scripts::rpm_preun()))
         .post_uninstall_script(Scriptlet::new(scripts::rpm_postun()));
     for f in files {
-        let mut options = FileOptions::new(f.installed(UNIT_DIR)).permissions(f.mode() as u16);
+        let mut options =
+            FileOptions::new(f.installed(UNIT_DIR, ZSH_DIR)).permissions(f.mode() as u16);
         options = match f.kind {
             // The group exists by then: %pre creates it.
             Kind::Config => options.config().noreplace().group("scanner-agent"),

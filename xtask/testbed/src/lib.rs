@@ -2,7 +2,8 @@
 //! network namespaces with no default route, joined by veth pairs and
 //! addressed from 198.18.0.0/15 and 2001:db8::/32, so no probe can leave
 //! them; their sysctls, listeners and firewalls; node_exporter and
-//! Prometheus; and `scanner-agent run` with the HTTP helpers that talk to it ([`daemon`]).
+//! Prometheus; and `scanner-agent run` with the HTTP helpers that talk to it ([`daemon`]);
+//! and the loopback demo of `cargo xtask run` ([`demo`]), here so a test runs it too.
 //! Everything is torn down on drop (also when a test fails).
 //!
 //! Privileged tests begin with [`require_root!`]: without root they say
@@ -10,6 +11,7 @@
 //! `cargo xtask test`) makes a skip a failure.
 
 pub mod daemon;
+pub mod demo;
 
 use std::{
     fs::File,

@@ -6,6 +6,7 @@
 //! the daemon's scans share.
 
 mod pacer;
+pub mod progress;
 pub mod rate;
 pub mod tuning;
 mod window;
@@ -27,6 +28,7 @@ use scanner_common::{
 pub use self::pacer::Budget;
 use self::{
     pacer::{MAX_TURN, Pacer},
+    progress::Progress,
     rate::{RateController, RttEstimator},
     tuning::Tuning,
     window::{Fate, Slot, Window},
@@ -177,6 +179,7 @@ pub struct Engine<'a> {
     /// was told of.
     frame_bytes: u64,
     reported_bytes: u64,
+    progress: Option<Arc<Progress>>,
 }
 
 /// Set from another thread to stop a scan at once (a reload that removes its
@@ -234,7 +237,14 @@ impl<'a> Engine<'a> {
             link: None,
             frame_bytes: 0,
             reported_bytes: 0,
+            progress: None,
         }
+    }
+
+    /// Reports the scan's counters to `progress` as it goes (for a display).
+    pub fn with_progress(mut self, progress: Option<Arc<Progress>>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Keeps the scan within the link's share, yielding to other traffic
@@ -293,6 +303,9 @@ impl<'a> Engine<'a> {
         let mut last_send = self.start;
         let mut sent_every_probe = false;
         let mut replies = Vec::new();
+        if let Some(p) = &self.progress {
+            p.begin(self.phase, self.plan.len());
+        }
         loop {
             let now = Instant::now();
             if self.deadline.is_some_and(|d| now >= d + self.stats.yielded) {
@@ -341,6 +354,10 @@ impl<'a> Engine<'a> {
                 }
             }
             sent_every_probe |= self.window.head >= self.plan.len();
+            if let Some(p) = &self.progress {
+                let open = self.results.count(PortState::Open);
+                p.update(self.window.head, self.stats.sent, self.stats.retries, open);
+            }
             if now - period_start >= RATE_PERIOD {
                 let elapsed = now - period_start;
                 let waited = tx.blocked() - period_blocked;
