@@ -346,6 +346,7 @@ impl<'a> Engine<'a> {
                 probe.port,
                 state,
                 Reason::NoResponse,
+                None,
             );
         }
     }
@@ -499,7 +500,7 @@ impl<'a> Engine<'a> {
                 self.rate.answered(tries > 1);
                 if self.phase == Phase::Ports {
                     self.results
-                        .record(probe.addr, protocol, port, state, reason);
+                        .record(probe.addr, protocol, port, state, reason, Some(ev.ttl));
                 }
             }
             Some(_) => {} // a duplicate answer
@@ -512,6 +513,7 @@ impl<'a> Engine<'a> {
                     silence_of(protocol),
                     state,
                     reason,
+                    Some(ev.ttl),
                 );
             }
             None => {}

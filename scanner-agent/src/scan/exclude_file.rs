@@ -1,0 +1,151 @@
+//! Exclude files (`--exclude-file`, `scanning.exclude_file`): zmap's
+//! blocklist format, one address, CIDR range or `first-last` range per
+//! line, `#` starting a comment (on its own line or after the entry).
+//! Read whole and checked before use: a bad line names the file and the
+//! line, and nothing from the file is used.
+
+use std::path::Path;
+
+use crate::scan::targets;
+
+/// Most entries one file may hold. Each entry that cuts a hole in the
+/// targets adds a range every later entry is checked against, so the work
+/// of applying a file grows with the square of its entries: this keeps it
+/// under a second.
+pub const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExcludeFileError {
+    #[error("cannot read exclude file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error(
+        "exclude file {path} line {line}: {text:?} is not an IP address, a CIDR range or a first-last range"
+    )]
+    Line {
+        path: String,
+        line: usize,
+        text: String,
+    },
+    #[error("exclude file {path} has more than {MAX_ENTRIES} entries")]
+    TooMany { path: String },
+}
+
+/// Reads `path` and returns its entries as CIDR ranges.
+pub fn read(path: &Path) -> Result<Vec<String>, ExcludeFileError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ExcludeFileError::Read {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    parse(&text, &shown)
+}
+
+/// The entries of a file's text (`path` only names it in errors), each as
+/// CIDR ranges (a `first-last` range may take several).
+pub fn parse(text: &str, path: &str) -> Result<Vec<String>, ExcludeFileError> {
+    let mut out = Vec::new();
+    let mut entries = 0;
+    for (i, raw) in text.lines().enumerate() {
+        let entry = raw.split('#').next().unwrap_or("").trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let nets = targets::literal_networks(entry).ok_or_else(|| ExcludeFileError::Line {
+            path: path.to_owned(),
+            line: i + 1,
+            text: entry.to_owned(),
+        })?;
+        entries += 1;
+        if entries > MAX_ENTRIES {
+            return Err(ExcludeFileError::TooMany {
+                path: path.to_owned(),
+            });
+        }
+        out.extend(nets.iter().map(ToString::to_string));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zmap_blocklists_read_with_comments_and_ranges() {
+        let text = "# blocklist\n\n198.18.0.5\n198.18.1.0/24   # a lab\n  2001:db8::7  \n198.18.2.1-198.18.2.4\n";
+        assert_eq!(
+            parse(text, "x").unwrap(),
+            [
+                "198.18.0.5/32",
+                "198.18.1.0/24",
+                "2001:db8::7/128",
+                "198.18.2.1/32",
+                "198.18.2.2/31",
+                "198.18.2.4/32"
+            ]
+        );
+        assert_eq!(
+            parse("# only comments\n\n", "x").unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    fn line_error(text: &str) -> String {
+        parse(text, "/etc/scanner-agent/exclude.txt")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_hostname_is_refused_with_file_and_line() {
+        assert_eq!(
+            line_error("198.18.0.1\n# c\nexample.org\n"),
+            "exclude file /etc/scanner-agent/exclude.txt line 3: \"example.org\" is not an IP address, a CIDR range or a first-last range"
+        );
+    }
+
+    #[test]
+    fn a_bad_prefix_is_refused() {
+        assert!(line_error("198.18.0.0/33").contains("line 1: \"198.18.0.0/33\""));
+    }
+
+    #[test]
+    fn a_backward_range_is_refused() {
+        assert!(line_error("\n198.18.0.9-198.18.0.1").contains("line 2:"));
+    }
+
+    #[test]
+    fn a_mixed_family_range_is_refused() {
+        assert!(line_error("198.18.0.1-2001:db8::1").contains("line 1:"));
+    }
+
+    #[test]
+    fn two_entries_on_one_line_are_refused() {
+        assert!(line_error("198.18.0.1 198.18.0.2").contains("line 1:"));
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let text = "198.18.0.1\n".repeat(MAX_ENTRIES + 1);
+        assert_eq!(
+            parse(&text, "big").unwrap_err(),
+            ExcludeFileError::TooMany { path: "big".into() }
+        );
+        assert_eq!(
+            parse(&"198.18.0.1\n".repeat(MAX_ENTRIES), "ok")
+                .unwrap()
+                .len(),
+            MAX_ENTRIES
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let e = read(Path::new("/nonexistent/exclude.txt")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cannot read exclude file /nonexistent/exclude.txt: "),
+            "{e}"
+        );
+    }
+}
