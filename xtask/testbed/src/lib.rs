@@ -448,7 +448,7 @@ impl Lab {
 /// each with its own veth pair into one target namespace. Scanner `i`
 /// (from 0) is `198.18.(10+i).1/24` on its [`SCANNER_IF`]; the target's end,
 /// `veth-t{i}`, is `198.18.(10+i).2`, and the target addresses (each a /32
-/// on a dummy interface of the target, in 198.18.0.0/24) are reached
+/// on the target's loopback, in 198.18.0.0/24) are reached
 /// through it: a route to 198.18.0.0/24 only, never a default route.
 pub struct Fleet {
     pub scanners: Vec<Netns>,
@@ -473,20 +473,15 @@ impl Fleet {
             scanners: Vec::new(),
             target,
         };
-        let mut hosts = String::from(
-            "link add dummy0 type dummy
-link set dummy0 up
-",
-        );
+        // On loopback: local addresses of the target, reached through each
+        // scanner's veth (not a dummy interface: not every kernel has one).
+        let mut hosts = String::new();
         for a in targets {
             ensure!(
                 a.octets()[..3] == [198, 18, 0],
                 "{a}: fleet targets are in 198.18.0.0/24"
             );
-            hosts.push_str(&format!(
-                "addr add {a}/32 dev dummy0
-"
-            ));
+            hosts.push_str(&format!("addr add {a}/32 dev lo\n"));
         }
         fleet.target.ip_batch(&hosts)?;
         fleet.target.try_sysctl(&[
@@ -499,15 +494,12 @@ link set dummy0 up
             veth_named(&scanner, &fleet.target, &peer, 1500)?;
             let net = 10 + i;
             scanner.ip_batch(&format!(
-                "addr add 198.18.{net}.1/24 dev {SCANNER_IF}
-link set {SCANNER_IF} up
-route add 198.18.0.0/24 via 198.18.{net}.2
-"
+                "addr add 198.18.{net}.1/24 dev {SCANNER_IF}\n\
+                 link set {SCANNER_IF} up\n\
+                 route add 198.18.0.0/24 via 198.18.{net}.2\n"
             ))?;
             fleet.target.ip_batch(&format!(
-                "addr add 198.18.{net}.2/24 dev {peer}
-link set {peer} up
-"
+                "addr add 198.18.{net}.2/24 dev {peer}\nlink set {peer} up\n"
             ))?;
             scanner.check_no_default_route()?;
             scanner.await_link_local(SCANNER_IF)?;
