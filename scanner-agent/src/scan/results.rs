@@ -146,12 +146,15 @@ pub struct PortResult {
     pub ttl: Option<u8>,
 }
 
+/// A port's state, the reply that decided it and that reply's TTL.
+pub type Decided = (PortState, Reason, Option<u8>);
+
 /// Results in the wanted states (others are only counted, so memory is
 /// bounded by what is reported), sorted by address, protocol and port.
 #[derive(Debug)]
 pub struct ResultSet {
     wanted: Vec<PortState>,
-    entries: BTreeMap<(IpAddr, Protocol, u16), (PortState, Reason, Option<u8>)>,
+    entries: BTreeMap<(IpAddr, Protocol, u16), Decided>,
     counts: [u64; 4],
 }
 
@@ -199,9 +202,7 @@ impl ResultSet {
         protocol: Protocol,
         port: u16,
         silence: PortState,
-        state: PortState,
-        reason: Reason,
-        ttl: Option<u8>,
+        (state, reason, ttl): Decided,
     ) {
         if !self.entries.contains_key(&(ip, protocol, port)) && state < silence {
             self.counts[silence as usize] = self.counts[silence as usize].saturating_sub(1);

@@ -511,9 +511,7 @@ impl<'a> Engine<'a> {
                     protocol,
                     port,
                     silence_of(protocol),
-                    state,
-                    reason,
-                    Some(ev.ttl),
+                    (state, reason, Some(ev.ttl)),
                 );
             }
             None => {}
