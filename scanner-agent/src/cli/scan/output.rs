@@ -77,6 +77,8 @@ pub(crate) enum OutputError {
     Stdout { letter: char, format: &'static str },
     #[error("-o{letter} needs a file name")]
     Empty { letter: char },
+    #[error("cannot write {path}: {dir} is not a directory")]
+    NoDirectory { path: String, dir: String },
 }
 
 /// The files to write, each optional.
@@ -151,6 +153,17 @@ impl OutputFiles {
             if named[..i].contains(a) {
                 return Err(OutputError::SameFile {
                     path: a.display().to_string(),
+                });
+            }
+            // Checked before scanning, so a typo does not cost the scan.
+            let dir = match a.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !dir.is_dir() {
+                return Err(OutputError::NoDirectory {
+                    path: a.display().to_string(),
+                    dir: dir.display().to_string(),
                 });
             }
         }
@@ -243,14 +256,20 @@ mod tests {
 
     #[test]
     fn all_names_three_files_and_bad_combinations_are_refused() {
-        let f = OutputFiles::new(None, None, None, p("out/scan"), None).unwrap();
+        let f = OutputFiles::new(None, None, None, p("/tmp/scan"), None).unwrap();
         assert_eq!(
             f,
             OutputFiles {
-                xml: p("out/scan.xml"),
-                normal: p("out/scan.nmap"),
-                json: p("out/scan.json"),
+                xml: p("/tmp/scan.xml"),
+                normal: p("/tmp/scan.nmap"),
+                json: p("/tmp/scan.json"),
             }
+        );
+        assert_eq!(
+            OutputFiles::new(p("/nonexistent/a.xml"), None, None, None, None)
+                .unwrap_err()
+                .to_string(),
+            "cannot write /nonexistent/a.xml: /nonexistent is not a directory"
         );
         assert_eq!(
             OutputFiles::new(p("a.xml"), None, None, p("base"), None)
