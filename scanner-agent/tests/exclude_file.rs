@@ -28,18 +28,7 @@ fn count_packets(lab: &Lab) {
 }
 
 fn packets_to(lab: &Lab, last: u8) -> u64 {
-    let out = lab
-        .target
-        .command("nft")
-        .args(["list", "counter", "inet", "excl", &format!("to{last}")])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("packets ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {text}"))
+    lab.target.nft_counter("excl", &format!("to{last}"))
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use common::{
     Fleet, agent,
-    daemon::{Daemon, FastScan, PORT, await_body, fetch, metric},
+    daemon::{Daemon, FastScan, PORT, await_body, fetch, metric, metric_sum},
 };
 
 const AGENTS: u8 = 3;
@@ -39,13 +39,6 @@ fn open_series(body: &str) -> BTreeSet<(String, u16)> {
             (ip.to_owned(), port)
         })
         .collect()
-}
-
-fn sum_of(body: &str, family: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(family))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]
@@ -87,7 +80,7 @@ fn three_agents_split_one_target_list_with_no_overlap() {
         })
         .collect();
 
-    let tasks = |body: &str| sum_of(body, "scans_successful_total{");
+    let tasks = |body: &str| metric_sum(body, "scans_successful_total{");
     let mut found: Vec<BTreeSet<(String, u16)>> = Vec::new();
     let mut first_probes = 0.0;
     for (i, ns) in fleet.scanners.iter().enumerate() {

@@ -327,6 +327,22 @@ impl Netns {
         run_with_input(self.command("nft").args(["-f", "-"]), ruleset).map(drop)
     }
 
+    /// The packets a named nftables counter of `table` (family inet) has
+    /// counted.
+    pub fn nft_counter(&self, table: &str, counter: &str) -> u64 {
+        let out = self
+            .command("nft")
+            .args(["list", "counter", "inet", table, counter])
+            .output()
+            .unwrap_or_else(|e| panic!("nft: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("packets ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {table} {counter} in {text}"))
+    }
+
     /// The XDP program id attached to `dev`, if any.
     pub fn xdp_prog(&self, dev: &str) -> Option<u32> {
         let out = self.ip(&["-d", "link", "show", "dev", dev]);
