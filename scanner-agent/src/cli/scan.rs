@@ -18,7 +18,7 @@ use scanner_agent::{
         engine::tuning::{NmapTimings, Rate, Tuning},
         exclude_file,
         probes::{Protocol, Shard},
-        results::{OutputFormat, PortState, write_results},
+        results::{OutputFormat, PortResult, PortState, write_results},
         services::{self, SERVICES_FILE, Services},
         targets::PortList,
         xml::{XmlRun, write_xml},
@@ -272,6 +272,7 @@ impl ScanArgs {
             args: command_line(),
             start,
             end: SystemTime::now(),
+            results: report.results.results(),
             report: &report,
             opts: &opts,
             services: Services::system(),
@@ -309,6 +310,7 @@ struct Finished<'a> {
     args: String,
     start: SystemTime,
     end: SystemTime,
+    results: Vec<PortResult>,
     report: &'a ScanReport,
     opts: &'a ScanOptions,
     services: Option<Services>,
@@ -318,8 +320,7 @@ impl Finished<'_> {
     /// Writes the results in `format`; a text file (`-oN`) gets nmap's
     /// comment lines around them, saying what ran and when.
     fn write(&self, out: &mut impl io::Write, format: OutputFormat, file: bool) -> io::Result<()> {
-        let results = self.report.results.results();
-        let up: Vec<_> = self.report.answered.clone();
+        let (results, up) = (&self.results, &self.report.answered);
         let total = self.report.hosts.values().map(|(u, d)| u + d).sum();
         if format == OutputFormat::Xml {
             return write_xml(
@@ -330,8 +331,8 @@ impl Finished<'_> {
                     end: self.end,
                     protocols: &self.opts.protocols,
                     ports: &self.opts.ports,
-                    results: &results,
-                    up: &up,
+                    results,
+                    up,
                     total_hosts: total,
                     host_discovery: self.opts.host_discovery,
                     services: self.services.as_ref(),
@@ -348,7 +349,7 @@ impl Finished<'_> {
                 self.args
             )?;
         }
-        write_results(out, format, &results)?;
+        write_results(out, format, results)?;
         if text {
             writeln!(
                 out,
