@@ -41,13 +41,14 @@ impl Drop for Scratch {
     }
 }
 
-/// A scan of ports 20-30, 80 and 443 of three addresses (the third one
-/// absent), with fast retry timing; returns its standard output.
+/// A scan of ports 20-30, 80 and 443 (the last two by their names in
+/// /etc/services) of three addresses (the third one absent), with fast
+/// retry timing; returns its standard output.
 fn scan(lab: &Lab, extra: &[&str]) -> String {
     let out = lab
         .scanner
         .command(agent())
-        .args(["scan", "-p", "20-30,80,443"])
+        .args(["scan", "-p", "20-30,http,https"])
         .args(["--initial-rtt-timeout", "100", "--max-rtt-timeout", "200"])
         .args(["--max-retries", "1", "--wait", "0.3"])
         .args(extra)
@@ -124,6 +125,12 @@ fn xml_is_valid_nmap_xml_and_ndiff_reports_exactly_the_change() {
     );
     assert!(
         xml.contains(r#"<hosts up="2" down="1" total="3"/>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(
+            r#"<scaninfo type="syn" protocol="tcp" numservices="13" services="20-30,80,443"/>"#
+        ),
         "{xml}"
     );
     assert_eq!(
