@@ -12,6 +12,10 @@ use crate::scan::targets;
 /// agent read and keep (entries are merged and applied in one sorted pass).
 pub const MAX_ENTRIES: usize = 100_000;
 
+/// The largest file read: room for the entries with comments, and a bound
+/// on what a mistaken path (a log, a device) can make the agent read.
+pub const MAX_BYTES: u64 = 16 << 20;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ExcludeFileError {
     #[error("cannot read exclude file {path}: {reason}")]
@@ -26,15 +30,25 @@ pub enum ExcludeFileError {
     },
     #[error("exclude file {path} has more than {MAX_ENTRIES} entries")]
     TooMany { path: String },
+    #[error("exclude file {path} is larger than {} MiB", MAX_BYTES >> 20)]
+    TooLarge { path: String },
 }
 
 /// Reads `path` and returns its entries as CIDR ranges.
 pub fn read(path: &Path) -> Result<Vec<String>, ExcludeFileError> {
+    use std::io::Read as _;
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ExcludeFileError::Read {
+    let failed = |e: std::io::Error| ExcludeFileError::Read {
         path: shown.clone(),
         reason: e.to_string(),
-    })?;
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_BYTES + 1).read_to_string(&mut text))
+        .map_err(failed)?;
+    if text.len() as u64 > MAX_BYTES {
+        return Err(ExcludeFileError::TooLarge { path: shown });
+    }
     parse(&text, &shown)
 }
 
@@ -134,6 +148,14 @@ mod tests {
                 .unwrap()
                 .len(),
             MAX_ENTRIES
+        );
+    }
+
+    #[test]
+    fn an_endless_file_is_refused_after_its_bound() {
+        assert_eq!(
+            read(Path::new("/dev/zero")).unwrap_err().to_string(),
+            "exclude file /dev/zero is larger than 16 MiB"
         );
     }
 
