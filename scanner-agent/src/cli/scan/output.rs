@@ -79,6 +79,8 @@ pub(crate) enum OutputError {
     Empty { letter: char },
     #[error("cannot write {path}: {dir} is not a directory")]
     NoDirectory { path: String, dir: String },
+    #[error("cannot write {path}: it is a directory")]
+    IsDirectory { path: String },
 }
 
 /// The files to write, each optional.
@@ -164,6 +166,11 @@ impl OutputFiles {
                 return Err(OutputError::NoDirectory {
                     path: a.display().to_string(),
                     dir: dir.display().to_string(),
+                });
+            }
+            if a.is_dir() {
+                return Err(OutputError::IsDirectory {
+                    path: a.display().to_string(),
                 });
             }
         }
@@ -270,6 +277,12 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "cannot write /nonexistent/a.xml: /nonexistent is not a directory"
+        );
+        assert_eq!(
+            OutputFiles::new(None, None, p("/tmp"), None, None)
+                .unwrap_err()
+                .to_string(),
+            "cannot write /tmp: it is a directory"
         );
         assert_eq!(
             OutputFiles::new(p("a.xml"), None, None, p("base"), None)
