@@ -10,7 +10,8 @@ use clap::{CommandFactory as _, Parser as _};
 use self::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // nmap's `-oX FILE` style flags, which clap cannot parse, become long flags.
+    let cli = Cli::parse_from(cli::scan::nmap_argv(std::env::args_os()));
     cli::init_logging(cli.verbose);
     match cli.command {
         Command::Scan(args) => args.run(),

@@ -198,3 +198,50 @@ fn check_config_runs_every_check_run_runs() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn nmap_output_flags_are_checked_together() {
+    testbed::require_root!();
+    let e = scan_fails(&["-oG", "out.gnmap", "198.18.0.2"]);
+    assert_eq!(
+        e,
+        "error: -oG (nmap's grepable output) is not supported: use -oX (XML), -oN (text), -oJ (NDJSON) or -oA\n"
+    );
+    let e = scan_fails(&["-oA", "/tmp/base", "-oX", "/tmp/x.xml", "198.18.0.2"]);
+    assert_eq!(
+        e,
+        "error: -oA /tmp/base already writes XML to /tmp/base.xml; give -oA or -oX, not both\n"
+    );
+    let e = scan_fails(&["-oN", "-", "198.18.0.2"]);
+    assert!(e.contains("use --format text instead"), "{e}");
+}
+
+#[test]
+fn unknown_service_names_are_named() {
+    testbed::require_root!();
+    let e = scan_fails(&["-p", "ssh,nosuchservice", "198.18.0.2"]);
+    assert_eq!(
+        e,
+        "error: -p: unknown service name \"nosuchservice\": /etc/services has no tcp service of that name\n"
+    );
+    // ntp is a UDP service: not a name for a TCP scan.
+    let e = scan_fails(&["-p", "ntp", "198.18.0.2"]);
+    assert!(e.contains("unknown service name \"ntp\""), "{e}");
+}
+
+#[test]
+fn a_bad_exclude_file_line_is_named() {
+    testbed::require_root!();
+    let file =
+        std::env::temp_dir().join(format!("scanner-agent-bad-exclude-{}", std::process::id()));
+    std::fs::write(&file, "# ok\n198.18.0.9\n198.18.0.0/40\n").unwrap();
+    let e = scan_fails(&["--exclude-file", file.to_str().unwrap(), "198.18.0.2"]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(
+        e,
+        format!(
+            "error: --exclude-file: exclude file {} line 3: \"198.18.0.0/40\" is not an IP address, a CIDR range or a first-last range\n",
+            file.display()
+        )
+    );
+}

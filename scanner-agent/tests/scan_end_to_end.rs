@@ -39,9 +39,17 @@ fn scan(lab: &Lab, args: &[&str]) -> (Found, String) {
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        // Exactly these fields, in this order.
-        assert_eq!(v.as_object().unwrap().len(), 5, "{line}");
-        let at: Vec<usize> = ["ip", "port", "protocol", "state", "reason"]
+        // Exactly these fields, in this order; `ttl` when a reply decided
+        // the state (the target's own TTL: no router in between).
+        let silent = v["reason"] == "no-response";
+        let fields: &[&str] = if silent {
+            &["ip", "port", "protocol", "state", "reason"]
+        } else {
+            assert_eq!(v["ttl"], 64, "{line}");
+            &["ip", "port", "protocol", "state", "reason", "ttl"]
+        };
+        assert_eq!(v.as_object().unwrap().len(), fields.len(), "{line}");
+        let at: Vec<usize> = fields
             .iter()
             .map(|k| {
                 line.find(&format!("\"{k}\":"))

@@ -16,7 +16,7 @@ use std::{
 
 use common::{
     Lab, agent,
-    daemon::{Daemon, PORT, fetch, metric},
+    daemon::{Daemon, PORT, fetch, metric, metric_sum},
     wait_until,
 };
 
@@ -56,13 +56,6 @@ fn shown_open(body: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn sum_of(body: &str, prefix: &str) -> f64 {
-    body.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// The seed's defaults (worker_count 10, task_queue_size 1000, min_rate
 /// 1000, no max_rate), one task per host, ten-odd ports.
 fn config(hosts: impl Iterator<Item = u8>, interval: u32, extra: &str) -> String {
@@ -76,18 +69,7 @@ fn config(hosts: impl Iterator<Item = u8>, interval: u32, extra: &str) -> String
 /// SYN probes (not the RSTs that end half-open connections) that reached
 /// the removed hosts.
 fn probes_to_removed(lab: &Lab) -> u64 {
-    let out = lab
-        .target
-        .command("nft")
-        .args(["list", "counter", "inet", "site", "removed"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split("packets ")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in {text}"))
+    lab.target.nft_counter("site", "removed")
 }
 
 #[test]
@@ -151,7 +133,7 @@ fn seed_defaults_scan_a_site_and_a_reload_stops_probing_removed_targets() {
         (0..HOSTS).all(|i| scanned(&body, i))
     });
     assert!(all_done, "not every task succeeded:\n{body}");
-    assert_eq!(sum_of(&body, "scans_failed_total"), 0.0, "{body}");
+    assert_eq!(metric_sum(&body, "scans_failed_total"), 0.0, "{body}");
     assert_eq!(shown_open(&body), truth(0..HOSTS), "{body}");
     assert!(metric(&body, "task_queue_size").is_some_and(|n| n >= 0.0));
 
@@ -181,7 +163,7 @@ fn seed_defaults_scan_a_site_and_a_reload_stops_probing_removed_targets() {
         at_reload,
         "probes reached removed targets after the reload was reported"
     );
-    assert_eq!(sum_of(&body, "scans_failed_total"), 0.0, "{body}");
+    assert_eq!(metric_sum(&body, "scans_failed_total"), 0.0, "{body}");
     assert_eq!(shown_open(&body), truth(kept.clone()), "{body}");
     assert_eq!(
         metric(&body, "scanner_agent_config_last_reload_successful"),

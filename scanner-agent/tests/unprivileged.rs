@@ -96,7 +96,7 @@ fn the_units_capabilities_are_enough_and_each_is_needed() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!(
-            "{{\"ip\":\"{TARGET}\",\"port\":{OPEN_PORT},\"protocol\":\"tcp\",\"state\":\"open\",\"reason\":\"syn-ack\"}}\n"
+            "{{\"ip\":\"{TARGET}\",\"port\":{OPEN_PORT},\"protocol\":\"tcp\",\"state\":\"open\",\"reason\":\"syn-ack\",\"ttl\":64}}\n"
         ),
         "{stderr}"
     );

@@ -216,23 +216,24 @@ fn udp_answers_icmp_errors_and_echo_replies_are_ours() {
 
     let mut udp = Vec::new();
     eth()
-        .ipv4(TARGET, US, 64)
+        .ipv4(TARGET, US, 50)
         .udp(22, our_port(17))
         .write(&mut udp, &[1, 2, 3])
         .unwrap();
     let ev = ours(&mut ebpf, &udp);
     assert_eq!(
-        (ev.kind(), ev.protocol, ev.remote_port),
-        (Some(ReplyKind::Udp), 17, 22)
+        (ev.kind(), ev.protocol, ev.remote_port, ev.ttl),
+        (Some(ReplyKind::Udp), 17, 22, 50)
     );
 
     // A router's "admin prohibited" about our SYN, quoting it.
     let mut probe = our_syn(TARGET, 22);
     let icmp = |quoted: &[u8]| icmp_unreach_v4(13, quoted);
     let ev = ours(&mut ebpf, &icmp(&probe[..28]));
+    // The TTL is the ICMP error's own (the router's), not the quoted probe's.
     assert_eq!(
-        (ev.kind(), ev.icmp_code, ev.remote_port),
-        (Some(ReplyKind::Unreachable), 13, 22)
+        (ev.kind(), ev.icmp_code, ev.remote_port, ev.ttl),
+        (Some(ReplyKind::Unreachable), 13, 22, 250)
     );
     assert_eq!(
         &ev.remote[..4],
@@ -329,7 +330,7 @@ fn icmp_unreach_v4(code: u8, quoted: &[u8]) -> Vec<u8> {
     );
     let mut out = Vec::new();
     PacketBuilder::ethernet2([2; 6], [4; 6])
-        .ipv4([198, 18, 0, 254], US, 64)
+        .ipv4([198, 18, 0, 254], US, 250)
         .icmpv4(unreach)
         .write(&mut out, quoted)
         .unwrap();
@@ -621,7 +622,7 @@ fn ipv6_syn_ack_is_ours() {
     let port = local_port(&SETTINGS, 1, h);
     let mut frame = Vec::new();
     PacketBuilder::ethernet2([2; 6], [4; 6])
-        .ipv6(t6, u6, 64)
+        .ipv6(t6, u6, 57)
         .tcp(443, port, 1, 65535)
         .syn()
         .ack(seq_of(h).wrapping_add(1))
@@ -630,9 +631,10 @@ fn ipv6_syn_ack_is_ours() {
     assert_eq!(run(&ebpf, &frame).unwrap().0, XDP_DROP);
     let evs = events(&mut ebpf);
     assert_eq!(evs.len(), 2);
+    // The hop limit the reply arrived with, for NDJSON's `ttl`.
     assert_eq!(
-        (evs[0].family, evs[0].remote, evs[0].kind()),
-        (6, t6, Some(ReplyKind::SynAck))
+        (evs[0].family, evs[0].remote, evs[0].kind(), evs[0].ttl),
+        (6, t6, Some(ReplyKind::SynAck), 57)
     );
     frame[14 + 40 + 8..14 + 40 + 12].copy_from_slice(&seq_of(h).to_be_bytes());
     assert_passed_untouched(&mut ebpf, &frame, "ipv6 syn-ack with a wrong ack");

@@ -197,6 +197,9 @@ pub(crate) const BUILD_PACKAGES: &[&str] = &["pkg-config", "libnftnl-dev", "libm
 /// `systemd-analyze verify`, `rpm` to inspect the built `.rpm`, `util-linux`
 /// for `setpriv`, iptables (the firewall counters are checked against
 /// `iptables-save`). prometheus and promtool come from `ensure_prometheus`.
+/// `nmap-common` for nmap's XML DTD (`/usr/share/nmap/nmap.dtd`) and
+/// `libxml2-utils` for `xmllint`, which validate `-oX` output; `ndiff`
+/// compares two such files; `netbase` for `/etc/services` (`-p ssh`).
 pub(crate) const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "util-linux",
@@ -212,6 +215,10 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "tmux",
     // `nroff` renders the generated man page in the docs test.
     "groff-base",
+    "nmap-common",
+    "libxml2-utils",
+    "ndiff",
+    "netbase",
 ];
 
 /// Programs the tests and benches run from Debian packages that must not be

@@ -1,7 +1,15 @@
 //! `scanner-agent scan`: its flags, how they combine with a config file,
-//! and the closing summary.
+//! and the closing summary; nmap's output files are in [`output`].
 
-use std::{io, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+mod output;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use clap::Args;
 use scanner_agent::{
@@ -9,13 +17,18 @@ use scanner_agent::{
     scan::{
         self, Attachment, ScanOptions, ScanReport,
         engine::tuning::{NmapTimings, Rate, Tuning},
+        exclude_file,
         probes::{Protocol, Shard},
-        results::{OutputFormat, PortState, write_results},
+        results::{OutputFormat, PortResult, PortState, write_results},
+        services::{self, SERVICES_FILE, Services},
         targets::PortList,
         transmit::LinkPolicy,
+        xml::{XmlRun, write_xml},
     },
 };
 
+pub(crate) use self::output::nmap_argv;
+use self::output::{OutputFiles, write_atomically};
 use super::{failure, progress::Reporter, usage_error};
 use scanner_agent::scan::engine::progress::Progress;
 
@@ -32,7 +45,7 @@ pub(crate) struct ScanArgs {
     /// Take targets and scan settings from this configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Ports: lists and ranges, e.g. 22,80,8000-8100 [default: 1-65535].
+    /// Ports: lists, ranges and service names from /etc/services, e.g. 22,80,8000-8100 or ssh,https [default: 1-65535].
     #[arg(short, long)]
     ports: Option<String>,
     /// Also scan UDP (with service payloads for common ports).
@@ -41,12 +54,30 @@ pub(crate) struct ScanArgs {
     /// Addresses or ranges never to probe (wins over targets). Repeatable, comma-separated.
     #[arg(long, value_delimiter = ',')]
     exclude: Vec<String>,
+    /// File of addresses or ranges never to probe: one per line, # comments (zmap's blocklist format).
+    #[arg(long, value_name = "FILE")]
+    exclude_file: Option<PathBuf>,
     /// Port states to print.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "open")]
     states: Vec<PortState>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     format: OutputFormat,
+    /// Also write nmap's XML to FILE (nmap -oX FILE).
+    #[arg(long = "output-xml", value_name = "FILE")]
+    output_xml: Option<PathBuf>,
+    /// Also write the text results to FILE (nmap -oN FILE).
+    #[arg(long = "output-normal", value_name = "FILE")]
+    output_normal: Option<PathBuf>,
+    /// Also write NDJSON to FILE (-oJ FILE).
+    #[arg(long = "output-json", value_name = "FILE")]
+    output_json: Option<PathBuf>,
+    /// Write BASE.xml, BASE.nmap and BASE.json (nmap -oA BASE).
+    #[arg(long = "output-all", value_name = "BASE")]
+    output_all: Option<PathBuf>,
+    /// An nmap output letter the agent does not write (from -oG and the like).
+    #[arg(long = "nmap-output-unsupported", hide = true)]
+    nmap_output_unsupported: Option<String>,
     /// Interface to send on and capture from (default: by route lookup).
     #[arg(short, long)]
     interface: Option<String>,
@@ -178,8 +209,19 @@ impl ScanArgs {
             })
             .transpose()?;
 
+        let udp = self.udp || section.udp_scan;
         let ports = match &self.ports {
-            Some(spec) => PortList::parse(spec).map_err(|e| e.to_string())?,
+            Some(spec) => {
+                // Names are resolved for the protocols scanned (`-p domain --udp`).
+                let protocols = [Protocol::Tcp, Protocol::Udp];
+                let spec = services::resolve_names(
+                    spec,
+                    &protocols[..if udp { 2 } else { 1 }],
+                    Path::new(SERVICES_FILE),
+                )
+                .map_err(|e| format!("-p: {e}"))?;
+                PortList::parse(&spec).map_err(|e| e.to_string())?
+            }
             None => section.port_range.list.clone(),
         };
         let include = if self.targets.is_empty() {
@@ -199,6 +241,11 @@ impl ScanArgs {
         };
         let mut targets = section.target_spec(include);
         targets.exclude.extend(self.exclude);
+        if let Some(file) = &self.exclude_file {
+            targets
+                .exclude
+                .extend(exclude_file::read(file).map_err(|e| format!("--exclude-file: {e}"))?);
+        }
         targets.max_v6_prefix = self.max_ipv6_prefix.unwrap_or(targets.max_v6_prefix);
         targets.resolve_dns &= !self.no_dns;
         let udp = self.udp || section.udp_scan;
@@ -230,12 +277,23 @@ impl ScanArgs {
 }
 
 impl ScanArgs {
-    pub(crate) fn run(self) -> ExitCode {
+    pub(crate) fn run(mut self) -> ExitCode {
         let format = self.format;
+        let files = match OutputFiles::new(
+            self.output_xml.take(),
+            self.output_normal.take(),
+            self.output_json.take(),
+            self.output_all.take(),
+            self.nmap_output_unsupported.as_deref(),
+        ) {
+            Ok(f) => f,
+            Err(e) => return usage_error(e),
+        };
         let opts = match self.options() {
             Ok(o) => o,
             Err(e) => return usage_error(e),
         };
+        let start = SystemTime::now();
         // The progress line (a terminal on stderr only) is gone before the summary.
         let progress = Arc::new(Progress::default());
         let reporter = Reporter::start(&progress);
@@ -249,12 +307,101 @@ impl ScanArgs {
             Err(e) if e.is_usage() => return usage_error(e),
             Err(e) => return failure(e),
         };
+        let run = Finished {
+            args: command_line(),
+            start,
+            end: SystemTime::now(),
+            results: report.results.results(),
+            report: &report,
+            opts: &opts,
+            services: Services::system(),
+        };
         summarize(&report, &opts);
-        match write_results(&mut io::stdout().lock(), format, &report.results.results()) {
+        // The files first: a closed pipe on stdout must not lose them.
+        for (path, format) in [
+            (&files.xml, OutputFormat::Xml),
+            (&files.normal, OutputFormat::Text),
+            (&files.json, OutputFormat::Ndjson),
+        ] {
+            let Some(path) = path else { continue };
+            if let Err(e) = write_atomically(path, |w| run.write(w, format, true)) {
+                return failure(format_args!("writing {}: {e}", path.display()));
+            }
+        }
+        match run.write(&mut io::stdout().lock(), format, false) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(e) => failure(format_args!("writing results: {e}")),
         }
+    }
+}
+
+/// The command line as typed, for nmap's `args` and the text file's header.
+fn command_line() -> String {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A finished scan and what its outputs need.
+struct Finished<'a> {
+    args: String,
+    start: SystemTime,
+    end: SystemTime,
+    results: Vec<PortResult>,
+    report: &'a ScanReport,
+    opts: &'a ScanOptions,
+    services: Option<Services>,
+}
+
+impl Finished<'_> {
+    /// Writes the results in `format`; a text file (`-oN`) gets nmap's
+    /// comment lines around them, saying what ran and when.
+    fn write(&self, out: &mut impl io::Write, format: OutputFormat, file: bool) -> io::Result<()> {
+        let (results, up) = (&self.results, &self.report.answered);
+        let total = self.report.hosts.values().map(|(u, d)| u + d).sum();
+        if format == OutputFormat::Xml {
+            return write_xml(
+                out,
+                &XmlRun {
+                    args: &self.args,
+                    start: self.start,
+                    end: self.end,
+                    protocols: &self.opts.protocols,
+                    ports: &self.opts.ports,
+                    results,
+                    up,
+                    total_hosts: total,
+                    host_discovery: self.opts.host_discovery,
+                    services: self.services.as_ref(),
+                },
+            );
+        }
+        let text = file && format == OutputFormat::Text;
+        if text {
+            writeln!(
+                out,
+                "# scanner-agent {} scan initiated {} as: {}",
+                env!("CARGO_PKG_VERSION"),
+                scan::xml::timestr(self.start),
+                self.args
+            )?;
+        }
+        write_results(out, format, results)?;
+        if text {
+            writeln!(
+                out,
+                "# scanner-agent done at {} -- {total} IP addresses ({} hosts up) scanned in {:.2} seconds",
+                scan::xml::timestr(self.end),
+                up.len(),
+                self.end
+                    .duration_since(self.start)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            )?;
+        }
+        out.flush()
     }
 }
 

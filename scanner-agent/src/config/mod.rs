@@ -25,7 +25,8 @@ pub use self::{
 use crate::{
     scan::{
         engine::tuning::{NmapTimings, Rate, Tuning},
-        probes::Protocol,
+        exclude_file,
+        probes::{Protocol, Shard},
         targets::{self, PortList, TargetSpec},
         transmit::LinkPolicy,
     },
@@ -157,6 +158,22 @@ pub struct Scanning {
     /// Never probed, whatever the targets say (new key).
     #[serde(default)]
     pub exclude: Vec<Target>,
+    /// A zmap-style blocklist file (new key): its addresses and ranges are
+    /// excluded like `exclude`'s, reread on every reload.
+    #[serde(default)]
+    pub exclude_file: Option<PathBuf>,
+    /// The file's entries as CIDR ranges, read by [`Config::load`].
+    #[serde(skip)]
+    pub exclude_from_file: Vec<String>,
+    /// This agent's share `i/N` of every scheduled task, when N agents
+    /// share one target list (new key; `1/1`: all of it).
+    #[serde(default = "defaults::shard", deserialize_with = "shard")]
+    pub shard: Shard,
+    /// The probe order's seed for every scheduled task (new key; by
+    /// default each task's seed is derived from its target, ports and
+    /// protocol, so agents with different configs still agree).
+    #[serde(default)]
+    pub seed: Option<u64>,
     /// Largest IPv6 range accepted as a target, as a prefix length (new key).
     #[serde(default = "defaults::max_ipv6_prefix")]
     pub max_ipv6_prefix: Prefix<128>,
@@ -255,6 +272,14 @@ mod defaults {
     pub(super) fn yield_above() -> super::Share {
         super::Share(0.7)
     }
+    pub(super) fn shard() -> crate::scan::probes::Shard {
+        crate::scan::probes::Shard::WHOLE
+    }
+}
+
+/// `scanning.shard`: `i/N`, as `scan --shard` reads it.
+fn shard<'de, D: Deserializer<'de>>(d: D) -> Result<Shard, D::Error> {
+    checked_str(d, "a shard i/N such as \"2/4\"", str::parse::<Shard>)
 }
 
 /// Probes per second a rate key may ask for: far above what one host's
@@ -383,6 +408,13 @@ impl Config {
             tls.server_config()
                 .map_err(|e| format!("server.tls: {e}"))?;
         }
+        if let Some(file) = &mut self.scanning.exclude_file {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+            self.scanning.exclude_from_file =
+                exclude_file::read(file).map_err(|e| format!("scanning.exclude_file: {e}"))?;
+        }
         Ok(())
     }
 
@@ -459,7 +491,12 @@ impl Scanning {
     pub fn target_spec(&self, include: Vec<String>) -> TargetSpec {
         TargetSpec {
             include,
-            exclude: self.exclude.iter().map(|t| t.0.clone()).collect(),
+            exclude: self
+                .exclude
+                .iter()
+                .map(|t| t.0.clone())
+                .chain(self.exclude_from_file.iter().cloned())
+                .collect(),
             max_v6_prefix: self.max_ipv6_prefix.0,
             resolve_dns: !self.disable_dns_resolution,
         }

@@ -169,6 +169,14 @@ fn rejections_name_key_and_line() {
             "scanning:\n  yield_above: 0\n",
             "scanning.yield_above: 0 is out of range (expected a share above 0 and at most 1) at line 2",
         ),
+        (
+            "scanning:\n  shard: \"5/4\"\n",
+            "scanning.shard: invalid shard \"5/4\": expected i/N with 1 <= i <= N, e.g. 2/4 at line 2",
+        ),
+        (
+            "scanning:\n  seed: -1\n",
+            "scanning.seed: invalid type: integer `-1`, expected u64 at line 2",
+        ),
         ("bogus: 1\n", "unknown field `bogus`"),
     ];
     for (yaml, want) in cases {
@@ -478,5 +486,45 @@ fn capped_ports_refuse_long_specs_before_parsing() {
         Ports::parse_capped("80-20", Ports::QUERY_MAX_LEN)
             .unwrap_err()
             .contains("ends before it starts")
+    );
+}
+
+/// `scanning.exclude_file` is read with the config, relative to it; its
+/// entries join `exclude` in every target specification, and a bad line
+/// fails the whole load with file and line.
+#[test]
+fn the_exclude_file_is_read_with_the_config() {
+    let dir = std::env::temp_dir().join(format!("scanner-agent-exclcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        "scanning:\n  exclude: [198.18.0.9]\n  exclude_file: blocked.txt\n  shard: \"2/3\"\n  seed: 7\ntargets: [198.18.0.0/28]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("blocked.txt"), "# lab\n198.18.0.4/31\n").unwrap();
+    let c = Config::load(&config).unwrap();
+    assert_eq!(
+        c.scanning.target_spec(vec!["198.18.0.0/28".into()]).exclude,
+        ["198.18.0.9", "198.18.0.4/31"]
+    );
+    assert_eq!(
+        (
+            c.scanning.shard.index,
+            c.scanning.shard.count,
+            c.scanning.seed
+        ),
+        (2, 3, Some(7))
+    );
+    std::fs::write(dir.join("blocked.txt"), "198.18.0.4/31\nhost.example\n").unwrap();
+    let e = Config::load(&config).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        e,
+        format!(
+            "{}: scanning.exclude_file: exclude file {} line 2: \"host.example\" is not an IP address, a CIDR range or a first-last range",
+            config.display(),
+            dir.join("blocked.txt").display()
+        )
     );
 }

@@ -72,6 +72,19 @@ fn scan_job(
     };
     let live = shared.live();
     let s = &live.config.scanning;
+    // A fleet splits scheduled tasks (`scanning.shard`); a `/query` scan is
+    // one agent's answer to its caller and covers everything it asks for.
+    let scheduled = job.query.is_none();
+    let shard = if scheduled { s.shard } else { Shard::WHOLE };
+    let seed = match s.seed {
+        Some(seed) if scheduled => Some(seed),
+        None if shard != Shard::WHOLE => Some(scan::task_seed(
+            &job.task.label(),
+            &job.ports.list,
+            job.protocol,
+        )),
+        _ => None,
+    };
     let opts = ScanOptions {
         targets: s.target_spec(vec![job.task.label()]),
         ports: job.ports.list.clone(),
@@ -79,8 +92,8 @@ fn scan_job(
         tuning: s.tuning(),
         interface: Some(route.interface.clone()),
         host_discovery: !s.disable_host_discovery,
-        shard: Shard::WHOLE,
-        seed: None,
+        shard,
+        seed,
         states: vec![PortState::Open],
         // A timeout beyond what the clock can hold is no deadline at all.
         deadline: Instant::now().checked_add(Duration::from_secs(s.timeout.0)),

@@ -12,6 +12,9 @@ pub mod probes;
 pub mod transmit;
 pub mod capture;
 pub mod results;
+pub mod services;
+pub mod exclude_file;
+pub mod xml;
 pub mod engine;
 pub mod route;
 pub mod privileges;
@@ -138,6 +141,21 @@ fn order_seed(opts: &ScanOptions) -> [u64; 2] {
     }
     let s = h.finish();
     [s, s.rotate_left(32)]
+}
+
+/// The probe order's seed of one scheduled task when a fleet shares the
+/// work (`scanning.shard`): from what defines the task (its target, its
+/// ports and its protocol) and nothing else, so agents whose configs differ
+/// elsewhere (credentials, rates, other targets) still agree on it.
+pub fn task_seed(target: &str, ports: &PortList, protocol: Protocol) -> u64 {
+    let mut h = SipHasher13::new();
+    h.write(target.as_bytes());
+    h.write_u8(0);
+    for p in ports.as_slice() {
+        h.write_u16(*p);
+    }
+    h.write(protocol.to_string().as_bytes());
+    h.finish()
 }
 
 /// Where a scan gets its replies.

@@ -140,14 +140,21 @@ pub struct PortResult {
     pub protocol: Protocol,
     pub state: PortState,
     pub reason: Reason,
+    /// The TTL / hop limit of the reply that decided the state (masscan's
+    /// `ttl`); absent when silence decided it (`no-response`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u8>,
 }
+
+/// A port's state, the reply that decided it and that reply's TTL.
+pub type Decided = (PortState, Reason, Option<u8>);
 
 /// Results in the wanted states (others are only counted, so memory is
 /// bounded by what is reported), sorted by address, protocol and port.
 #[derive(Debug)]
 pub struct ResultSet {
     wanted: Vec<PortState>,
-    entries: BTreeMap<(IpAddr, Protocol, u16), (PortState, Reason)>,
+    entries: BTreeMap<(IpAddr, Protocol, u16), Decided>,
     counts: [u64; 4],
 }
 
@@ -160,8 +167,9 @@ impl ResultSet {
         }
     }
 
-    /// Records a state for a port. A port's first state is counted; a later,
-    /// more definite one (a late answer after silence) replaces it.
+    /// Records a state for a port, with the TTL of the reply that decided
+    /// it. A port's first state is counted; a later, more definite one (a
+    /// late answer after silence) replaces it.
     pub fn record(
         &mut self,
         ip: IpAddr,
@@ -169,9 +177,10 @@ impl ResultSet {
         port: u16,
         state: PortState,
         reason: Reason,
+        ttl: Option<u8>,
     ) {
         let key = (ip, protocol, port);
-        if let Some(&(old, _)) = self.entries.get(&key) {
+        if let Some(&(old, ..)) = self.entries.get(&key) {
             if state >= old {
                 return;
             }
@@ -179,7 +188,7 @@ impl ResultSet {
         }
         self.counts[state as usize] += 1;
         if self.wanted.contains(&state) {
-            self.entries.insert(key, (state, reason));
+            self.entries.insert(key, (state, reason, ttl));
         } else {
             self.entries.remove(&key);
         }
@@ -193,25 +202,27 @@ impl ResultSet {
         protocol: Protocol,
         port: u16,
         silence: PortState,
-        state: PortState,
-        reason: Reason,
+        (state, reason, ttl): Decided,
     ) {
         if !self.entries.contains_key(&(ip, protocol, port)) && state < silence {
             self.counts[silence as usize] = self.counts[silence as usize].saturating_sub(1);
         }
-        self.record(ip, protocol, port, state, reason);
+        self.record(ip, protocol, port, state, reason, ttl);
     }
 
     pub fn results(&self) -> Vec<PortResult> {
         self.entries
             .iter()
-            .map(|(&(ip, protocol, port), &(state, reason))| PortResult {
-                ip,
-                port,
-                protocol,
-                state,
-                reason,
-            })
+            .map(
+                |(&(ip, protocol, port), &(state, reason, ttl))| PortResult {
+                    ip,
+                    port,
+                    protocol,
+                    state,
+                    reason,
+                    ttl,
+                },
+            )
             .collect()
     }
 
@@ -230,6 +241,8 @@ pub enum OutputFormat {
     Text,
     /// One JSON object per line, for tools.
     Ndjson,
+    /// nmap's XML (`-oX`), for nmap's tools (ndiff, zenmap, importers).
+    Xml,
 }
 
 pub fn write_results(
@@ -251,6 +264,11 @@ pub fn write_results(
             OutputFormat::Ndjson => {
                 serde_json::to_writer(&mut *out, r)?;
                 out.write_all(b"\n")?;
+            }
+            OutputFormat::Xml => {
+                return Err(io::Error::other(
+                    "XML needs the scan's report: use xml::write_xml",
+                ));
             }
         }
     }
@@ -350,8 +368,22 @@ mod tests {
     fn ndjson_has_exactly_the_documented_shape() {
         let mut set = ResultSet::new(&[PortState::Open, PortState::Filtered]);
         let ip: IpAddr = "198.19.0.3".parse().unwrap();
-        set.record(ip, Protocol::Tcp, 22, PortState::Open, Reason::SynAck);
-        set.record(ip, Protocol::Tcp, 23, PortState::Closed, Reason::Rst);
+        set.record(
+            ip,
+            Protocol::Tcp,
+            22,
+            PortState::Open,
+            Reason::SynAck,
+            Some(61),
+        );
+        set.record(
+            ip,
+            Protocol::Tcp,
+            23,
+            PortState::Closed,
+            Reason::Rst,
+            Some(61),
+        );
         set.record(
             ip,
             Protocol::Udp,
@@ -361,13 +393,23 @@ mod tests {
                 family: 4,
                 code: 13,
             },
+            Some(254),
+        );
+        set.record(
+            ip,
+            Protocol::Udp,
+            54,
+            PortState::Filtered,
+            Reason::NoResponse,
+            None,
         );
         let mut out = Vec::new();
         write_results(&mut out, OutputFormat::Ndjson, &set.results()).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"ip\":\"198.19.0.3\",\"port\":22,\"protocol\":\"tcp\",\"state\":\"open\",\"reason\":\"syn-ack\"}\n\
-             {\"ip\":\"198.19.0.3\",\"port\":53,\"protocol\":\"udp\",\"state\":\"filtered\",\"reason\":\"icmp-admin-prohibited\"}\n"
+            "{\"ip\":\"198.19.0.3\",\"port\":22,\"protocol\":\"tcp\",\"state\":\"open\",\"reason\":\"syn-ack\",\"ttl\":61}\n\
+             {\"ip\":\"198.19.0.3\",\"port\":53,\"protocol\":\"udp\",\"state\":\"filtered\",\"reason\":\"icmp-admin-prohibited\",\"ttl\":254}\n\
+             {\"ip\":\"198.19.0.3\",\"port\":54,\"protocol\":\"udp\",\"state\":\"filtered\",\"reason\":\"no-response\"}\n"
         );
         assert_eq!(
             (set.count(PortState::Open), set.count(PortState::Closed)),
@@ -385,14 +427,23 @@ mod tests {
             443,
             PortState::Filtered,
             Reason::NoResponse,
+            None,
         );
-        set.record(ip, Protocol::Tcp, 443, PortState::Open, Reason::SynAck);
+        set.record(
+            ip,
+            Protocol::Tcp,
+            443,
+            PortState::Open,
+            Reason::SynAck,
+            Some(64),
+        );
         set.record(
             ip,
             Protocol::Tcp,
             443,
             PortState::Filtered,
             Reason::NoResponse,
+            None,
         );
         let r = set.results();
         assert_eq!(r.len(), 1);

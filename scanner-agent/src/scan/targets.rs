@@ -161,9 +161,7 @@ impl TargetSet {
             .flat_map(|(_, nets)| nets.iter().map(|n| Run::of(*n)))
             .collect();
         runs = merge(runs);
-        for ex in excludes {
-            runs = subtract(&runs, Run::of(ex));
-        }
+        runs = subtract(&runs, &merge(excludes.into_iter().map(Run::of).collect()));
         let mut starts = Vec::with_capacity(runs.len());
         let mut len: u64 = 0;
         for run in &runs {
@@ -407,18 +405,38 @@ fn merge(mut runs: Vec<Run>) -> Vec<Run> {
     out
 }
 
-fn subtract(runs: &[Run], ex: Run) -> Vec<Run> {
-    let mut out = Vec::with_capacity(runs.len() + 1);
+/// `runs` minus `excludes`, both sorted and merged, in one pass over each
+/// (an exclude file of many entries costs their number, not its square).
+fn subtract(runs: &[Run], excludes: &[Run]) -> Vec<Run> {
+    let mut out = Vec::with_capacity(runs.len() + excludes.len());
+    let mut j = 0;
     for &r in runs {
-        if r.v6 != ex.v6 || ex.end <= r.first || r.end <= ex.first {
-            out.push(r);
-            continue;
+        // Excludes wholly before this run (an earlier family, or ending
+        // before it starts) are before every later run too.
+        while excludes
+            .get(j)
+            .is_some_and(|ex| (ex.v6, ex.end) <= (r.v6, r.first))
+        {
+            j += 1;
         }
-        if r.first < ex.first {
-            out.push(Run { end: ex.first, ..r });
+        let mut rest = r;
+        for ex in &excludes[j..] {
+            if ex.v6 != rest.v6 || rest.end <= ex.first {
+                break;
+            }
+            if rest.first < ex.first {
+                out.push(Run {
+                    end: ex.first,
+                    ..rest
+                });
+            }
+            rest.first = rest.first.max(ex.end);
+            if rest.end <= rest.first {
+                break;
+            }
         }
-        if ex.end < r.end {
-            out.push(Run { first: ex.end, ..r });
+        if rest.first < rest.end {
+            out.push(rest);
         }
     }
     out
@@ -593,6 +611,44 @@ mod tests {
         assert_eq!(
             TargetSet::build(&spec).unwrap_err(),
             TargetError::InvalidExclude("198.18.0.0/33".into())
+        );
+    }
+
+    /// Excludes given in any order, overlapping each other and spanning
+    /// several target ranges of both families, are applied in one pass.
+    #[test]
+    fn excludes_spanning_ranges_and_families_are_all_applied() {
+        let mut spec = TargetSpec::new(vec![
+            "198.18.0.16/29".into(),
+            "198.18.0.0/29".into(),
+            "2001:db8::/126".into(),
+        ]);
+        spec.exclude = vec![
+            "2001:db8::1".into(),
+            "198.18.0.6/31".into(),
+            "198.18.0.2/31".into(),
+            "198.18.0.4/30".into(),
+            "198.18.0.8/29".into(),
+            "198.18.0.16".into(),
+            "198.18.0.22".into(),
+            "2001:db8::1".into(),
+        ];
+        let t = TargetSet::build(&spec).unwrap();
+        assert_eq!(
+            ips(&t),
+            [
+                "198.18.0.0",
+                "198.18.0.1",
+                "198.18.0.17",
+                "198.18.0.18",
+                "198.18.0.19",
+                "198.18.0.20",
+                "198.18.0.21",
+                "198.18.0.23",
+                "2001:db8::",
+                "2001:db8::2",
+                "2001:db8::3",
+            ]
         );
     }
 

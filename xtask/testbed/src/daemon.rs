@@ -143,6 +143,15 @@ pub fn metric(body: &str, line_start: &str) -> Option<f64> {
         .ok()
 }
 
+/// The sum of every series whose line starts with `prefix` (a family over
+/// all its label sets).
+pub fn metric_sum(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A running `scanner-agent run` (the binary `agent`) in a namespace, with
 /// its config file and its log (`stderr.log`) in a directory of its own;
 /// all go away on drop.

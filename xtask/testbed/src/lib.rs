@@ -329,6 +329,22 @@ impl Netns {
         run_with_input(self.command("nft").args(["-f", "-"]), ruleset).map(drop)
     }
 
+    /// The packets a named nftables counter of `table` (family inet) has
+    /// counted.
+    pub fn nft_counter(&self, table: &str, counter: &str) -> u64 {
+        let out = self
+            .command("nft")
+            .args(["list", "counter", "inet", table, counter])
+            .output()
+            .unwrap_or_else(|e| panic!("nft: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("packets ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter {table} {counter} in {text}"))
+    }
+
     /// The XDP program id attached to `dev`, if any.
     pub fn xdp_prog(&self, dev: &str) -> Option<u32> {
         let out = self.ip(&["-d", "link", "show", "dev", dev]);
@@ -371,8 +387,14 @@ fn deep_listener(port: u16) -> Result<TcpListener> {
 /// A veth pair from [`SCANNER_IF`] in `scanner` to [`TARGET_IF`] in
 /// `target`, created directly inside the namespaces, with the given MTU.
 pub fn veth(scanner: &Netns, target: &Netns, mtu: u32) -> Result<()> {
+    veth_named(scanner, target, TARGET_IF, mtu)
+}
+
+/// [`veth`] with the target's end called `target_if` (several scanners
+/// into one target namespace each need their own name there).
+pub fn veth_named(scanner: &Netns, target: &Netns, target_if: &str, mtu: u32) -> Result<()> {
     let link = format!(
-        "link add {SCANNER_IF} netns {} mtu {mtu} type veth peer name {TARGET_IF} netns {} mtu {mtu}",
+        "link add {SCANNER_IF} netns {} mtu {mtu} type veth peer name {target_if} netns {} mtu {mtu}",
         scanner.name, target.name
     );
     run_with_input(Command::new("ip").args(link.split_whitespace()), "")?;
@@ -381,7 +403,7 @@ pub fn veth(scanner: &Netns, target: &Netns, mtu: u32) -> Result<()> {
     // address stays tentative for a second after the link comes up, and
     // neighbour discovery of the first IPv6 target stalls until then.
     scanner.try_sysctl(&[&format!("net.ipv6.conf.{SCANNER_IF}.accept_dad=0")])?;
-    target.try_sysctl(&[&format!("net.ipv6.conf.{TARGET_IF}.accept_dad=0")])
+    target.try_sysctl(&[&format!("net.ipv6.conf.{target_if}.accept_dad=0")])
 }
 
 /// A scanner and a target namespace joined by a veth pair.
@@ -437,6 +459,72 @@ impl Lab {
             ns.await_link_local(dev)?;
         }
         Ok(lab)
+    }
+}
+
+/// Several scanner namespaces (a fleet of agents sharing one target list),
+/// each with its own veth pair into one target namespace. Scanner `i`
+/// (from 0) is `198.18.(10+i).1/24` on its [`SCANNER_IF`]; the target's end,
+/// `veth-t{i}`, is `198.18.(10+i).2`, and the target addresses (each a /32
+/// on the target's loopback, in 198.18.0.0/24) are reached
+/// through it: a route to 198.18.0.0/24 only, never a default route.
+pub struct Fleet {
+    pub scanners: Vec<Netns>,
+    pub target: Netns,
+}
+
+impl Fleet {
+    pub fn new(scanners: u8, targets: &[Ipv4Addr]) -> Self {
+        Self::build(scanners, targets).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// [`Fleet::new`], failing with an error.
+    pub fn build(scanners: u8, targets: &[Ipv4Addr]) -> Result<Self> {
+        ensure!(scanners <= 100, "at most 100 scanners");
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let target = Netns::named(&format!("sa-fleet-t-{tag}"))?;
+        let mut fleet = Self {
+            scanners: Vec::new(),
+            target,
+        };
+        // On loopback: local addresses of the target, reached through each
+        // scanner's veth (not a dummy interface: not every kernel has one).
+        let mut hosts = String::new();
+        for a in targets {
+            ensure!(
+                a.octets()[..3] == [198, 18, 0],
+                "{a}: fleet targets are in 198.18.0.0/24"
+            );
+            hosts.push_str(&format!("addr add {a}/32 dev lo\n"));
+        }
+        fleet.target.ip_batch(&hosts)?;
+        fleet.target.try_sysctl(&[
+            "net.ipv4.icmp_ratelimit=0",
+            "net.ipv4.icmp_msgs_per_sec=1000000",
+        ])?;
+        for i in 0..scanners {
+            let scanner = Netns::named(&format!("sa-fleet-s{i}-{tag}"))?;
+            let peer = format!("veth-t{i}");
+            veth_named(&scanner, &fleet.target, &peer, 1500)?;
+            let net = 10 + i;
+            scanner.ip_batch(&format!(
+                "addr add 198.18.{net}.1/24 dev {SCANNER_IF}\n\
+                 link set {SCANNER_IF} up\n\
+                 route add 198.18.0.0/24 via 198.18.{net}.2\n"
+            ))?;
+            fleet.target.ip_batch(&format!(
+                "addr add 198.18.{net}.2/24 dev {peer}\nlink set {peer} up\n"
+            ))?;
+            scanner.check_no_default_route()?;
+            scanner.await_link_local(SCANNER_IF)?;
+            fleet.scanners.push(scanner);
+        }
+        fleet.target.check_no_default_route()?;
+        Ok(fleet)
     }
 }
 

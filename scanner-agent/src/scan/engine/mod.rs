@@ -503,6 +503,7 @@ impl<'a> Engine<'a> {
                 probe.port,
                 state,
                 Reason::NoResponse,
+                None,
             );
         }
     }
@@ -677,7 +678,7 @@ impl<'a> Engine<'a> {
                 self.rate.answered(tries > 1);
                 if self.phase == Phase::Ports {
                     self.results
-                        .record(probe.addr, protocol, port, state, reason);
+                        .record(probe.addr, protocol, port, state, reason, Some(ev.ttl));
                 }
             }
             Some(_) => {} // a duplicate answer
@@ -688,8 +689,7 @@ impl<'a> Engine<'a> {
                     protocol,
                     port,
                     silence_of(protocol),
-                    state,
-                    reason,
+                    (state, reason, Some(ev.ttl)),
                 );
             }
             None => {}
