@@ -11,7 +11,7 @@ use common::{Lab, Netns, agent, wait_until};
 
 const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// What stdout holds: the one open port, nothing else.
-const RESULT: &str = "{\"ip\":\"198.18.0.2\",\"port\":22,\"protocol\":\"tcp\",\"state\":\"open\",\"reason\":\"syn-ack\"}\n";
+const RESULT: &str = "{\"ip\":\"198.18.0.2\",\"port\":22,\"protocol\":\"tcp\",\"state\":\"open\",\"reason\":\"syn-ack\",\"ttl\":64}\n";
 
 /// A tmux server of the test's own (`-L`), in `ns`; killed on drop.
 struct Tmux<'a> {

@@ -222,9 +222,12 @@ fn tcp_open_closed_and_filtered_follow_nmaps_rules() {
     );
 }
 
-/// The final wait follows the measured round trip, not a fixed second: a
-/// service that answers late, within the retry timeout, is still found
-/// after faster ones have answered and the round trip estimate has shrunk.
+/// The end follows the measured round trip, not a fixed second, and still
+/// never cuts off an answer within the timeout a probe went out with: both
+/// probes leave in the first burst (with the 1 s initial timeout), 7001
+/// answers at once (the retry timeout falls to `min_rtt_timeout`, 100 ms,
+/// so 7000 is given up after 100 ms: no retries), and 7000's answer, 400 ms
+/// late, still turns its silence into `open`.
 #[test]
 fn a_late_answer_within_the_retry_timeout_is_caught() {
     testbed::require_root!();

@@ -297,9 +297,7 @@ impl<'a> Engine<'a> {
         self.start = Instant::now();
         let first = self.within_link(self.rate.rate(), Duration::ZERO);
         self.pacer.set_rate(first);
-        let mut period_start = self.start;
-        let mut period_limited = false;
-        let (mut period_blocked, mut period_sent) = (tx.blocked(), 0);
+        let mut period = Period::new(self.start, tx.blocked(), 0);
         let mut last_send = self.start;
         let mut sent_every_probe = false;
         let mut replies = Vec::new();
@@ -331,7 +329,7 @@ impl<'a> Engine<'a> {
                 self.pacer.refund(allowed - granted);
                 allowed = granted;
             }
-            period_limited |= wanted > 0 && allowed < wanted;
+            period.limited |= wanted > 0 && allowed < wanted;
             let n = self.send_turn(tx, allowed, now)?;
             if n < allowed {
                 // The window or the plan ran out first: the rest of the
@@ -358,20 +356,8 @@ impl<'a> Engine<'a> {
                 let open = self.results.count(PortState::Open);
                 p.update(self.window.head, self.stats.sent, self.stats.retries, open);
             }
-            if now - period_start >= RATE_PERIOD {
-                let elapsed = now - period_start;
-                let waited = tx.blocked() - period_blocked;
-                // The senders held the loop up for a fifth of the period:
-                // the path, not the pacer, set the pace.
-                let carried = (waited > elapsed / 5)
-                    .then(|| (self.stats.sent - period_sent) as f64 / elapsed.as_secs_f64());
-                let rate = self.rate.end_period(period_limited, carried);
-                let rate = self.within_link(rate, elapsed);
-                self.pacer.set_rate(rate);
-                period_start = now;
-                period_limited = false;
-                period_blocked = tx.blocked();
-                period_sent = self.stats.sent;
+            if now - period.start >= RATE_PERIOD {
+                period = self.close_period(&period, now, tx.blocked());
             }
 
             let finished =
@@ -394,6 +380,21 @@ impl<'a> Engine<'a> {
         self.stats.final_rate = self.rate.rate();
         self.stats.held_periods = self.rate.held_periods();
         Ok(self.stats.clone())
+    }
+
+    /// Ends a rate period at `now` (with `blocked` the senders' wait so
+    /// far): the controller's new rate, within the link's share, goes to
+    /// the pacer. Returns the next period.
+    fn close_period(&mut self, period: &Period, now: Instant, blocked: Duration) -> Period {
+        let elapsed = now - period.start;
+        // The senders held the loop up for a fifth of the period: the
+        // path, not the pacer, set the pace.
+        let carried = (blocked - period.blocked > elapsed / 5)
+            .then(|| (self.stats.sent - period.sent) as f64 / elapsed.as_secs_f64());
+        let rate = self.rate.end_period(period.limited, carried);
+        let rate = self.within_link(rate, elapsed);
+        self.pacer.set_rate(rate);
+        Period::new(now, blocked, self.stats.sent)
     }
 
     /// `rate` within the link's share, or the floor rate while the link's
@@ -712,6 +713,27 @@ impl<'a> Engine<'a> {
         );
         self.frame_bytes += (pkt.len + ETHERNET_HEADER) as u64;
         self.rsts.push(pkt);
+    }
+}
+
+/// One period of the rate controller: when it began, whether the pacer
+/// held the sender back, and the senders' wait and packets sent at its
+/// start.
+struct Period {
+    start: Instant,
+    limited: bool,
+    blocked: Duration,
+    sent: u64,
+}
+
+impl Period {
+    fn new(start: Instant, blocked: Duration, sent: u64) -> Self {
+        Self {
+            start,
+            limited: false,
+            blocked,
+            sent,
+        }
     }
 }
 

@@ -24,12 +24,17 @@ pub(super) struct Pacer {
 }
 
 impl Pacer {
+    /// A bucket at `rate` that starts full: the first burst goes out at
+    /// once, before any answer is handled (so every probe of a small scan
+    /// goes out with the same, initial, retry timeout).
     pub(super) fn new(rate: f64) -> Self {
-        Self {
+        let mut p = Self {
             rate: rate.max(1.0),
-            tokens: 1.0,
+            tokens: 0.0,
             last: Instant::now(),
-        }
+        };
+        p.tokens = p.burst();
+        p
     }
 
     pub(super) fn set_rate(&mut self, rate: f64) {
@@ -125,6 +130,7 @@ mod tests {
         );
         // Over a simulated second, the bucket lets through about `rate`.
         let mut p = Pacer::new(5000.0);
+        p.tokens = 0.0;
         let start = p.last;
         let total: usize = (1..=1000)
             .map(|ms| p.take(start + Duration::from_millis(ms), usize::MAX))
@@ -142,7 +148,8 @@ mod tests {
         let total: usize = (1..=2000)
             .map(|turn| p.take(start + Duration::from_micros(500 * turn), MAX_TURN))
             .sum();
-        assert!((299_000..=300_001).contains(&total), "{total}");
+        // The rate, plus the full bucket it started with (4 ms of it).
+        assert!((299_000..=301_201).contains(&total), "{total}");
     }
 
     #[test]
