@@ -270,8 +270,11 @@ impl Sender {
     }
 }
 
-/// Batches handed to the workers but not yet sent, at most, per worker.
-const QUEUE_PER_WORKER: usize = 4;
+/// Packets handed to the workers but not yet sent, at most: a whole turn
+/// of the scan loop (4096 probes) fits, so `submit` only waits when the
+/// senders are really behind, which is what the rate controller reads as
+/// the path being full.
+const QUEUED_PACKETS: usize = 4096;
 
 /// Sending threads, each with its own sockets. Most of a probe's cost is in
 /// the kernel (on the raw path its routing, and on a veth the receiver's
@@ -337,8 +340,9 @@ impl TxPool {
             None => tracing::info!(%path, interface, "transmit path chosen"),
             Some(why) => tracing::info!(%path, interface, reason = %why, "transmit path chosen"),
         }
-        let (queue, jobs) = mpsc::sync_channel::<Vec<Packet>>(workers * QUEUE_PER_WORKER);
-        let (recycle, spare) = mpsc::sync_channel(workers * (QUEUE_PER_WORKER + 2));
+        let depth = QUEUED_PACKETS / BATCH;
+        let (queue, jobs) = mpsc::sync_channel::<Vec<Packet>>(depth);
+        let (recycle, spare) = mpsc::sync_channel(depth + 2 * workers);
         let jobs = Arc::new(Mutex::new(jobs));
         let mut handles = Vec::with_capacity(workers);
         for (n, mut sender) in senders.into_iter().enumerate() {
