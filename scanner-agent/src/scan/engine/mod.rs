@@ -48,6 +48,10 @@ use crate::scan::{
 pub const DEFAULT_WINDOW: usize = 1 << 19;
 /// How often the adaptive rate is reconsidered.
 const RATE_PERIOD: Duration = Duration::from_millis(100);
+/// The shortest nap of the scan loop: the pacer's bucket holds 4 ms, so a
+/// turn a millisecond late loses no tokens, and replies wait at most this
+/// long to be read (nothing to the retry timeouts, 100 ms at least).
+const MIN_NAP: Duration = Duration::from_millis(1);
 /// An Ethernet header, which the link's counters count with each probe.
 const ETHERNET_HEADER: usize = 14;
 /// A probe frame's size before any was sent: an IPv4 SYN with its MSS.
@@ -365,9 +369,16 @@ impl<'a> Engine<'a> {
             if finished && now >= self.end(last_send) {
                 break;
             }
+            // Nap, then read what arrived meanwhile: waking for every reply
+            // (a poll on the ring) would cost a system call, a timer and a
+            // thread switch per turn, on cores the target's kernel and the
+            // senders need.
             let timeout = self.next_wake(now, finished, last_send);
+            if !timeout.is_zero() {
+                std::thread::sleep(timeout.max(MIN_NAP));
+            }
             stream
-                .poll(timeout, |ev| replies.push(ev))
+                .poll(Duration::ZERO, |ev| replies.push(ev))
                 .map_err(EngineError::Receive)?;
             let now = Instant::now();
             for ev in replies.drain(..) {
