@@ -7,7 +7,8 @@
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    thread,
+    time::{Duration, Instant, SystemTime},
 };
 
 use prometheus_client::{
@@ -22,10 +23,12 @@ use prometheus_client::{
 
 use super::{
     FirewallConfig, FirewallError,
+    flight::Flight,
     layout::{Layout, Series, Xtables},
     legacy,
-    netlink::{self, Read},
+    netlink::{self, Read, RuleCache},
     ruleset::Counters,
+    set_counts::SetCounts,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -34,15 +37,52 @@ struct LegacyLabels {
     table: String,
 }
 
-/// Reads the firewall at each scrape. Clones share one layout, so the
-/// agent's `/metrics` and the drop-in listener keep one cache between them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct SetLabels {
+    family: String,
+    table: String,
+    set: String,
+}
+
+/// How long a read may take (and a scrape wait for one under way) before
+/// the scrape reports `iptables_scrape_success 0`.
+pub(super) const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What one read gives every scrape that shares it.
+#[derive(Debug)]
+struct Snapshot {
+    layout: Arc<Layout>,
+    values: Vec<Counters>,
+    /// When the rendered ruleset last changed, as far as this agent saw.
+    changed: SystemTime,
+    took: Duration,
+}
+
+/// What reads keep for the next one.
+#[derive(Debug)]
+struct Kept {
+    /// The layout of the last generation read.
+    layout: Option<Arc<Layout>>,
+    /// The rules of the last full read, parsed and (once needed) rendered.
+    cache: RuleCache,
+    /// [`super::ruleset::Ruleset::digest`] of the last full read.
+    digest: Option<u64>,
+    changed: SystemTime,
+}
+
+/// Reads the firewall at each scrape. Clones share one layout and one read
+/// in flight, so the agent's `/metrics` and the drop-in listener keep one
+/// cache between them and never read twice at once.
 #[derive(Clone, Debug)]
 pub struct FirewallCollector {
     position_label: bool,
     legacy_names: bool,
-    /// The layout of the last generation read; the lock also keeps
-    /// concurrent scrapes of this collector from reading twice at once.
-    layout: Arc<Mutex<Option<Layout>>>,
+    kept: Arc<Mutex<Kept>>,
+    flight: Arc<Flight<Result<Snapshot, FirewallError>>>,
+    sets: SetCounts,
+    deadline: Duration,
+    /// Test-only: how long each read sleeps before it starts.
+    delay: Duration,
     /// The last failure logged and when, so a broken setup logs once in a while, not per scrape.
     last_error: Arc<Mutex<Option<(String, Instant)>>>,
 }
@@ -54,41 +94,102 @@ impl FirewallCollector {
         Self {
             position_label: config.rule_position_label,
             legacy_names: config.legacy_metric_names,
-            layout: Arc::default(),
+            kept: Arc::new(Mutex::new(Kept {
+                layout: None,
+                cache: RuleCache::new(),
+                digest: None,
+                changed: SystemTime::now(),
+            })),
+            flight: Arc::default(),
+            sets: SetCounts::default(),
+            deadline: READ_DEADLINE,
+            delay: Duration::ZERO,
             last_error: Arc::default(),
         }
     }
 
-    /// The current values, with `layout` made current first.
-    fn read(&self, layout: &mut Option<Layout>) -> Result<Vec<Counters>, FirewallError> {
-        let known = layout.as_ref().map(|l| (l.generation, l.chains.as_slice()));
-        let mut read = netlink::read(known)?;
-        if let (Read::Counters(counts), Some(current)) = (&read, layout.as_ref()) {
+    /// For tests only: every read first sleeps `delay` (within its
+    /// deadline), and reads give up after `deadline`, so that scrapes
+    /// during a slow read and a read past its deadline can be staged.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_slow_reads_for_tests(mut self, delay: Duration, deadline: Duration) -> Self {
+        self.delay = delay;
+        self.deadline = deadline;
+        self
+    }
+
+    /// One read: the current values, with the kept layout made current first.
+    fn read(&self, kept: &mut Kept, deadline: Instant) -> Result<Snapshot, FirewallError> {
+        let started = Instant::now();
+        if !self.delay.is_zero() {
+            thread::sleep(
+                self.delay
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+        let known = kept
+            .layout
+            .as_ref()
+            .map(|l| (l.generation, l.chains.as_slice()));
+        let mut read = netlink::read(known, &kept.cache, deadline)?;
+        if let (Read::Counters(counts), Some(current)) = (&read, kept.layout.as_ref()) {
             match current.values(counts) {
-                Some(values) => return Ok(values),
+                Some(values) => {
+                    return Ok(Snapshot {
+                        layout: Arc::clone(current),
+                        values,
+                        changed: kept.changed,
+                        took: started.elapsed(),
+                    });
+                }
                 // Never expected (the generation held): a read that does not
                 // fit its generation's layout. Start again from the structure.
-                None => read = netlink::read(None)?,
+                None => read = netlink::read(None, &kept.cache, deadline)?,
             }
         }
-        match read {
-            Read::Full {
-                generation,
-                ruleset,
-                counts,
-            } => {
-                let fresh = layout.insert(Layout::new(
-                    generation,
-                    ruleset,
-                    &counts,
-                    self.position_label,
-                ));
-                fresh
-                    .values(&counts)
-                    .ok_or(FirewallError::Malformed("ruleset"))
-            }
-            Read::Counters(_) => Err(FirewallError::Malformed("ruleset")),
+        let Read::Full {
+            generation,
+            ruleset,
+            counts,
+            cache,
+        } = read
+        else {
+            return Err(FirewallError::Malformed("ruleset"));
+        };
+        // A new generation need not be a new ruleset: set element updates
+        // move it too. Only a different digest is a change.
+        let digest = ruleset.digest();
+        if kept.digest != Some(digest) {
+            kept.digest = Some(digest);
+            kept.changed = SystemTime::now();
         }
+        kept.cache = cache;
+        let layout = Arc::new(Layout::new(
+            generation,
+            ruleset,
+            &counts,
+            self.position_label,
+        ));
+        kept.layout = Some(Arc::clone(&layout));
+        let values = layout
+            .values(&counts)
+            .ok_or(FirewallError::Malformed("ruleset"))?;
+        Ok(Snapshot {
+            layout,
+            values,
+            changed: kept.changed,
+            took: started.elapsed(),
+        })
+    }
+
+    /// The result of the read under way, or of a read made now.
+    fn shared_read(&self) -> Option<Arc<Result<Snapshot, FirewallError>>> {
+        let deadline = Instant::now() + self.deadline;
+        self.flight.share(deadline, || {
+            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            self.read(&mut kept, deadline)
+        })
     }
 
     fn log_failure(&self, e: &FirewallError) {
@@ -117,11 +218,17 @@ impl FirewallCollector {
     }
 }
 
-fn counter_family<L: EncodeLabelSet>(
+/// Seconds since the Unix epoch.
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn counter_family(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    series: &Series<L>,
+    series: &Series,
     values: &[Counters],
     value: fn(&Counters) -> u64,
 ) -> Result<(), std::fmt::Error> {
@@ -216,22 +323,72 @@ fn encode_xtables(
     )?)
 }
 
+impl FirewallCollector {
+    /// `nftables_set_elements` and its refresh's families.
+    fn encode_sets(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(counted) = self.sets.current() else {
+            return Ok(());
+        };
+        if let Ok(sets) = &counted.sets {
+            let mut family = encoder.encode_descriptor(
+                "nftables_set_elements",
+                "Elements of a named nftables set or map (as `nft list set` shows them: an interval once), as of nftables_set_elements_read_timestamp_seconds.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for set in sets {
+                ConstGauge::new(i64::try_from(set.elements).unwrap_or(i64::MAX)).encode(
+                    family.encode_family(&SetLabels {
+                        family: set.family.name(),
+                        table: set.table.clone(),
+                        set: set.set.clone(),
+                    })?,
+                )?;
+            }
+        }
+        gauge(
+            encoder,
+            "nftables_set_elements_read_duration_seconds",
+            "Duration of the last count of the nftables set elements (made apart from scrapes, at most every 5 s).",
+            counted.took.as_secs_f64(),
+        )?;
+        gauge(
+            encoder,
+            "nftables_set_elements_read_timestamp_seconds",
+            "When the last count of the nftables set elements was made.",
+            unix_seconds(counted.wall),
+        )?;
+        let success = ConstGauge::new(i64::from(counted.sets.is_ok()));
+        success.encode(encoder.encode_descriptor(
+            "nftables_set_elements_read_success",
+            "Whether the last count of the nftables set elements succeeded.",
+            None,
+            success.metric_type(),
+        )?)
+    }
+}
+
 impl Collector for FirewallCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let started = Instant::now();
-        let mut layout = self.layout.lock().unwrap_or_else(PoisonError::into_inner);
-        let values = match self.read(&mut layout) {
-            Ok(values) => {
+        let shared = self.shared_read();
+        let snapshot = match shared.as_deref() {
+            Some(Ok(snapshot)) => {
                 self.recovered();
-                Some(values)
+                Some(snapshot)
             }
-            Err(e) => {
-                self.log_failure(&e);
+            Some(Err(e)) => {
+                self.log_failure(e);
+                None
+            }
+            None => {
+                self.log_failure(&FirewallError::Deadline);
                 None
             }
         };
-        let took = started.elapsed();
-        let read = layout.as_ref().zip(values.as_deref());
+        // A scrape that shared a read reports that read's duration.
+        let took = snapshot.map_or_else(|| started.elapsed(), |s| s.took);
+        let read = snapshot.map(|s| (&*s.layout, s.values.as_slice()));
         encode_xtables(
             &mut encoder,
             "iptables",
@@ -280,6 +437,28 @@ impl Collector for FirewallCollector {
                 |c| c.packets,
             )?;
         }
+        if let Some(snapshot) = snapshot {
+            gauge(
+                &mut encoder,
+                "nftables_ruleset_generation",
+                "The nftables ruleset generation read (every committed change moves it, set element updates included).",
+                f64::from(snapshot.layout.generation.id),
+            )?;
+            gauge(
+                &mut encoder,
+                "nftables_ruleset_last_change_timestamp_seconds",
+                "When the rendered rules last changed (chains, policies, rules and named counters; not set elements), as first seen by a read of this agent.",
+                unix_seconds(snapshot.changed),
+            )?;
+        }
+        let reads = ConstCounter::new(self.flight.reads());
+        reads.encode(encoder.encode_descriptor(
+            "scanner_agent_firewall_reads",
+            "Reads of the nftables ruleset over netlink (concurrent scrapes share one).",
+            None,
+            reads.metric_type(),
+        )?)?;
+        self.encode_sets(&mut encoder)?;
         let legacy = legacy::tables();
         if !legacy.is_empty() {
             let mut family = encoder.encode_descriptor(

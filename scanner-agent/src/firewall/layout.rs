@@ -10,20 +10,27 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
-
 use super::{
+    labels::{LabelSet, Labels, Writer},
     netlink::{Counts, Generation, Handled},
     render,
     ruleset::{Chain, Counters, Family, Ruleset},
 };
 
 /// A chain policy series (labels in the order the original printed them).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct PolicyLabels {
     chain: String,
     policy: String,
     table: String,
+}
+
+impl LabelSet for PolicyLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("chain", &self.chain);
+        out.label("policy", &self.policy);
+        out.label("table", &self.table);
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,18 +43,18 @@ pub(super) struct RuleLabels {
     position: Option<usize>,
 }
 
-impl EncodeLabelSet for RuleLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        ("chain", self.chain.as_str()).encode(encoder.encode_label())?;
+impl LabelSet for RuleLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("chain", &self.chain);
         if let Some(position) = self.position {
-            ("position", position).encode(encoder.encode_label())?;
+            out.label("position", &position.to_string());
         }
-        ("rule", self.rule.as_str()).encode(encoder.encode_label())?;
-        ("table", self.table.as_str()).encode(encoder.encode_label())
+        out.label("rule", &self.rule);
+        out.label("table", &self.table);
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct NftRuleLabels {
     family: String,
     table: String,
@@ -56,27 +63,47 @@ pub(super) struct NftRuleLabels {
     comment: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+impl LabelSet for NftRuleLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("family", &self.family);
+        out.label("table", &self.table);
+        out.label("chain", &self.chain);
+        out.label("handle", &self.handle);
+        out.label("comment", &self.comment);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct NamedCounterLabels {
     family: String,
     table: String,
     counter: String,
 }
 
-/// One family's series: label sets in encoding order; series `i` has the
-/// value at `first + i` of [`Layout::values`].
+impl LabelSet for NamedCounterLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("family", &self.family);
+        out.label("table", &self.table);
+        out.label("counter", &self.counter);
+    }
+}
+
+/// One family's series: label sets in encoding order, each already written
+/// out as exposition text ([`Labels`]), so that a scrape of an unchanged
+/// ruleset writes only the numbers; series `i` has the value at
+/// `first + i` of [`Layout::values`].
 #[derive(Debug)]
-pub(super) struct Series<L> {
-    pub labels: Vec<L>,
+pub(super) struct Series {
+    labels: Vec<Labels>,
     first: usize,
 }
 
-impl<L> Series<L> {
+impl Series {
     /// Each label set with its value.
     pub(super) fn with<'a>(
         &'a self,
         values: &'a [Counters],
-    ) -> impl Iterator<Item = (&'a L, Counters)> {
+    ) -> impl Iterator<Item = (&'a Labels, Counters)> {
         let values = &values[self.first..self.first + self.labels.len()];
         self.labels.iter().zip(values.iter().copied())
     }
@@ -85,8 +112,8 @@ impl<L> Series<L> {
 /// The series of one iptables family (IPv4 or IPv6).
 #[derive(Debug)]
 pub(super) struct Xtables {
-    pub policies: Series<PolicyLabels>,
-    pub rules: Series<RuleLabels>,
+    pub policies: Series,
+    pub rules: Series,
 }
 
 /// A chain, rule or named counter of the dump: its handle, checked at
@@ -107,8 +134,8 @@ pub(super) struct Layout {
     named_slots: Vec<Slot>,
     pub iptables: Xtables,
     pub ip6tables: Xtables,
-    pub nftables: Series<NftRuleLabels>,
-    pub named: Series<NamedCounterLabels>,
+    pub nftables: Series,
+    pub named: Series,
     series: usize,
 }
 
@@ -206,13 +233,13 @@ struct Builder {
 impl Builder {
     /// A family of the members of `items` that pass `member`, by labels;
     /// members with the same labels share (and add up in) one series.
-    fn series<'a, T, L: Ord>(
+    fn series<'a, T, L: Ord + LabelSet>(
         &mut self,
         items: &'a [T],
         member: impl Fn(&T) -> bool,
         mut labels: impl FnMut(&'a T) -> L,
         target: Target,
-    ) -> Series<L> {
+    ) -> Series {
         let mut by_labels: BTreeMap<L, Vec<usize>> = BTreeMap::new();
         for (index, item) in items.iter().enumerate().filter(|(_, i)| member(i)) {
             by_labels.entry(labels(item)).or_default().push(index);
@@ -220,7 +247,11 @@ impl Builder {
         self.series_of(by_labels, target)
     }
 
-    fn series_of<L>(&mut self, by_labels: BTreeMap<L, Vec<usize>>, target: Target) -> Series<L> {
+    fn series_of<L: LabelSet>(
+        &mut self,
+        by_labels: BTreeMap<L, Vec<usize>>,
+        target: Target,
+    ) -> Series {
         let first = self.series;
         let slots = match target {
             Target::Chains => &mut self.chain_slots,
@@ -234,7 +265,7 @@ impl Builder {
                 for member in members {
                     slots[member].series = Some(first + offset);
                 }
-                labels
+                Labels::of(&labels)
             })
             .collect::<Vec<_>>();
         self.series += labels.len();
@@ -296,7 +327,10 @@ impl Builder {
                 *position += 1;
                 RuleLabels {
                     chain: rule.chain.clone(),
-                    rule: render::iptables_rule(rule),
+                    rule: rule
+                        .rendered
+                        .get_or_init(|| render::iptables_rule(rule))
+                        .clone(),
                     table: rule.table.clone(),
                     position: position_label.then_some(*position),
                 }
@@ -311,7 +345,7 @@ impl Builder {
         &mut self,
         ruleset: &Ruleset,
         managed: &BTreeSet<(Family, String)>,
-    ) -> Series<NftRuleLabels> {
+    ) -> Series {
         self.series(
             &ruleset.rules,
             |r| r.has_counter() && !managed.contains(&(r.family, r.table.clone())),

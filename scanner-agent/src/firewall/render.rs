@@ -594,6 +594,8 @@ mod tests {
             handle: 1,
             exprs,
             comment: None,
+            digest: 0,
+            rendered: std::sync::OnceLock::new(),
         }
     }
 

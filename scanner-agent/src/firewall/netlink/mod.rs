@@ -18,16 +18,26 @@
 mod attrs;
 mod nftnl;
 
+mod sets;
+
 use std::{
+    collections::HashMap,
     io,
-    os::unix::fs::MetadataExt as _,
-    sync::atomic::{AtomicU32, Ordering},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Instant,
 };
 
-pub(super) use self::attrs::Handled;
+pub(super) use self::{
+    attrs::Handled,
+    sets::{SetElements, set_elements},
+};
 use super::{
     FirewallError,
-    ruleset::{Chain, Ruleset},
+    ruleset::{Chain, Rule, Ruleset},
 };
 
 /// Attempts before giving up on a ruleset that keeps changing.
@@ -45,8 +55,15 @@ static SEQ: AtomicU32 = AtomicU32::new(1);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Generation {
     /// The network namespace's inode: ids of different namespaces may meet.
-    netns: u64,
-    id: u32,
+    pub netns: u64,
+    pub id: u32,
+}
+
+/// The inode of this thread's network namespace. Through thread-self: a
+/// scrape may run on a thread that entered another namespace than the
+/// process's.
+pub(super) fn netns() -> u64 {
+    std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino())
 }
 
 /// Counter values of one read, in dump order: chains (policy counters),
@@ -59,21 +76,32 @@ pub(super) struct Counts {
 }
 
 pub(super) enum Read {
-    /// A generation the caller did not know: structure and counters.
+    /// A generation the caller did not know: structure and counters, and
+    /// the rules of this read as the cache for the next full read.
     Full {
         generation: Generation,
         ruleset: Ruleset,
         counts: Counts,
+        cache: RuleCache,
     },
     /// The generation the caller knew: counters only, in the same order.
     Counters(Counts),
 }
 
+/// Parsed rules by [`attrs::RuleDigest::key`], as of the last full read:
+/// what a full read need not parse (nor the layout render) again.
+pub(super) type RuleCache = HashMap<u64, Arc<Rule>>;
+
 /// One consistent read. `known` is the generation whose structure the
-/// caller holds, with its chains (whose rules are dumped one by one).
-pub(super) fn read(known: Option<(Generation, &[Chain])>) -> Result<Read, FirewallError> {
+/// caller holds, with its chains (whose rules are dumped one by one);
+/// `cache` the rules of the last full read. The read gives up at `deadline`.
+pub(super) fn read(
+    known: Option<(Generation, &[Chain])>,
+    cache: &RuleCache,
+    deadline: Instant,
+) -> Result<Read, FirewallError> {
     for _ in 0..ATTEMPTS {
-        if let Some(read) = read_once(known)? {
+        if let Some(read) = read_once(known, cache, deadline)? {
             return Ok(read);
         }
     }
@@ -81,21 +109,25 @@ pub(super) fn read(known: Option<(Generation, &[Chain])>) -> Result<Read, Firewa
 }
 
 /// A read, or `None` when the ruleset changed during it.
-fn read_once(known: Option<(Generation, &[Chain])>) -> Result<Option<Read>, FirewallError> {
-    let mut reader = Reader {
-        socket: mnl::Socket::new(mnl::Bus::Netfilter).map_err(FirewallError::netlink)?,
-        buffer: vec![0u64; RECV_BUFFER / 8],
-    };
+fn read_once(
+    known: Option<(Generation, &[Chain])>,
+    cache: &RuleCache,
+    deadline: Instant,
+) -> Result<Option<Read>, FirewallError> {
+    let mut reader = Reader::new(deadline)?;
     let generation = reader.generation()?;
     let read = match known {
         Some((g, chains)) if g == generation => reader
-            .dumps(Some(chains))?
-            .map(|(_, counts)| Read::Counters(counts)),
-        _ => reader.dumps(None)?.map(|(ruleset, counts)| Read::Full {
-            generation,
-            ruleset,
-            counts,
-        }),
+            .dumps(Some(chains), cache)?
+            .map(|(_, counts, _)| Read::Counters(counts)),
+        _ => reader
+            .dumps(None, cache)?
+            .map(|(ruleset, counts, cache)| Read::Full {
+                generation,
+                ruleset,
+                counts,
+                cache,
+            }),
     };
     if read.is_none() || reader.generation()? != generation {
         return Ok(None);
@@ -107,6 +139,7 @@ struct Reader {
     socket: mnl::Socket,
     /// u64 elements keep the buffer aligned for `nlmsghdr`.
     buffer: Vec<u64>,
+    deadline: Instant,
 }
 
 /// The buffer as bytes, still aligned for `nlmsghdr`.
@@ -126,13 +159,57 @@ fn c_string(name: &str) -> Vec<u8> {
 }
 
 impl Reader {
+    /// A netfilter socket whose receives give up at `deadline`.
+    fn new(deadline: Instant) -> Result<Self, FirewallError> {
+        let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(FirewallError::netlink)?;
+        let reader = Self {
+            socket,
+            buffer: vec![0u64; RECV_BUFFER / 8],
+            deadline,
+        };
+        reader.receive_timeout()?;
+        Ok(reader)
+    }
+
+    /// Makes a blocked receive return at the deadline (`SO_RCVTIMEO`).
+    fn receive_timeout(&self) -> Result<(), FirewallError> {
+        let left = self
+            .deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(FirewallError::Deadline)?;
+        let tv = libc::timeval {
+            tv_sec: left.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+            // At least 1 us: zero would mean no timeout.
+            tv_usec: left.subsec_micros().max(1).try_into().unwrap_or(0),
+        };
+        // SAFETY: a valid socket and a `timeval` of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(FirewallError::netlink(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Every dump of one read. With `known` chains only the counters are
     /// read, following those chains; without, the structure is parsed too.
+    /// A rule found in `cache` under its key is taken from there; the
+    /// rules of this read are returned as the next cache.
     fn dumps(
         &mut self,
         known: Option<&[Chain]>,
-    ) -> Result<Option<(Ruleset, Counts)>, FirewallError> {
+        cache: &RuleCache,
+    ) -> Result<Option<(Ruleset, Counts, RuleCache)>, FirewallError> {
         let parse = known.is_none();
+        let mut next = RuleCache::new();
         let mut counts = Counts::default();
         let Ruleset {
             mut chains,
@@ -160,7 +237,13 @@ impl Reader {
                 |msg| {
                     counts.rules.push(attrs::rule(msg)?);
                     if parse {
-                        rules.push(nftnl::parse_rule(msg)?);
+                        let key = attrs::rule_digest(msg).key;
+                        let rule = match cache.get(&key) {
+                            Some(rule) => Arc::clone(rule),
+                            None => Arc::new(nftnl::parse_rule(msg)?),
+                        };
+                        next.insert(key, Arc::clone(&rule));
+                        rules.push(rule);
                     }
                     Ok(())
                 },
@@ -188,6 +271,7 @@ impl Reader {
                 counters,
             },
             counts,
+            next,
         )))
     }
 
@@ -195,7 +279,10 @@ impl Reader {
     fn recv(&mut self) -> Result<usize, FirewallError> {
         self.socket
             .recv_raw(as_bytes(&mut self.buffer))
-            .map_err(FirewallError::netlink)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => FirewallError::Deadline,
+                _ => FirewallError::netlink(e),
+            })
     }
 
     /// Sends one nftables request: `msg_type` for `family` (0: all), with
@@ -235,6 +322,9 @@ impl Reader {
         attributes: &[u8],
         mut each: impl FnMut(&[u8]) -> Result<(), FirewallError>,
     ) -> Result<bool, FirewallError> {
+        if Instant::now() >= self.deadline {
+            return Err(FirewallError::Deadline);
+        }
         let seq = self.request(msg_type, family, libc::NLM_F_DUMP as u16, attributes)?;
         let portid = self.socket.portid();
         loop {
@@ -283,11 +373,8 @@ impl Reader {
                     error_code(msg),
                 )));
             }
-            // Through thread-self: a scrape may run on a thread that
-            // entered another namespace than the process's.
-            let netns = std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino());
             return Ok(Generation {
-                netns,
+                netns: netns(),
                 id: attrs::generation(msg)?,
             });
         }
