@@ -90,6 +90,35 @@ pub struct FirewallCollector {
 const REPEAT_ERROR_AFTER: Duration = Duration::from_secs(300);
 
 impl FirewallCollector {
+    /// The sample names these families can have (counters with `_total`).
+    pub const FAMILIES: [&str; 25] = [
+        "iptables_default_bytes_total",
+        "iptables_default_packets_total",
+        "iptables_default_packets_toal",
+        "iptables_rule_bytes_total",
+        "iptables_rule_packets_total",
+        "iptables_scrape_duration_seconds",
+        "iptables_scrape_success",
+        "ip6tables_default_bytes_total",
+        "ip6tables_default_packets_total",
+        "ip6tables_rule_bytes_total",
+        "ip6tables_rule_packets_total",
+        "ip6tables_scrape_duration_seconds",
+        "ip6tables_scrape_success",
+        "nftables_rule_bytes_total",
+        "nftables_rule_packets_total",
+        "nftables_counter_bytes_total",
+        "nftables_counter_packets_total",
+        "nftables_ruleset_generation",
+        "nftables_ruleset_last_change_timestamp_seconds",
+        "scanner_agent_firewall_reads_total",
+        "nftables_set_elements",
+        "nftables_set_elements_read_duration_seconds",
+        "nftables_set_elements_read_timestamp_seconds",
+        "nftables_set_elements_read_success",
+        "scanner_agent_firewall_legacy_table",
+    ];
+
     pub fn new(config: &FirewallConfig) -> Self {
         Self {
             position_label: config.rule_position_label,
