@@ -92,9 +92,7 @@ fn the_last_change_moves_with_rules_and_not_with_set_elements() {
     // the same rules.
     for element in ["198.18.7.1", "198.18.7.2"] {
         std::thread::sleep(Duration::from_millis(20));
-        ns.nft(&format!(
-            "add element inet guard banned {{ {element} }}\n"
-        ));
+        ns.nft(&format!("add element inet guard banned {{ {element} }}\n"));
         let text = scrape(&ns, &registry);
         assert!(must(&text, GENERATION) > generation, "{text}");
         assert_eq!(must(&text, CHANGED), changed, "{text}");
@@ -120,7 +118,9 @@ fn the_last_change_moves_with_rules_and_not_with_set_elements() {
     );
     // A native rule changed in place (same chain, other port): a change.
     std::thread::sleep(Duration::from_millis(20));
-    ns.nft("flush chain inet guard input\nadd rule inet guard input ip saddr @banned counter reject\n");
+    ns.nft(
+        "flush chain inet guard input\nadd rule inet guard input ip saddr @banned counter reject\n",
+    );
     let text = scrape(&ns, &registry);
     assert!(must(&text, CHANGED) > moved, "{text}");
     // Only counters moved: no change.
@@ -258,5 +258,9 @@ fn a_read_past_its_deadline_fails_the_scrape_instead_of_hanging() {
         assert_eq!(must(text, "ip6tables_scrape_success"), 0.0, "{text}");
         assert!(!text.contains("iptables_rule_"), "{text}");
     }
-    assert_eq!(must(&text, READS), 1.0, "the waiter started no read:\n{text}");
+    assert_eq!(
+        must(&text, READS),
+        1.0,
+        "the waiter started no read:\n{text}"
+    );
 }

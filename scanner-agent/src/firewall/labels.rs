@@ -93,7 +93,9 @@ mod tests {
             let mut registry = Registry::default();
             if prerendered {
                 let family = Family::<Labels, Counter>::default();
-                family.get_or_create(&Labels::of(&Two("INPUT", value))).inc();
+                family
+                    .get_or_create(&Labels::of(&Two("INPUT", value)))
+                    .inc();
                 registry.register("r", "h", family);
             } else {
                 let family = Family::<Vec<(String, String)>, Counter>::default();

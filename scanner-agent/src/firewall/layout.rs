@@ -341,11 +341,7 @@ impl Builder {
     }
 
     /// Rules with a counter in every table iptables-nft does not manage.
-    fn nftables(
-        &mut self,
-        ruleset: &Ruleset,
-        managed: &BTreeSet<(Family, String)>,
-    ) -> Series {
+    fn nftables(&mut self, ruleset: &Ruleset, managed: &BTreeSet<(Family, String)>) -> Series {
         self.series(
             &ruleset.rules,
             |r| r.has_counter() && !managed.contains(&(r.family, r.table.clone())),

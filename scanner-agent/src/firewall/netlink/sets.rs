@@ -54,10 +54,11 @@ pub(in super::super) fn set_elements(deadline: Instant) -> Result<Vec<SetElement
         attrs::push_attribute(&mut filter, attrs::NFTA_SET_ELEM_LIST_SET, &c_string(&set));
         for _ in 0..ATTEMPTS {
             let mut elements = 0;
-            let complete = reader.dump(libc::NFT_MSG_GETSETELEM as u16, family, &filter, |msg| {
-                elements += attrs::set_elements(msg);
-                Ok(())
-            })?;
+            let complete =
+                reader.dump(libc::NFT_MSG_GETSETELEM as u16, family, &filter, |msg| {
+                    elements += attrs::set_elements(msg);
+                    Ok(())
+                })?;
             if complete {
                 counted.push(SetElements {
                     family: Family(family),
