@@ -24,9 +24,9 @@ use prometheus_client::{
 use super::{
     FirewallConfig, FirewallError,
     flight::Flight,
-    layout::{Layout, Series, Xtables},
+    layout::{Layout, Series, Xtables, structure},
     legacy,
-    netlink::{self, Read, RuleCache},
+    netlink::{self, Generation, Read, RuleCache},
     ruleset::Counters,
     set_counts::SetCounts,
 };
@@ -51,6 +51,7 @@ pub(super) const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// What one read gives every scrape that shares it.
 #[derive(Debug)]
 struct Snapshot {
+    generation: Generation,
     layout: Arc<Layout>,
     values: Vec<Counters>,
     /// When the rendered ruleset last changed, as far as this agent saw.
@@ -61,8 +62,9 @@ struct Snapshot {
 /// What reads keep for the next one.
 #[derive(Debug)]
 struct Kept {
-    /// The layout of the last generation read.
-    layout: Option<Arc<Layout>>,
+    /// The layout of the last read, and the generation it was read at
+    /// (several generations may share one layout).
+    layout: Option<(Generation, Arc<Layout>)>,
     /// The rules of the last full read, parsed and (once needed) rendered.
     cache: RuleCache,
     /// [`super::ruleset::Ruleset::digest`] of the last full read.
@@ -157,15 +159,14 @@ impl FirewallCollector {
                     .min(deadline.saturating_duration_since(Instant::now())),
             );
         }
-        let known = kept
-            .layout
-            .as_ref()
-            .map(|l| (l.generation, l.chains.as_slice()));
+        let known = kept.layout.as_ref().map(|(g, l)| (*g, l.chains.as_slice()));
         let mut read = netlink::read(known, &kept.cache, deadline)?;
-        if let (Read::Counters(counts), Some(current)) = (&read, kept.layout.as_ref()) {
+        if let (Read::Counters(counts), Some((generation, current))) = (&read, kept.layout.as_ref())
+        {
             match current.values(counts) {
                 Some(values) => {
                     return Ok(Snapshot {
+                        generation: *generation,
                         layout: Arc::clone(current),
                         values,
                         changed: kept.changed,
@@ -188,23 +189,31 @@ impl FirewallCollector {
         };
         // A new generation need not be a new ruleset: set element updates
         // move it too. Only a different digest is a change.
+        let read_took = started.elapsed();
         let digest = ruleset.digest();
         if kept.digest != Some(digest) {
             kept.digest = Some(digest);
             kept.changed = SystemTime::now();
         }
         kept.cache = cache;
-        let layout = Arc::new(Layout::new(
-            generation,
-            ruleset,
-            &counts,
-            self.position_label,
-        ));
-        kept.layout = Some(Arc::clone(&layout));
+        // Only set elements changed (a new generation, the same rules and
+        // handles): the layout and its label text stay.
+        let rules = ruleset.rules.len();
+        let layout = match kept.layout.take() {
+            Some((_, layout)) if layout.structure == structure(&ruleset, &counts) => layout,
+            _ => Arc::new(Layout::new(ruleset, &counts, self.position_label)),
+        };
+        tracing::debug!(
+            "firewall counters: generation {} read with its structure in {read_took:?} ({rules} rules), layout ready after {:?}",
+            generation.id,
+            started.elapsed()
+        );
+        kept.layout = Some((generation, Arc::clone(&layout)));
         let values = layout
             .values(&counts)
             .ok_or(FirewallError::Malformed("ruleset"))?;
         Ok(Snapshot {
+            generation,
             layout,
             values,
             changed: kept.changed,
@@ -471,7 +480,7 @@ impl Collector for FirewallCollector {
                 &mut encoder,
                 "nftables_ruleset_generation",
                 "The nftables ruleset generation read (every committed change moves it, set element updates included).",
-                f64::from(snapshot.layout.generation.id),
+                f64::from(snapshot.generation.id),
             )?;
             gauge(
                 &mut encoder,

@@ -54,9 +54,9 @@ impl<T> Drop for Finish<'_, T> {
         let mut state = self.flight.lock();
         state.reading = false;
         state.finished += 1;
-        if let Some(result) = self.result.take() {
-            state.last = Some(result);
-        }
+        // None when the read panicked: its waiters fail rather than take
+        // an older read for it.
+        state.last = self.result.take();
         self.flight.done.notify_all();
     }
 }

@@ -44,13 +44,13 @@ impl Writer {
 
 /// A label set's text, ready for the encoder.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub(super) struct Labels(Box<str>);
+pub(super) struct Labels(std::sync::Arc<str>);
 
 impl Labels {
     pub(super) fn of(set: &impl LabelSet) -> Self {
         let mut out = Writer::default();
         set.write(&mut out);
-        Self(out.0.into_boxed_str())
+        Self(out.0.into())
     }
 }
 

@@ -1,20 +1,26 @@
 //! Everything a scrape exports except the values: each family's label
-//! sets (rule texts rendered, identical ones merged, sorted as encoded),
-//! and for every chain, rule and named counter of a read, in dump order,
-//! its kernel handle and the series its counters add to.
+//! sets (rule texts rendered, identical ones merged, in dump order, written
+//! out as exposition text), and for every chain, rule and named counter of
+//! a read, in dump order, its kernel handle and the series its counters
+//! add to.
 //!
 //! A layout is built from one full read and reused while the ruleset
 //! generation holds, so a scrape of an unchanged ruleset only reads
-//! counters and adds them up. A new generation replaces it whole: its size
-//! follows the ruleset's, never the number of scrapes.
+//! counters and adds them up; a new generation with the same [`structure`]
+//! (only set elements changed) keeps it too. Any other change replaces it
+//! whole (its rules' texts come from the rule cache, rendered once): its
+//! size follows the ruleset's, never the number of scrapes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry},
+    hash::{DefaultHasher, Hash, Hasher as _},
+};
 
 use super::{
     labels::{LabelSet, Labels, Writer},
-    netlink::{Counts, Generation, Handled},
+    netlink::{Counts, Handled},
     render,
-    ruleset::{Chain, Counters, Family, Ruleset},
+    ruleset::{Chain, Counters, Family, Rule, Ruleset},
 };
 
 /// A chain policy series (labels in the order the original printed them).
@@ -126,7 +132,9 @@ struct Slot {
 
 #[derive(Debug)]
 pub(super) struct Layout {
-    pub generation: Generation,
+    /// [`structure`] of the read it was built from: a later full read with
+    /// the same structure (only set elements changed) keeps this layout.
+    pub structure: u64,
     /// Whose rules each read dumps, in this order.
     pub chains: Vec<Chain>,
     chain_slots: Vec<Slot>,
@@ -141,12 +149,8 @@ pub(super) struct Layout {
 
 impl Layout {
     /// The layout of a full read (`counts` from the same read).
-    pub(super) fn new(
-        generation: Generation,
-        ruleset: Ruleset,
-        counts: &Counts,
-        position_label: bool,
-    ) -> Self {
+    pub(super) fn new(ruleset: Ruleset, counts: &Counts, position_label: bool) -> Self {
+        let structure = structure(&ruleset, counts);
         let slots = |handled: &[Handled]| -> Vec<Slot> {
             handled
                 .iter()
@@ -169,15 +173,17 @@ impl Layout {
         let named = builder.series(
             &ruleset.counters,
             |_| true,
-            |c| NamedCounterLabels {
-                family: c.family.name(),
-                table: c.table.clone(),
-                counter: c.name.clone(),
+            |c| {
+                Labels::of(&NamedCounterLabels {
+                    family: c.family.name(),
+                    table: c.table.clone(),
+                    counter: c.name.clone(),
+                })
             },
             Target::Named,
         );
         Self {
-            generation,
+            structure,
             chains: ruleset.chains,
             chain_slots: builder.chain_slots,
             rule_slots: builder.rule_slots,
@@ -233,23 +239,47 @@ struct Builder {
 impl Builder {
     /// A family of the members of `items` that pass `member`, by labels;
     /// members with the same labels share (and add up in) one series.
-    fn series<'a, T, L: Ord + LabelSet>(
+    /// Series in the order of their first member in the dump (as
+    /// `iptables-save` prints them, and as iptables_exporter encoded them):
+    /// grouping by hash keeps a rebuild linear in the rules.
+    /// Labels come written out (usually kept with the rule, see
+    /// [`super::ruleset::RuleText`]), so a rebuild after a small change
+    /// copies them instead of rendering and escaping every rule again.
+    fn series<'a, T>(
         &mut self,
         items: &'a [T],
         member: impl Fn(&T) -> bool,
-        mut labels: impl FnMut(&'a T) -> L,
+        mut labels: impl FnMut(&'a T) -> Labels,
         target: Target,
     ) -> Series {
-        let mut by_labels: BTreeMap<L, Vec<usize>> = BTreeMap::new();
+        let first = self.series;
+        let slots = match target {
+            Target::Chains => &mut self.chain_slots,
+            Target::Rules => &mut self.rule_slots,
+            Target::Named => &mut self.named_slots,
+        };
+        let mut groups: HashMap<Labels, usize> = HashMap::new();
+        let mut ordered: Vec<Labels> = Vec::new();
         for (index, item) in items.iter().enumerate().filter(|(_, i)| member(i)) {
-            by_labels.entry(labels(item)).or_default().push(index);
+            let group = match groups.entry(labels(item)) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    ordered.push(e.key().clone());
+                    *e.insert(ordered.len() - 1)
+                }
+            };
+            slots[index].series = Some(first + group);
         }
-        self.series_of(by_labels, target)
+        self.series += ordered.len();
+        Series {
+            labels: ordered,
+            first,
+        }
     }
 
     fn series_of<L: LabelSet>(
         &mut self,
-        by_labels: BTreeMap<L, Vec<usize>>,
+        by_labels: impl IntoIterator<Item = (L, Vec<usize>)>,
         target: Target,
     ) -> Series {
         let first = self.series;
@@ -279,7 +309,7 @@ impl Builder {
         family: Family,
         position_label: bool,
     ) -> Xtables {
-        let is_managed = |table: &str| managed.contains(&(family, table.to_owned()));
+        let is_managed = |table: &str| managed.iter().any(|(f, t)| *f == family && t == table);
         let mut policies: BTreeMap<PolicyLabels, Vec<usize>> = BTreeMap::new();
         for (index, chain) in ruleset.chains.iter().enumerate() {
             if chain.family != family || !is_managed(&chain.table) {
@@ -316,24 +346,31 @@ impl Builder {
         }
         let policies = self.series_of(policies, Target::Chains);
 
-        let mut positions: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        let mut positions: HashMap<(&str, &str), usize> = HashMap::new();
+        let labels = |rule: &Rule, position: Option<usize>| {
+            Labels::of(&RuleLabels {
+                chain: rule.chain.clone(),
+                rule: rule
+                    .text
+                    .rendered
+                    .get_or_init(|| render::iptables_rule(rule))
+                    .clone(),
+                table: rule.table.clone(),
+                position,
+            })
+        };
         let rules = self.series(
             &ruleset.rules,
             |r| r.family == family && is_managed(&r.table),
             |rule| {
+                if !position_label {
+                    return rule.text.xtables.get_or_init(|| labels(rule, None)).clone();
+                }
                 let position = positions
                     .entry((rule.table.as_str(), rule.chain.as_str()))
                     .or_default();
                 *position += 1;
-                RuleLabels {
-                    chain: rule.chain.clone(),
-                    rule: rule
-                        .rendered
-                        .get_or_init(|| render::iptables_rule(rule))
-                        .clone(),
-                    table: rule.table.clone(),
-                    position: position_label.then_some(*position),
-                }
+                labels(rule, Some(*position))
             },
             Target::Rules,
         );
@@ -344,17 +381,38 @@ impl Builder {
     fn nftables(&mut self, ruleset: &Ruleset, managed: &BTreeSet<(Family, String)>) -> Series {
         self.series(
             &ruleset.rules,
-            |r| r.has_counter() && !managed.contains(&(r.family, r.table.clone())),
-            |r| NftRuleLabels {
-                family: r.family.name(),
-                table: r.table.clone(),
-                chain: r.chain.clone(),
-                handle: r.handle.to_string(),
-                comment: r.comment.clone().unwrap_or_default(),
+            |r| r.has_counter() && !managed.iter().any(|(f, t)| *f == r.family && *t == r.table),
+            |r| {
+                r.text
+                    .nftables
+                    .get_or_init(|| {
+                        Labels::of(&NftRuleLabels {
+                            family: r.family.name(),
+                            table: r.table.clone(),
+                            chain: r.chain.clone(),
+                            handle: r.handle.to_string(),
+                            comment: r.comment.clone().unwrap_or_default(),
+                        })
+                    })
+                    .clone()
             },
             Target::Rules,
         )
     }
+}
+
+/// What a layout depends on: the ruleset as rendered
+/// ([`Ruleset::digest`]) and the kernel's handles of its chains, rules and
+/// named counters, which the reads follow. Set elements are no part of it.
+pub(super) fn structure(ruleset: &Ruleset, counts: &Counts) -> u64 {
+    let mut h = DefaultHasher::new();
+    ruleset.digest().hash(&mut h);
+    for handled in [&counts.chains, &counts.rules, &counts.named] {
+        for h2 in handled.iter() {
+            h2.handle.hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// The built-in chains of each iptables table.

@@ -595,7 +595,7 @@ mod tests {
             exprs,
             comment: None,
             digest: 0,
-            rendered: std::sync::OnceLock::new(),
+            text: crate::firewall::ruleset::RuleText::default(),
         }
     }
 

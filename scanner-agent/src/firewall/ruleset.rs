@@ -68,9 +68,20 @@ pub(super) struct Rule {
     /// its place and its counter values (see `netlink::attrs::RuleDigest`):
     /// equal digests, equal rendered text.
     pub digest: u64,
-    /// iptables-save's text for the rule, rendered once when first needed
-    /// and kept with the rule for as long as the rule is unchanged.
+    /// The rule's texts, made once when first needed and kept with the
+    /// rule for as long as it is unchanged (see `netlink::RuleCache`).
+    pub text: RuleText,
+}
+
+/// What the layout makes of a rule, kept with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct RuleText {
+    /// iptables-save's text for the rule.
     pub rendered: std::sync::OnceLock<String>,
+    /// Its `iptables_rule_*` label set (without `position`), written out.
+    pub xtables: std::sync::OnceLock<super::labels::Labels>,
+    /// Its `nftables_rule_*` label set, written out.
+    pub nftables: std::sync::OnceLock<super::labels::Labels>,
 }
 
 impl Rule {

@@ -210,6 +210,7 @@ impl Reader {
     ) -> Result<Option<(Ruleset, Counts, RuleCache)>, FirewallError> {
         let parse = known.is_none();
         let mut next = RuleCache::new();
+        let mut parsed = 0usize;
         let mut counts = Counts::default();
         let Ruleset {
             mut chains,
@@ -240,7 +241,10 @@ impl Reader {
                         let key = attrs::rule_digest(msg).key;
                         let rule = match cache.get(&key) {
                             Some(rule) => Arc::clone(rule),
-                            None => Arc::new(nftnl::parse_rule(msg)?),
+                            None => {
+                                parsed += 1;
+                                Arc::new(nftnl::parse_rule(msg)?)
+                            }
                         };
                         next.insert(key, Arc::clone(&rule));
                         rules.push(rule);
@@ -264,6 +268,9 @@ impl Reader {
             }
             Ok(())
         })?;
+        if parse {
+            tracing::debug!("firewall counters: {parsed} rules not seen before parsed");
+        }
         Ok(complete.then_some((
             Ruleset {
                 chains,

@@ -13,7 +13,7 @@ use nftnl_sys as sys;
 
 use super::super::{
     FirewallError,
-    ruleset::{Chain, Expr, Family, NamedCounter, Rule},
+    ruleset::{Chain, Expr, Family, NamedCounter, Rule, RuleText},
 };
 use super::attrs::{OBJECT_COUNTER, rule_digest};
 
@@ -225,7 +225,7 @@ pub(super) fn parse_rule(msg: &[u8]) -> Result<Rule, FirewallError> {
             exprs,
             comment,
             digest: rule_digest(msg).content,
-            rendered: std::sync::OnceLock::new(),
+            text: RuleText::default(),
         })
     }
 }
