@@ -512,6 +512,10 @@ impl Collector for FirewallCollector {
                 })?)?;
             }
         }
+        tracing::trace!(
+            "firewall counters: scrape encoded after {:?} (read {took:?})",
+            started.elapsed()
+        );
         Ok(())
     }
 }

@@ -212,6 +212,27 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Vec<Duratio
     Ok((times, outputs))
 }
 
+/// `runs` rounds of: `change(i)` then a timed scrape, `change(i + runs)`
+/// then a timed bare dump. The scrapes' times and the floor's.
+fn after_changes(
+    runs: usize,
+    mut change: impl FnMut(usize) -> Result<()>,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut agent, mut floor) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        measure::check_interrupted()?;
+        change(i)?;
+        let start = Instant::now();
+        scrape_here()?;
+        agent.push(start.elapsed());
+        change(i + runs)?;
+        let start = Instant::now();
+        netlink_floor::read()?;
+        floor.push(start.elapsed());
+    }
+    Ok((agent, floor))
+}
+
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -243,7 +264,7 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
 
     sh(ns.command("nft").args(["-f", "-"]), SET_TABLE)?;
     let mut table = String::from(
-        "| rules | floor: bare netlink dump (median) | agent scrape, unchanged ruleset | ÷ floor | of which the agent's read | agent scrape after one rule changed | ÷ floor | agent scrape after set elements changed | ÷ floor | iptables-save -c + parse + encode | agent (unchanged) vs iptables-save | agent RSS after 10 / after all scrapes |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| rules | floor: bare netlink dump (median) | agent scrape, unchanged ruleset | ÷ floor | of which the agent's read | agent scrape after one rule changed | ÷ floor after the same change | agent scrape after set elements changed | ÷ floor after the same change | iptables-save -c + parse + encode | agent (unchanged) vs iptables-save | agent RSS after 10 / after all scrapes |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let sizes: &[usize] = if quick {
         &[100, 10_000]
@@ -280,41 +301,36 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
             .iter()
             .map(|b| read_seconds(b))
             .collect::<Result<Vec<f64>>>()?;
-        // One rule replaced (a new handle, other expressions): the next
-        // scrape parses and renders that rule only.
-        let changed_times = ns.run_inside(move || {
-            let mut times = Vec::new();
-            for i in 0..runs.min(10) {
+        // One rule replaced (other expressions, the same handle): the next
+        // scrape parses and renders that rule only. The floor is timed
+        // right after the same kind of change too: the first dump after a
+        // commit is slower for any reader (caches the commit evicted).
+        let (changed_times, changed_floor) = ns.run_inside(move || {
+            after_changes(runs.min(10), |i| {
                 sh(
                     Command::new("iptables")
                         .args(["-R", "R0", "1", "-p", "tcp", "-m", "tcp", "--dport"])
                         .arg((2000 + i).to_string())
                         .args(["-j", "ACCEPT"]),
                     "",
-                )?;
-                let start = Instant::now();
-                scrape_here()?;
-                times.push(start.elapsed());
-            }
-            Ok(times)
+                )
+                .map(drop)
+            })
         })?;
         // Only set elements (fail2ban's bans): the generation moves, no
         // rule changes.
-        let set_times = ns.run_inside(move || {
-            let mut times = Vec::new();
-            for i in 0..runs.min(10) {
+        let (set_times, set_floor) = ns.run_inside(move || {
+            after_changes(runs.min(10), |i| {
                 sh(
                     Command::new("nft").arg("-f").arg("-"),
                     &format!(
-                        "add element inet sa_bench_sets banned {{ 198.18.200.{} }}\n",
-                        n % 200 + i
+                        "add element inet sa_bench_sets banned {{ 198.18.{}.{} }}\n",
+                        n.ilog10(),
+                        i + 1
                     ),
-                )?;
-                let start = Instant::now();
-                scrape_here()?;
-                times.push(start.elapsed());
-            }
-            Ok(times)
+                )
+                .map(drop)
+            })
         })?;
         let (save_times, _) = ns.run_inside(move || time(runs, iptables_save_here))?;
         let floor_time = median(floor_times).as_secs_f64();
@@ -322,6 +338,10 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
         let (changed_time, set_time) = (
             median(changed_times).as_secs_f64(),
             median(set_times).as_secs_f64(),
+        );
+        let (changed_floor, set_floor) = (
+            median(changed_floor).as_secs_f64(),
+            median(set_floor).as_secs_f64(),
         );
         // Memory across many scrapes: it must not grow with their number.
         let repeat = if quick || n > 10_000 { 20 } else { 200 };
@@ -337,17 +357,19 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
             Ok((early, rss_kib(pid)?))
         })?;
         let ms = |s: f64| format!("{:.2} ms", s * 1e3);
-        let over = |s: f64| format!("{:.2}x", s / floor_time);
+        let over = |s: f64, floor: f64| format!("{:.2}x", s / floor);
         table.push_str(&format!(
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} KiB / {} KiB ({} scrapes) |\n",
+            "| {n} | {} | {} | {} | {} | {} (floor {}) | {} | {} (floor {}) | {} | {} | {} | {} KiB / {} KiB ({} scrapes) |\n",
             ms(floor_time),
             ms(agent_time.as_secs_f64()),
-            over(agent_time.as_secs_f64()),
+            over(agent_time.as_secs_f64(), floor_time),
             ms(median(reads)),
             ms(changed_time),
-            over(changed_time),
+            ms(changed_floor),
+            over(changed_time, changed_floor),
             ms(set_time),
-            over(set_time),
+            ms(set_floor),
+            over(set_time, set_floor),
             ms(save_time.as_secs_f64()),
             ratio(save_time.as_secs_f64() / agent_time.as_secs_f64()),
             rss.0,
