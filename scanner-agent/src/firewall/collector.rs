@@ -127,7 +127,7 @@ impl FirewallCollector {
             legacy_names: config.legacy_metric_names,
             kept: Arc::new(Mutex::new(Kept {
                 layout: None,
-                cache: RuleCache::new(),
+                cache: RuleCache::default(),
                 digest: None,
                 changed: SystemTime::now(),
             })),

@@ -22,6 +22,7 @@ mod sets;
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     sync::{
@@ -89,8 +90,30 @@ pub(super) enum Read {
 }
 
 /// Parsed rules by [`attrs::RuleDigest::key`], as of the last full read:
-/// what a full read need not parse (nor the layout render) again.
-pub(super) type RuleCache = HashMap<u64, Arc<Rule>>;
+/// what a full read need not parse (nor the layout render) again. The keys
+/// are digests already, so the map uses them as they are.
+pub(super) type RuleCache = HashMap<u64, Arc<Rule>, BuildHasherDefault<KeyHasher>>;
+
+/// Hashes a [`RuleCache`] key, a well-mixed digest, to itself.
+#[derive(Default)]
+pub(super) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; anything else still gets a fold.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
 
 /// One consistent read. `known` is the generation whose structure the
 /// caller holds, with its chains (whose rules are dumped one by one);
@@ -209,7 +232,7 @@ impl Reader {
         cache: &RuleCache,
     ) -> Result<Option<(Ruleset, Counts, RuleCache)>, FirewallError> {
         let parse = known.is_none();
-        let mut next = RuleCache::new();
+        let mut next = RuleCache::with_capacity_and_hasher(cache.len(), Default::default());
         let mut parsed = 0usize;
         let mut counts = Counts::default();
         let Ruleset {
