@@ -128,6 +128,17 @@ fn the_last_change_moves_with_rules_and_not_with_set_elements() {
     );
     let text = scrape(&ns, &registry);
     assert!(must(&text, CHANGED) > moved, "{text}");
+    // A named counter added (no chain or rule changed): a change, and the
+    // counter is exported at once.
+    let replaced = must(&text, CHANGED);
+    std::thread::sleep(Duration::from_millis(20));
+    ns.nft("add counter inet guard hits\n");
+    let text = scrape(&ns, &registry);
+    assert!(must(&text, CHANGED) > replaced, "{text}");
+    must(
+        &text,
+        "nftables_counter_packets_total{family=\"inet\",table=\"guard\",counter=\"hits\"}",
+    );
     // Only counters moved: no change.
     let settled = must(&text, CHANGED);
     let text = scrape(&ns, &registry);

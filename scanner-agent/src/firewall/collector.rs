@@ -26,7 +26,7 @@ use super::{
     flight::Flight,
     layout::{Layout, Series, Xtables, structure},
     legacy,
-    netlink::{self, Generation, Read, RuleCache},
+    netlink::{self, Generation, Known, Read, RuleCache},
     ruleset::Counters,
     set_counts::SetCounts,
 };
@@ -67,6 +67,8 @@ struct Kept {
     layout: Option<(Generation, Arc<Layout>)>,
     /// The rules of the last full read, parsed and (once needed) rendered.
     cache: RuleCache,
+    /// Their keys in dump order.
+    keys: Vec<u64>,
     /// [`super::ruleset::Ruleset::digest`] of the last full read.
     digest: Option<u64>,
     changed: SystemTime,
@@ -128,6 +130,7 @@ impl FirewallCollector {
             kept: Arc::new(Mutex::new(Kept {
                 layout: None,
                 cache: RuleCache::default(),
+                keys: Vec::new(),
                 digest: None,
                 changed: SystemTime::now(),
             })),
@@ -159,23 +162,48 @@ impl FirewallCollector {
                     .min(deadline.saturating_duration_since(Instant::now())),
             );
         }
-        let known = kept.layout.as_ref().map(|(g, l)| (*g, l.chains.as_slice()));
-        let mut read = netlink::read(known, &kept.cache, deadline)?;
-        if let (Read::Counters(counts), Some((generation, current))) = (&read, kept.layout.as_ref())
+        let known = kept.layout.as_ref().map(|(g, l)| Known {
+            generation: *g,
+            chains: &l.chains,
+            keys: &kept.keys,
+            cache: &kept.cache,
+            full: false,
+        });
+        let mut read = netlink::read(known, deadline)?;
+        let quick = match &read {
+            Read::Counters(counts) => Some((None, counts)),
+            // Only set elements changed: the layout and its label text stay.
+            Read::Unchanged { generation, counts } => Some((Some(*generation), counts)),
+            Read::Full { .. } => None,
+        };
+        if let (Some((moved, counts)), Some((generation, current))) = (quick, kept.layout.as_ref())
         {
             match current.values(counts) {
                 Some(values) => {
+                    let generation = moved.unwrap_or(*generation);
+                    let layout = Arc::clone(current);
+                    kept.layout = Some((generation, Arc::clone(&layout)));
                     return Ok(Snapshot {
-                        generation: *generation,
-                        layout: Arc::clone(current),
+                        generation,
+                        layout,
                         values,
                         changed: kept.changed,
                         took: started.elapsed(),
                     });
                 }
-                // Never expected (the generation held): a read that does not
-                // fit its generation's layout. Start again from the structure.
-                None => read = netlink::read(None, &kept.cache, deadline)?,
+                // The chains and rules held, but not the named counters
+                // (or, never expected, the counters do not fit the layout):
+                // read the structure, still taking rules from the cache.
+                None => {
+                    let known = Known {
+                        generation: *generation,
+                        chains: &current.chains,
+                        keys: &kept.keys,
+                        cache: &kept.cache,
+                        full: true,
+                    };
+                    read = netlink::read(Some(known), deadline)?;
+                }
             }
         }
         let Read::Full {
@@ -183,6 +211,7 @@ impl FirewallCollector {
             ruleset,
             counts,
             cache,
+            keys,
         } = read
         else {
             return Err(FirewallError::Malformed("ruleset"));
@@ -196,8 +225,9 @@ impl FirewallCollector {
             kept.changed = SystemTime::now();
         }
         kept.cache = cache;
-        // Only set elements changed (a new generation, the same rules and
-        // handles): the layout and its label text stay.
+        kept.keys = keys;
+        // The same chains and rules by another route (say, a named counter
+        // added and removed): the layout and its label text stay.
         let rules = ruleset.rules.len();
         let layout = match kept.layout.take() {
             Some((_, layout)) if layout.structure == structure(&ruleset, &counts) => layout,

@@ -77,16 +77,46 @@ pub(super) struct Counts {
 }
 
 pub(super) enum Read {
-    /// A generation the caller did not know: structure and counters, and
-    /// the rules of this read as the cache for the next full read.
+    /// A generation the caller did not know, with other chains or rules:
+    /// structure and counters, the rules' keys in dump order, and the
+    /// rules of this read as the cache for the next full read.
     Full {
         generation: Generation,
         ruleset: Ruleset,
         counts: Counts,
         cache: RuleCache,
+        keys: Vec<u64>,
+    },
+    /// A generation the caller did not know, with the chains and rules it
+    /// knew (only set elements, or nothing the rules show, changed):
+    /// counters only, in the same order.
+    Unchanged {
+        generation: Generation,
+        counts: Counts,
     },
     /// The generation the caller knew: counters only, in the same order.
     Counters(Counts),
+}
+
+/// What the caller holds from its last read.
+#[derive(Clone, Copy)]
+pub(super) struct Known<'a> {
+    pub generation: Generation,
+    /// Whose rules each read dumps, in this order.
+    pub chains: &'a [Chain],
+    /// The rules' keys in dump order ([`attrs::RuleDigest::key`]).
+    pub keys: &'a [u64],
+    /// The rules themselves, by key.
+    pub cache: &'a RuleCache,
+    /// Give the structure even when the chains and rules are the known ones.
+    pub full: bool,
+}
+
+/// What a read's dumps gave.
+enum Dumped {
+    Counters(Counts),
+    Unchanged(Counts),
+    Full(Ruleset, Counts, RuleCache, Vec<u64>),
 }
 
 /// Parsed rules by [`attrs::RuleDigest::key`], as of the last full read:
@@ -115,16 +145,11 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// One consistent read. `known` is the generation whose structure the
-/// caller holds, with its chains (whose rules are dumped one by one);
-/// `cache` the rules of the last full read. The read gives up at `deadline`.
-pub(super) fn read(
-    known: Option<(Generation, &[Chain])>,
-    cache: &RuleCache,
-    deadline: Instant,
-) -> Result<Read, FirewallError> {
+/// One consistent read. `known` is what the caller holds from its last
+/// read, if anything. The read gives up at `deadline`.
+pub(super) fn read(known: Option<Known<'_>>, deadline: Instant) -> Result<Read, FirewallError> {
     for _ in 0..ATTEMPTS {
-        if let Some(read) = read_once(known, cache, deadline)? {
+        if let Some(read) = read_once(known, deadline)? {
             return Ok(read);
         }
     }
@@ -132,26 +157,23 @@ pub(super) fn read(
 }
 
 /// A read, or `None` when the ruleset changed during it.
-fn read_once(
-    known: Option<(Generation, &[Chain])>,
-    cache: &RuleCache,
-    deadline: Instant,
-) -> Result<Option<Read>, FirewallError> {
+fn read_once(known: Option<Known<'_>>, deadline: Instant) -> Result<Option<Read>, FirewallError> {
     let mut reader = Reader::new(deadline)?;
     let generation = reader.generation()?;
-    let read = match known {
-        Some((g, chains)) if g == generation => reader
-            .dumps(Some(chains), cache)?
-            .map(|(_, counts, _)| Read::Counters(counts)),
-        _ => reader
-            .dumps(None, cache)?
-            .map(|(ruleset, counts, cache)| Read::Full {
+    let same_generation = known.is_some_and(|k| !k.full && k.generation == generation);
+    let read = reader
+        .dumps(known, same_generation)?
+        .map(|dumped| match dumped {
+            Dumped::Counters(counts) => Read::Counters(counts),
+            Dumped::Unchanged(counts) => Read::Unchanged { generation, counts },
+            Dumped::Full(ruleset, counts, cache, keys) => Read::Full {
                 generation,
                 ruleset,
                 counts,
                 cache,
-            }),
-    };
+                keys,
+            },
+        });
     if read.is_none() || reader.generation()? != generation {
         return Ok(None);
     }
@@ -222,24 +244,27 @@ impl Reader {
         Ok(())
     }
 
-    /// Every dump of one read. With `known` chains only the counters are
-    /// read, following those chains; without, the structure is parsed too.
-    /// A rule found in `cache` under its key is taken from there; the
-    /// rules of this read are returned as the next cache.
+    /// Every dump of one read. With `counters_only` (the generation the
+    /// caller knows) only the counter values are read, following the known
+    /// chains. Otherwise every rule's key is taken too: when the chains and
+    /// keys are the caller's, nothing else is done (the set-element-only
+    /// change); else a rule is taken from the caller's cache under its key,
+    /// or parsed when it is not there, and the rules of this read become
+    /// the next cache. Comparing keys in dump order first keeps the common
+    /// case away from the cache's scattered entries.
     fn dumps(
         &mut self,
-        known: Option<&[Chain]>,
-        cache: &RuleCache,
-    ) -> Result<Option<(Ruleset, Counts, RuleCache)>, FirewallError> {
-        let parse = known.is_none();
-        let mut next = RuleCache::with_capacity_and_hasher(cache.len(), Default::default());
-        let mut parsed = 0usize;
+        known: Option<Known<'_>>,
+        counters_only: bool,
+    ) -> Result<Option<Dumped>, FirewallError> {
+        let parse = !counters_only;
+        let empty = RuleCache::default();
+        let (cache, prev_keys) = known.map_or((&empty, &[][..]), |k| (k.cache, k.keys));
+        let mut keys: Vec<u64> = Vec::with_capacity(if parse { prev_keys.len() } else { 0 });
+        let mut fresh = RuleCache::default();
         let mut counts = Counts::default();
-        let Ruleset {
-            mut chains,
-            mut rules,
-            mut counters,
-        } = Ruleset::default();
+        let mut chains = Vec::new();
+        let mut counters = Vec::new();
         let complete = self.dump(libc::NFT_MSG_GETCHAIN as u16, 0, &[], |msg| {
             counts.chains.push(attrs::chain(msg)?);
             if parse {
@@ -250,7 +275,11 @@ impl Reader {
         if !complete {
             return Ok(None);
         }
-        for chain in known.unwrap_or(&chains) {
+        let dumped: &[Chain] = match known {
+            Some(k) if counters_only => k.chains,
+            _ => &chains,
+        };
+        for chain in dumped {
             let mut filter = Vec::new();
             attrs::push_attribute(&mut filter, NFTA_RULE_TABLE, &c_string(&chain.table));
             attrs::push_attribute(&mut filter, NFTA_RULE_CHAIN, &c_string(&chain.name));
@@ -262,15 +291,11 @@ impl Reader {
                     counts.rules.push(attrs::rule(msg)?);
                     if parse {
                         let key = attrs::rule_digest(msg).key;
-                        let rule = match cache.get(&key) {
-                            Some(rule) => Arc::clone(rule),
-                            None => {
-                                parsed += 1;
-                                Arc::new(nftnl::parse_rule(msg)?)
-                            }
-                        };
-                        next.insert(key, Arc::clone(&rule));
-                        rules.push(rule);
+                        let known_here = prev_keys.get(keys.len()) == Some(&key);
+                        keys.push(key);
+                        if !known_here && !cache.contains_key(&key) && !fresh.contains_key(&key) {
+                            fresh.insert(key, Arc::new(nftnl::parse_rule(msg)?));
+                        }
                     }
                     Ok(())
                 },
@@ -291,10 +316,30 @@ impl Reader {
             }
             Ok(())
         })?;
-        if parse {
-            tracing::debug!("firewall counters: {parsed} rules not seen before parsed");
+        if !complete {
+            return Ok(None);
         }
-        Ok(complete.then_some((
+        if counters_only {
+            return Ok(Some(Dumped::Counters(counts)));
+        }
+        if known.is_some_and(|k| !k.full && k.chains == chains.as_slice()) && keys == prev_keys {
+            return Ok(Some(Dumped::Unchanged(counts)));
+        }
+        tracing::debug!(
+            "firewall counters: {} rules not seen before parsed",
+            fresh.len()
+        );
+        let mut next = RuleCache::with_capacity_and_hasher(keys.len(), Default::default());
+        let mut rules = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let rule = cache
+                .get(key)
+                .or_else(|| fresh.get(key))
+                .ok_or(FirewallError::Malformed("rule"))?;
+            next.insert(*key, Arc::clone(rule));
+            rules.push(Arc::clone(rule));
+        }
+        Ok(Some(Dumped::Full(
             Ruleset {
                 chains,
                 rules,
@@ -302,6 +347,7 @@ impl Reader {
             },
             counts,
             next,
+            keys,
         )))
     }
 
