@@ -226,7 +226,7 @@ impl Reader {
         let tv = libc::timeval {
             tv_sec: left.as_secs().try_into().unwrap_or(libc::time_t::MAX),
             // At least 1 us: zero would mean no timeout.
-            tv_usec: left.subsec_micros().max(1).try_into().unwrap_or(0),
+            tv_usec: libc::suseconds_t::from(left.subsec_micros().max(1)),
         };
         // SAFETY: a valid socket and a `timeval` of the size given.
         let rc = unsafe {
