@@ -229,9 +229,15 @@ impl FirewallCollector {
         // The same chains and rules by another route (say, a named counter
         // added and removed): the layout and its label text stay.
         let rules = ruleset.rules.len();
+        let structure = structure(digest, &counts);
         let layout = match kept.layout.take() {
-            Some((_, layout)) if layout.structure == structure(&ruleset, &counts) => layout,
-            _ => Arc::new(Layout::new(ruleset, &counts, self.position_label)),
+            Some((_, layout)) if layout.structure == structure => layout,
+            _ => Arc::new(Layout::new(
+                ruleset,
+                &counts,
+                structure,
+                self.position_label,
+            )),
         };
         tracing::debug!(
             "firewall counters: generation {} read with its structure in {read_took:?} ({rules} rules), layout ready after {:?}",

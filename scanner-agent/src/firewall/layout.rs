@@ -148,9 +148,14 @@ pub(super) struct Layout {
 }
 
 impl Layout {
-    /// The layout of a full read (`counts` from the same read).
-    pub(super) fn new(ruleset: Ruleset, counts: &Counts, position_label: bool) -> Self {
-        let structure = structure(&ruleset, counts);
+    /// The layout of a full read (`counts` from the same read, `structure`
+    /// theirs).
+    pub(super) fn new(
+        ruleset: Ruleset,
+        counts: &Counts,
+        structure: u64,
+        position_label: bool,
+    ) -> Self {
         let slots = |handled: &[Handled]| -> Vec<Slot> {
             handled
                 .iter()
@@ -242,6 +247,14 @@ impl Builder {
     /// Series in the order of their first member in the dump (as
     /// `iptables-save` prints them, and as iptables_exporter encoded them):
     /// grouping by hash keeps a rebuild linear in the rules.
+    fn slots(&mut self, target: Target) -> &mut [Slot] {
+        match target {
+            Target::Chains => &mut self.chain_slots,
+            Target::Rules => &mut self.rule_slots,
+            Target::Named => &mut self.named_slots,
+        }
+    }
+
     /// Labels come written out (usually kept with the rule, see
     /// [`super::ruleset::RuleText`]), so a rebuild after a small change
     /// copies them instead of rendering and escaping every rule again.
@@ -253,11 +266,7 @@ impl Builder {
         target: Target,
     ) -> Series {
         let first = self.series;
-        let slots = match target {
-            Target::Chains => &mut self.chain_slots,
-            Target::Rules => &mut self.rule_slots,
-            Target::Named => &mut self.named_slots,
-        };
+        let slots = self.slots(target);
         let mut groups: HashMap<Labels, usize> = HashMap::new();
         let mut ordered: Vec<Labels> = Vec::new();
         for (index, item) in items.iter().enumerate().filter(|(_, i)| member(i)) {
@@ -283,11 +292,7 @@ impl Builder {
         target: Target,
     ) -> Series {
         let first = self.series;
-        let slots = match target {
-            Target::Chains => &mut self.chain_slots,
-            Target::Rules => &mut self.rule_slots,
-            Target::Named => &mut self.named_slots,
-        };
+        let slots = self.slots(target);
         let labels = by_labels
             .into_iter()
             .enumerate()
@@ -404,9 +409,10 @@ impl Builder {
 /// What a layout depends on: the ruleset as rendered
 /// ([`Ruleset::digest`]) and the kernel's handles of its chains, rules and
 /// named counters, which the reads follow. Set elements are no part of it.
-pub(super) fn structure(ruleset: &Ruleset, counts: &Counts) -> u64 {
+/// `digest` is the ruleset's.
+pub(super) fn structure(digest: u64, counts: &Counts) -> u64 {
     let mut h = DefaultHasher::new();
-    ruleset.digest().hash(&mut h);
+    digest.hash(&mut h);
     for handled in [&counts.chains, &counts.rules, &counts.named] {
         for h2 in handled.iter() {
             h2.handle.hash(&mut h);
