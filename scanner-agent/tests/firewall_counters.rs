@@ -622,8 +622,24 @@ fn no_tables_at_all_is_a_successful_empty_scrape() {
         text.lines().any(|l| l == "ip6tables_scrape_success 1"),
         "{text}"
     );
-    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-    assert_eq!(series.len(), 4, "only the scrape gauges: {series:?}");
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split([' ', '{']).next().unwrap())
+        .collect();
+    assert_eq!(
+        series,
+        [
+            "iptables_scrape_duration_seconds",
+            "iptables_scrape_success",
+            "ip6tables_scrape_duration_seconds",
+            "ip6tables_scrape_success",
+            "nftables_ruleset_generation",
+            "nftables_ruleset_last_change_timestamp_seconds",
+            "scanner_agent_firewall_reads_total",
+        ],
+        "only the scrape gauges and the ruleset's generation: {text}"
+    );
 }
 
 #[test]
