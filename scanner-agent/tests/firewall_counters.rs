@@ -20,7 +20,8 @@ use common::{
     Lab, Netns, agent,
     daemon::{Daemon, await_body, fetch},
     firewall::{
-        Sample, Scraper, Series, TARGET, TARGET6, exported, samples, saved, script, traffic,
+        Families, Sample, Scraper, TARGET, TARGET6, assert_matches_save, exported, samples, saved,
+        script, traffic,
     },
 };
 use prometheus_client::registry::Registry;
@@ -89,34 +90,6 @@ ip6tables -A V6_IN -p tcp -m tcp --dport 7000 -j ACCEPT
 ip6tables -A OUTPUT -p tcp --sport 7000 -j LOG --log-prefix 'v6 out'
 "#;
 
-/// Reads the exporter, `iptables-save` and the exporter again until both
-/// reads agree (nothing moved in between), then compares.
-/// The first read of a collector parses everything, the second only reads
-/// counters (the ruleset is unchanged): both must agree with `iptables-save`.
-fn assert_matches_save(lab: &Lab, prefix: &str, tool: &str) -> (Series, Series) {
-    for _ in 0..50 {
-        let scraper = Scraper::new(FirewallConfig::default());
-        let before = exported(&scraper.scrape(&lab.target), prefix);
-        let save = saved(&lab.target, tool);
-        let after = exported(&scraper.scrape(&lab.target), prefix);
-        if before != after {
-            continue;
-        }
-        assert_eq!(
-            before.rules.keys().collect::<Vec<_>>(),
-            save.rules.keys().collect::<Vec<_>>(),
-            "{tool}: rule labels differ"
-        );
-        assert_eq!(before.rules, save.rules, "{tool}: rule counters differ");
-        assert_eq!(
-            before.policies, save.policies,
-            "{tool}: chain policies differ"
-        );
-        return (before.rules, before.policies);
-    }
-    panic!("{tool}: counters never held still between two reads");
-}
-
 #[test]
 fn every_label_and_counter_matches_iptables_save() {
     testbed::require_root!();
@@ -133,8 +106,10 @@ fn every_label_and_counter_matches_iptables_save() {
     lab.target.udp_echo(SocketAddr::new(TARGET6.into(), 5353));
     traffic(&lab);
 
-    let (rules, policies) = assert_matches_save(&lab, "iptables", "iptables-save");
-    let (rules6, _) = assert_matches_save(&lab, "ip6tables", "ip6tables-save");
+    let Families {
+        rules, policies, ..
+    } = assert_matches_save(&lab.target, "iptables", "iptables-save");
+    let rules6 = assert_matches_save(&lab.target, "ip6tables", "ip6tables-save").rules;
 
     let key = |table: &str, chain: &str, rule: &str| {
         (table.to_owned(), chain.to_owned(), rule.to_owned())

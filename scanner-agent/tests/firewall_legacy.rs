@@ -19,37 +19,11 @@ use common::{
     Lab, Netns, agent,
     daemon::{Daemon, await_body, fetch},
     firewall::{
-        Families, Scraper, Series, TARGET, TARGET6, exported, samples, saved, script, traffic,
+        Scraper, Series, TARGET, TARGET6, assert_matches_save, exported, samples, saved, script,
+        traffic,
     },
 };
 use scanner_agent::{firewall::FirewallConfig, web::exposition::classic_text};
-
-/// Scrapes, runs `tool`, scrapes again until both scrapes agree (no packet
-/// counted in between), then compares them byte for byte.
-fn assert_matches_save(ns: &Netns, prefix: &str, tool: &str) -> Families {
-    for _ in 0..50 {
-        let scraper = Scraper::new(FirewallConfig::default());
-        let before = exported(&scraper.scrape(ns), prefix);
-        let save = saved(ns, tool);
-        let after = exported(&scraper.scrape(ns), prefix);
-        if before != after {
-            continue;
-        }
-        assert_eq!(
-            before.rules.keys().collect::<Vec<_>>(),
-            save.rules.keys().collect::<Vec<_>>(),
-            "{tool}: rule labels differ"
-        );
-        assert_eq!(before.rules, save.rules, "{tool}: rule counters differ");
-        assert_eq!(
-            before.policies, save.policies,
-            "{tool}: chain policies differ"
-        );
-        assert_eq!(before.chains, save.chains, "{tool}: rules per chain differ");
-        return before;
-    }
-    panic!("{tool}: counters never held still between two reads");
-}
 
 /// Every match and target kind the README lists for the `rule` label,
 /// user chains, a goto, a rule without target, comments with spaces,

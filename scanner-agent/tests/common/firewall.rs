@@ -217,3 +217,34 @@ pub(crate) fn traffic(lab: &Lab) {
         }
     });
 }
+
+/// Scrapes `ns` with a new collector, runs `tool` (`iptables-save`,
+/// `iptables-legacy-save`, ...), scrapes again until both scrapes agree (no
+/// packet counted in between), then compares them byte for byte: rule
+/// labels and counters, policies and rules per chain. The first scrape of
+/// a collector parses everything, the second only reads counters (the
+/// ruleset is unchanged): both must agree with `tool`.
+pub(crate) fn assert_matches_save(ns: &Netns, prefix: &str, tool: &str) -> Families {
+    for _ in 0..50 {
+        let scraper = Scraper::new(FirewallConfig::default());
+        let before = exported(&scraper.scrape(ns), prefix);
+        let save = saved(ns, tool);
+        let after = exported(&scraper.scrape(ns), prefix);
+        if before != after {
+            continue;
+        }
+        assert_eq!(
+            before.rules.keys().collect::<Vec<_>>(),
+            save.rules.keys().collect::<Vec<_>>(),
+            "{tool}: rule labels differ"
+        );
+        assert_eq!(before.rules, save.rules, "{tool}: rule counters differ");
+        assert_eq!(
+            before.policies, save.policies,
+            "{tool}: chain policies differ"
+        );
+        assert_eq!(before.chains, save.chains, "{tool}: rules per chain differ");
+        return before;
+    }
+    panic!("{tool}: counters never held still between two reads");
+}
