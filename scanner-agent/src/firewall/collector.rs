@@ -527,6 +527,26 @@ impl FirewallCollector {
     }
 }
 
+/// A gauge family of 1 per legacy table listed, absent when none is.
+fn legacy_tables(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    tables: &[(LegacyFamily, String)],
+) -> Result<(), std::fmt::Error> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (family_name, table) in tables {
+        ConstGauge::new(1i64).encode(family.encode_family(&LegacyLabels {
+            family: family_name.label().into(),
+            table: table.clone(),
+        })?)?;
+    }
+    Ok(())
+}
+
 impl Collector for FirewallCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let started = Instant::now();
@@ -614,36 +634,19 @@ impl Collector for FirewallCollector {
             reads.metric_type(),
         )?)?;
         self.encode_sets(&mut encoder)?;
-        let in_use = legacy::tables();
-        if !in_use.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                "scanner_agent_firewall_legacy_table",
-                "1 for each legacy x_tables (iptables-legacy) table in use",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (family_name, table) in in_use {
-                ConstGauge::new(1i64).encode(family.encode_family(&LegacyLabels {
-                    family: family_name.label().into(),
-                    table,
-                })?)?;
-            }
-        }
-        if let Some(shadowed) = snapshot.map(|s| &s.legacy.shadowed)
-            && !shadowed.is_empty()
-        {
-            let mut family = encoder.encode_descriptor(
+        legacy_tables(
+            &mut encoder,
+            "scanner_agent_firewall_legacy_table",
+            "1 for each legacy x_tables (iptables-legacy) table in use",
+            &legacy::tables(),
+        )?;
+        if let Some(snapshot) = snapshot {
+            legacy_tables(
+                &mut encoder,
                 "scanner_agent_firewall_legacy_shadowed",
                 "1 for each legacy x_tables table not exported because an iptables-nft table of the same family and name is",
-                None,
-                MetricType::Gauge,
+                &snapshot.legacy.shadowed,
             )?;
-            for (family_name, table) in shadowed {
-                ConstGauge::new(1i64).encode(family.encode_family(&LegacyLabels {
-                    family: family_name.label().into(),
-                    table: table.clone(),
-                })?)?;
-            }
         }
         tracing::trace!(
             "firewall counters: scrape encoded after {:?} (read {took:?})",
