@@ -7,39 +7,28 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     thread,
-    time::Duration,
 };
 
 use common::{
     Lab, Netns, agent,
     daemon::{Daemon, await_body, fetch},
+    firewall::{
+        Families, Sample, Scraper, TARGET, TARGET6, assert_matches_save, exported, samples, saved,
+        script, traffic,
+    },
 };
 use prometheus_client::registry::Registry;
 use scanner_agent::{
     firewall::{FirewallCollector, FirewallConfig},
     web::exposition::encode_text,
 };
-use socket2::{Domain, Protocol, Socket, Type};
-
-const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const TARGET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
-
-/// Runs a bash script inside the namespace, failing the test if it fails.
-fn script(ns: &Netns, text: &str) {
-    let out = ns.command("bash").args(["-ec", text]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "script failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The firewall families the collector exports in `ns`, as OpenMetrics text.
 fn scrape(ns: &Netns, config: FirewallConfig) -> String {
@@ -48,175 +37,6 @@ fn scrape(ns: &Netns, config: FirewallConfig) -> String {
         registry.register_collector(Box::new(FirewallCollector::new(&config)));
         encode_text(&registry)
     })
-}
-
-/// A collector kept across scrapes, as the daemon keeps its own: scrapes
-/// after the first read the structure again only when the ruleset
-/// generation moved, and otherwise counters only.
-struct Scraper(Arc<Registry>);
-
-impl Scraper {
-    fn new(config: FirewallConfig) -> Self {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(FirewallCollector::new(&config)));
-        Self(Arc::new(registry))
-    }
-
-    fn scrape(&self, ns: &Netns) -> String {
-        let registry = Arc::clone(&self.0);
-        ns.run(move || encode_text(&registry))
-    }
-}
-
-/// One sample: metric name, labels (unescaped), value.
-type Sample = (String, BTreeMap<String, String>, f64);
-
-/// Parses OpenMetrics sample lines, undoing label value escapes.
-fn samples(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (head, value) = line.rsplit_once(' ').unwrap();
-        let value: f64 = value.parse().unwrap();
-        let Some((name, rest)) = head.split_once('{') else {
-            out.push((head.to_owned(), BTreeMap::new(), value));
-            continue;
-        };
-        let mut labels = BTreeMap::new();
-        let mut chars = rest.strip_suffix('}').unwrap().chars().peekable();
-        while chars.peek().is_some() {
-            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-            assert_eq!(chars.next(), Some('"'));
-            let mut val = String::new();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => match chars.next() {
-                        Some('n') => val.push('\n'),
-                        Some(other) => val.push(other),
-                        None => panic!("dangling escape in {line}"),
-                    },
-                    '"' => break,
-                    c => val.push(c),
-                }
-            }
-            labels.insert(key, val);
-            if chars.peek() == Some(&',') {
-                chars.next();
-            }
-        }
-        out.push((name.to_owned(), labels, value));
-    }
-    out
-}
-
-type Series = BTreeMap<(String, String, String), (u64, u64)>;
-
-/// `(table, chain, rule)` and `(table, chain, policy)` counters of one family
-/// (`iptables` or `ip6tables`) from the exporter's text.
-fn exported(text: &str, prefix: &str) -> (Series, Series) {
-    let (mut rules, mut policies) = (Series::new(), Series::new());
-    for (name, l, v) in samples(text) {
-        let v = v as u64;
-        let Some(kind) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        let (map, key) = match kind {
-            "_rule_packets_total" | "_rule_bytes_total" => (&mut rules, &l["rule"]),
-            "_default_packets_total" | "_default_bytes_total" => (&mut policies, &l["policy"]),
-            _ => continue,
-        };
-        let entry = map
-            .entry((l["table"].clone(), l["chain"].clone(), key.clone()))
-            .or_default();
-        if kind.contains("packets") {
-            entry.0 = v;
-        } else {
-            entry.1 = v;
-        }
-    }
-    (rules, policies)
-}
-
-/// The same from `iptables-save -c` (identical rules in a chain summed).
-fn saved(ns: &Netns, tool: &str) -> (Series, Series) {
-    let out = ns.command(tool).arg("-c").output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (mut rules, mut policies) = (Series::new(), Series::new());
-    let mut table = String::new();
-    let counters = |c: &str| -> (u64, u64) {
-        let (p, b) = c
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .split_once(':')
-            .unwrap();
-        (p.parse().unwrap(), b.parse().unwrap())
-    };
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t.to_owned();
-        } else if let Some(chain) = line.strip_prefix(':') {
-            let mut f = chain.split(' ');
-            let (name, policy, c) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
-            let (p, b) = counters(c);
-            policies.insert((table.clone(), name.into(), policy.into()), (p, b));
-        } else if line.starts_with('[') {
-            let (c, rest) = line.split_once(" -A ").unwrap();
-            let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
-            let (p, b) = counters(c);
-            let e = rules
-                .entry((table.clone(), chain.into(), rule.into()))
-                .or_default();
-            e.0 += p;
-            e.1 += b;
-        }
-    }
-    (rules, policies)
-}
-
-/// TCP, UDP and ICMP (v4 and v6) from the scanner to the target.
-fn traffic(lab: &Lab) {
-    lab.scanner.run(|| {
-        for _ in 0..3 {
-            for addr in [IpAddr::V4(TARGET), IpAddr::V6(TARGET6)] {
-                for port in [7000, 9042, 22] {
-                    if let Ok(mut s) = TcpStream::connect_timeout(
-                        &SocketAddr::new(addr, port),
-                        Duration::from_secs(2),
-                    ) {
-                        let _ = s.write_all(b"hello");
-                    }
-                }
-                let udp = UdpSocket::bind(SocketAddr::new(
-                    if addr.is_ipv4() {
-                        Ipv4Addr::UNSPECIFIED.into()
-                    } else {
-                        Ipv6Addr::UNSPECIFIED.into()
-                    },
-                    0,
-                ))
-                .unwrap();
-                udp.set_read_timeout(Some(Duration::from_millis(500)))
-                    .unwrap();
-                let _ = udp.send_to(b"ping", SocketAddr::new(addr, 5353));
-                let _ = udp.recv_from(&mut [0u8; 64]);
-                let _ = udp.send_to(b"x", SocketAddr::new(addr, 5050));
-            }
-            // ICMP echo requests (the kernel fills in the ICMPv6 checksum).
-            let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
-            let mut echo = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
-            let sum = !echo
-                .chunks(2)
-                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-                .sum::<u32>() as u16;
-            echo[2..4].copy_from_slice(&sum.to_be_bytes());
-            let _ = icmp.send_to(&echo, &SocketAddr::new(TARGET.into(), 0).into());
-            let icmp6 = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
-            let _ = icmp6.send_to(
-                &[128, 0, 0, 0, 0x12, 0x34, 0, 1],
-                &SocketAddr::new(TARGET6.into(), 0).into(),
-            );
-        }
-    });
 }
 
 /// Every rule kind the issue lists, user chains, comments with spaces,
@@ -270,31 +90,6 @@ ip6tables -A V6_IN -p tcp -m tcp --dport 7000 -j ACCEPT
 ip6tables -A OUTPUT -p tcp --sport 7000 -j LOG --log-prefix 'v6 out'
 "#;
 
-/// Reads the exporter, `iptables-save` and the exporter again until both
-/// reads agree (nothing moved in between), then compares.
-/// The first read of a collector parses everything, the second only reads
-/// counters (the ruleset is unchanged): both must agree with `iptables-save`.
-fn assert_matches_save(lab: &Lab, prefix: &str, tool: &str) -> (Series, Series) {
-    for _ in 0..50 {
-        let scraper = Scraper::new(FirewallConfig::default());
-        let before = exported(&scraper.scrape(&lab.target), prefix);
-        let save = saved(&lab.target, tool);
-        let after = exported(&scraper.scrape(&lab.target), prefix);
-        if before != after {
-            continue;
-        }
-        assert_eq!(
-            before.0.keys().collect::<Vec<_>>(),
-            save.0.keys().collect::<Vec<_>>(),
-            "{tool}: rule labels differ"
-        );
-        assert_eq!(before.0, save.0, "{tool}: rule counters differ");
-        assert_eq!(before.1, save.1, "{tool}: chain policies differ");
-        return before;
-    }
-    panic!("{tool}: counters never held still between two reads");
-}
-
 #[test]
 fn every_label_and_counter_matches_iptables_save() {
     testbed::require_root!();
@@ -311,8 +106,10 @@ fn every_label_and_counter_matches_iptables_save() {
     lab.target.udp_echo(SocketAddr::new(TARGET6.into(), 5353));
     traffic(&lab);
 
-    let (rules, policies) = assert_matches_save(&lab, "iptables", "iptables-save");
-    let (rules6, _) = assert_matches_save(&lab, "ip6tables", "ip6tables-save");
+    let Families {
+        rules, policies, ..
+    } = assert_matches_save(&lab.target, "iptables", "iptables-save");
+    let rules6 = assert_matches_save(&lab.target, "ip6tables", "ip6tables-save").rules;
 
     let key = |table: &str, chain: &str, rule: &str| {
         (table.to_owned(), chain.to_owned(), rule.to_owned())
@@ -374,7 +171,7 @@ fn a_changed_ruleset_never_shows_stale_labels() {
         "table inet edge {\n chain input {\n  type filter hook input priority 0;\n  tcp dport 22 counter comment \"old\"\n }\n}\n",
     );
     let scraper = Scraper::new(FirewallConfig::default());
-    let rules = |text: &str| exported(text, "iptables").0;
+    let rules = |text: &str| exported(text, "iptables").rules;
     let comments = |text: &str| -> Vec<(String, String)> {
         samples(text)
             .into_iter()
@@ -383,7 +180,7 @@ fn a_changed_ruleset_never_shows_stale_labels() {
             .collect()
     };
     let first = scraper.scrape(&ns);
-    assert_eq!(rules(&first), saved(&ns, "iptables-save").0);
+    assert_eq!(rules(&first), saved(&ns, "iptables-save").rules);
     assert_eq!(rules(&scraper.scrape(&ns)), rules(&first), "unchanged");
     let [(handle, comment)] = &comments(&first)[..] else {
         panic!("{first}")
@@ -398,7 +195,7 @@ fn a_changed_ruleset_never_shows_stale_labels() {
     ));
     let text = scraper.scrape(&ns);
     let after_replace = rules(&text);
-    assert_eq!(after_replace, saved(&ns, "iptables-save").0);
+    assert_eq!(after_replace, saved(&ns, "iptables-save").rules);
     assert!(
         after_replace.contains_key(&(
             "filter".into(),
@@ -422,7 +219,7 @@ fn a_changed_ruleset_never_shows_stale_labels() {
     );
     let text = scraper.scrape(&ns);
     let after_swap = rules(&text);
-    assert_eq!(after_swap, saved(&ns, "iptables-save").0);
+    assert_eq!(after_swap, saved(&ns, "iptables-save").rules);
     assert_eq!(after_swap.len(), 3, "{text}");
     assert!(!text.contains("--dport 2 "), "{text}");
     assert!(text.contains("--dport 4 -j REJECT"), "{text}");
@@ -622,8 +419,24 @@ fn no_tables_at_all_is_a_successful_empty_scrape() {
         text.lines().any(|l| l == "ip6tables_scrape_success 1"),
         "{text}"
     );
-    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-    assert_eq!(series.len(), 4, "only the scrape gauges: {series:?}");
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split([' ', '{']).next().unwrap())
+        .collect();
+    assert_eq!(
+        series,
+        [
+            "iptables_scrape_duration_seconds",
+            "iptables_scrape_success",
+            "ip6tables_scrape_duration_seconds",
+            "ip6tables_scrape_success",
+            "nftables_ruleset_generation",
+            "nftables_ruleset_last_change_timestamp_seconds",
+            "scanner_agent_firewall_reads_total",
+        ],
+        "only the scrape gauges and the ruleset's generation: {text}"
+    );
 }
 
 #[test]

@@ -10,198 +10,20 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr},
     process::Stdio,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use common::{
     Lab, Netns, agent,
     daemon::{Daemon, await_body, fetch},
+    firewall::{
+        Scraper, Series, TARGET, TARGET6, assert_matches_save, exported, samples, saved, script,
+        traffic,
+    },
 };
-use prometheus_client::registry::Registry;
-use scanner_agent::{
-    firewall::{FirewallCollector, FirewallConfig},
-    web::exposition::{classic_text, encode_text},
-};
-use socket2::{Domain, Protocol, Socket, Type};
-
-const TARGET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const TARGET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
-
-/// Runs a bash script inside the namespace, failing the test if it fails.
-fn script(ns: &Netns, text: &str) {
-    let out = ns.command("bash").args(["-ec", text]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "script failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A collector kept across scrapes, as the daemon keeps its own.
-struct Scraper(Arc<Registry>);
-
-impl Scraper {
-    fn new() -> Self {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(FirewallCollector::new(&FirewallConfig::default())));
-        Self(Arc::new(registry))
-    }
-
-    fn scrape(&self, ns: &Netns) -> String {
-        let registry = Arc::clone(&self.0);
-        ns.run(move || encode_text(&registry))
-    }
-}
-
-/// One sample: metric name, labels (unescaped), value.
-type Sample = (String, BTreeMap<String, String>, f64);
-
-/// Parses OpenMetrics sample lines, undoing label value escapes.
-fn samples(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (head, value) = line.rsplit_once(' ').unwrap();
-        let value: f64 = value.parse().unwrap();
-        let Some((name, rest)) = head.split_once('{') else {
-            out.push((head.to_owned(), BTreeMap::new(), value));
-            continue;
-        };
-        let mut labels = BTreeMap::new();
-        let mut chars = rest.strip_suffix('}').unwrap().chars().peekable();
-        while chars.peek().is_some() {
-            let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-            assert_eq!(chars.next(), Some('"'));
-            let mut val = String::new();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => match chars.next() {
-                        Some('n') => val.push('\n'),
-                        Some(other) => val.push(other),
-                        None => panic!("dangling escape in {line}"),
-                    },
-                    '"' => break,
-                    c => val.push(c),
-                }
-            }
-            labels.insert(key, val);
-            if chars.peek() == Some(&',') {
-                chars.next();
-            }
-        }
-        out.push((name.to_owned(), labels, value));
-    }
-    out
-}
-
-type Series = BTreeMap<(String, String, String), (u64, u64)>;
-type ChainRules = BTreeMap<(String, String), u64>;
-
-/// `(table, chain, rule)` and `(table, chain, policy)` counters and the
-/// rules per chain of one family (`iptables` or `ip6tables`).
-#[derive(Debug, Default, PartialEq)]
-struct Families {
-    rules: Series,
-    policies: Series,
-    chains: ChainRules,
-}
-
-fn exported(text: &str, prefix: &str) -> Families {
-    let mut f = Families::default();
-    for (name, l, v) in samples(text) {
-        let v = v as u64;
-        let Some(kind) = name.strip_prefix(prefix) else {
-            continue;
-        };
-        if kind == "_chain_rules" {
-            f.chains.insert((l["table"].clone(), l["chain"].clone()), v);
-            continue;
-        }
-        let (map, key) = match kind {
-            "_rule_packets_total" | "_rule_bytes_total" => (&mut f.rules, &l["rule"]),
-            "_default_packets_total" | "_default_bytes_total" => (&mut f.policies, &l["policy"]),
-            _ => continue,
-        };
-        let entry = map
-            .entry((l["table"].clone(), l["chain"].clone(), key.clone()))
-            .or_default();
-        if kind.contains("packets") {
-            entry.0 = v;
-        } else {
-            entry.1 = v;
-        }
-    }
-    f
-}
-
-/// The same from `tool -c` (identical rules in a chain summed).
-fn saved(ns: &Netns, tool: &str) -> Families {
-    let out = ns.command(tool).arg("-c").output().unwrap();
-    assert!(out.status.success(), "{tool}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut f = Families::default();
-    let mut table = String::new();
-    let counters = |c: &str| -> (u64, u64) {
-        let (p, b) = c
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .split_once(':')
-            .unwrap();
-        (p.parse().unwrap(), b.parse().unwrap())
-    };
-    for line in text.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            table = t.to_owned();
-        } else if let Some(chain) = line.strip_prefix(':') {
-            let mut w = chain.split(' ');
-            let (name, policy, c) = (w.next().unwrap(), w.next().unwrap(), w.next().unwrap());
-            f.policies
-                .insert((table.clone(), name.into(), policy.into()), counters(c));
-            f.chains.insert((table.clone(), name.into()), 0);
-        } else if line.starts_with('[') {
-            let (c, rest) = line.split_once(" -A ").unwrap();
-            let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
-            let (p, b) = counters(c);
-            let e = f
-                .rules
-                .entry((table.clone(), chain.into(), rule.into()))
-                .or_default();
-            e.0 += p;
-            e.1 += b;
-            *f.chains.entry((table.clone(), chain.into())).or_default() += 1;
-        }
-    }
-    f
-}
-
-/// Scrapes, runs `tool`, scrapes again until both scrapes agree (no packet
-/// counted in between), then compares them byte for byte.
-fn assert_matches_save(ns: &Netns, prefix: &str, tool: &str) -> Families {
-    for _ in 0..50 {
-        let scraper = Scraper::new();
-        let before = exported(&scraper.scrape(ns), prefix);
-        let save = saved(ns, tool);
-        let after = exported(&scraper.scrape(ns), prefix);
-        if before != after {
-            continue;
-        }
-        assert_eq!(
-            before.rules.keys().collect::<Vec<_>>(),
-            save.rules.keys().collect::<Vec<_>>(),
-            "{tool}: rule labels differ"
-        );
-        assert_eq!(before.rules, save.rules, "{tool}: rule counters differ");
-        assert_eq!(
-            before.policies, save.policies,
-            "{tool}: chain policies differ"
-        );
-        assert_eq!(before.chains, save.chains, "{tool}: rules per chain differ");
-        return before;
-    }
-    panic!("{tool}: counters never held still between two reads");
-}
+use scanner_agent::{firewall::FirewallConfig, web::exposition::classic_text};
 
 /// Every match and target kind the README lists for the `rule` label,
 /// user chains, a goto, a rule without target, comments with spaces,
@@ -273,48 +95,6 @@ $ipt -t mangle -A PREROUTING -p tcp --dport 7000 -j MARK --set-mark 0x7
 $ipt -t nat -A POSTROUTING -o veth+ -j MASQUERADE
 $ipt -t nat -A POSTROUTING -o veth+ -p udp -j MASQUERADE --to-ports 2000-3000 --random-fully
 "#;
-
-/// TCP, UDP and ICMP (v4 and v6) from the scanner to the target.
-fn traffic(lab: &Lab) {
-    lab.scanner.run(|| {
-        for _ in 0..3 {
-            for addr in [IpAddr::V4(TARGET), IpAddr::V6(TARGET6)] {
-                for port in [7000, 9042, 22] {
-                    if let Ok(mut s) = TcpStream::connect_timeout(
-                        &SocketAddr::new(addr, port),
-                        Duration::from_secs(2),
-                    ) {
-                        let _ = s.write_all(b"hello");
-                    }
-                }
-                let any: IpAddr = if addr.is_ipv4() {
-                    Ipv4Addr::UNSPECIFIED.into()
-                } else {
-                    Ipv6Addr::UNSPECIFIED.into()
-                };
-                let udp = UdpSocket::bind(SocketAddr::new(any, 0)).unwrap();
-                udp.set_read_timeout(Some(Duration::from_millis(500)))
-                    .unwrap();
-                let _ = udp.send_to(b"ping", SocketAddr::new(addr, 5353));
-                let _ = udp.recv_from(&mut [0u8; 64]);
-                let _ = udp.send_to(b"x", SocketAddr::new(addr, 5050));
-            }
-            let icmp = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).unwrap();
-            let mut echo = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
-            let sum = !echo
-                .chunks(2)
-                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-                .sum::<u32>() as u16;
-            echo[2..4].copy_from_slice(&sum.to_be_bytes());
-            let _ = icmp.send_to(&echo, &SocketAddr::new(TARGET.into(), 0).into());
-            let icmp6 = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
-            let _ = icmp6.send_to(
-                &[128, 0, 0, 0, 0x12, 0x34, 0, 1],
-                &SocketAddr::new(TARGET6.into(), 0).into(),
-            );
-        }
-    });
-}
 
 /// promtool's lint of the exposition: nothing about the firewall families.
 fn assert_promtool_is_quiet(text: &str) {
@@ -404,7 +184,7 @@ fn legacy_counters_match_iptables_legacy_save_byte_for_byte() {
         "-o veth+ -p udp -j MASQUERADE --to-ports 2000-3000 --random-fully"
     )));
 
-    let text = Scraper::new().scrape(&lab.target);
+    let text = Scraper::new(FirewallConfig::default()).scrape(&lab.target);
     for line in [
         "iptables_scrape_success 1",
         "ip6tables_scrape_success 1",
@@ -441,7 +221,7 @@ fn a_table_in_both_backends_is_exported_once_from_nftables() {
          iptables-legacy -t mangle -A OUTPUT -p udp --dport 3 -j ACCEPT\n\
          ip6tables-legacy -A INPUT -p tcp --dport 4 -j ACCEPT\n",
     );
-    let scraper = Scraper::new();
+    let scraper = Scraper::new(FirewallConfig::default());
     let text = scraper.scrape(&ns);
     for line in [
         "scanner_agent_firewall_legacy_shadowed{family=\"ipv4\",table=\"filter\"} 1",
@@ -531,7 +311,7 @@ fn without_legacy_tables_there_is_no_legacy_series_and_none_is_created() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert_eq!(names(&ns), "", "a fresh namespace has no legacy tables");
-    let text = Scraper::new().scrape(&ns);
+    let text = Scraper::new(FirewallConfig::default()).scrape(&ns);
     assert!(!text.contains("scanner_agent_firewall_legacy"), "{text}");
     for line in [
         "iptables_scrape_success 1",

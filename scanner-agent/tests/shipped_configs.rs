@@ -19,6 +19,7 @@ use scanner_agent::{
         InterfaceLabels, IpLabels, LinkLabels, ModeLabels, PathLabels, PortLabels, TargetLabels,
         TaskLabels,
     },
+    firewall::FirewallCollector,
     web::exposition::encode_text,
 };
 
@@ -49,7 +50,7 @@ fn assert_ok(out: &Output, what: &str) -> String {
 }
 
 /// The rule files prometheus.yml loads, with how many rules each holds.
-const RULE_FILES: [(&str, usize); 2] = [("alerts.yml", 13), ("host-view.yml", 4)];
+const RULE_FILES: [(&str, usize); 2] = [("alerts.yml", 14), ("host-view.yml", 4)];
 
 #[test]
 fn promtool_accepts_the_rules_their_tests_and_the_scrape_config() {
@@ -197,6 +198,9 @@ fn metrics_in(expr: &str) -> BTreeSet<String> {
         "host_answers",
         "host_listening",
         "host_address",
+        "nftables_",
+        "iptables_",
+        "ip6tables_",
     ];
     // Quoted label values are not names.
     let unquoted: String = expr.split('"').step_by(2).collect::<Vec<_>>().join(" ");
@@ -245,7 +249,10 @@ fn check_exprs(file: &str, exprs: &[String]) -> BTreeSet<String> {
         assert!(!names.is_empty(), "{file}: no metric in {expr:?}");
         for name in names {
             assert!(
-                name == "up" || exported.contains(&name) || recorded.contains(&name),
+                name == "up"
+                    || exported.contains(&name)
+                    || recorded.contains(&name)
+                    || FirewallCollector::FAMILIES.contains(&name.as_str()),
                 "{file}: {name} in {expr:?} is not exported by the agent (it exports {exported:?})"
             );
             seen.insert(name);
@@ -288,6 +295,8 @@ fn alert_rules_name_only_exported_metrics() {
         "host_listening_port_info",
         "scanner_agent:open_port_without_listener",
         "scanner_agent:unexpected_open_listener",
+        "nftables_ruleset_last_change_timestamp_seconds",
+        "scanner_agent_firewall_reads_total",
     ] {
         assert!(seen.contains(needed), "no rule on {needed}");
     }

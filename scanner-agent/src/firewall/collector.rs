@@ -8,7 +8,8 @@
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    thread,
+    time::{Duration, Instant, SystemTime},
 };
 
 use prometheus_client::{
@@ -23,10 +24,13 @@ use prometheus_client::{
 
 use super::{
     FirewallConfig, FirewallError,
-    layout::{ChainLabels, Layout, Xtables},
+    flight::Flight,
+    labels::Labels,
+    layout::{Layout, Xtables, structure},
     legacy::{self, Family as LegacyFamily},
-    netlink::{self, Read},
+    netlink::{self, Generation, Known, Read, RuleCache},
     ruleset::Counters,
+    set_counts::SetCounts,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -35,23 +39,67 @@ struct LegacyLabels {
     table: String,
 }
 
-/// Reads the firewall at each scrape. Clones share one layout, so the
-/// agent's `/metrics` and the drop-in listener keep one cache between them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct SetLabels {
+    family: String,
+    table: String,
+    set: String,
+}
+
+/// How long a read may take (and a scrape wait for one under way) before
+/// the scrape reports `iptables_scrape_success 0`.
+pub(super) const READ_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What one read gives every scrape that shares it.
+#[derive(Debug)]
+struct Snapshot {
+    generation: Generation,
+    layout: Arc<Layout>,
+    values: Vec<Counters>,
+    /// When the rendered ruleset last changed, as far as this agent saw.
+    changed: SystemTime,
+    /// The legacy x_tables tables, read after the nftables ruleset (which
+    /// of them are shadowed depends on it).
+    legacy: legacy::Read,
+    took: Duration,
+}
+
+/// What reads keep for the next one.
+#[derive(Debug)]
+struct Kept {
+    /// The layout of the last read, and the generation it was read at
+    /// (several generations may share one layout).
+    layout: Option<(Generation, Arc<Layout>)>,
+    /// The rules of the last full read, parsed and (once needed) rendered.
+    cache: RuleCache,
+    /// Their keys in dump order.
+    keys: Vec<u64>,
+    /// [`super::ruleset::Ruleset::digest`] of the last full read.
+    digest: Option<u64>,
+    changed: SystemTime,
+    /// The legacy tables last read, rendered.
+    legacy: legacy::Cache,
+}
+
+/// Reads the firewall at each scrape. Clones share one layout and one read
+/// in flight, so the agent's `/metrics` and the drop-in listener keep one
+/// cache between them and never read twice at once.
 #[derive(Clone, Debug)]
 pub struct FirewallCollector {
     position_label: bool,
     legacy_names: bool,
-    /// The layout of the last generation read; the lock also keeps
-    /// concurrent scrapes of this collector from reading twice at once.
-    layout: Arc<Mutex<Option<Layout>>>,
+    kept: Arc<Mutex<Kept>>,
+    flight: Arc<Flight<Result<Snapshot, FirewallError>>>,
+    sets: SetCounts,
+    deadline: Duration,
+    /// Test-only: how long each read sleeps before it starts.
+    delay: Duration,
     /// The last failure logged and when, so a broken setup logs once in a while, not per scrape.
-    last_error: Arc<Mutex<Option<(String, Instant)>>>,
+    last_error: Arc<LastError>,
     /// The same for reading legacy x_tables.
-    last_legacy_error: Arc<Mutex<Option<(String, Instant)>>>,
+    last_legacy_error: Arc<LastError>,
     /// The shadowed legacy tables last logged: logged again when they change.
     shadowed: Arc<Mutex<Vec<(LegacyFamily, String)>>>,
-    /// The legacy tables last read, rendered.
-    legacy: Arc<Mutex<legacy::Cache>>,
 }
 
 type LastError = Mutex<Option<(String, Instant)>>;
@@ -59,48 +107,197 @@ type LastError = Mutex<Option<(String, Instant)>>;
 const REPEAT_ERROR_AFTER: Duration = Duration::from_secs(300);
 
 impl FirewallCollector {
+    /// The sample names these families can have (counters with `_total`).
+    pub const FAMILIES: [&str; 28] = [
+        "iptables_default_bytes_total",
+        "iptables_default_packets_total",
+        "iptables_default_packets_toal",
+        "iptables_rule_bytes_total",
+        "iptables_rule_packets_total",
+        "iptables_chain_rules",
+        "iptables_scrape_duration_seconds",
+        "iptables_scrape_success",
+        "ip6tables_default_bytes_total",
+        "ip6tables_default_packets_total",
+        "ip6tables_rule_bytes_total",
+        "ip6tables_rule_packets_total",
+        "ip6tables_chain_rules",
+        "ip6tables_scrape_duration_seconds",
+        "ip6tables_scrape_success",
+        "nftables_rule_bytes_total",
+        "nftables_rule_packets_total",
+        "nftables_counter_bytes_total",
+        "nftables_counter_packets_total",
+        "nftables_ruleset_generation",
+        "nftables_ruleset_last_change_timestamp_seconds",
+        "scanner_agent_firewall_reads_total",
+        "nftables_set_elements",
+        "nftables_set_elements_read_duration_seconds",
+        "nftables_set_elements_read_timestamp_seconds",
+        "nftables_set_elements_read_success",
+        "scanner_agent_firewall_legacy_table",
+        "scanner_agent_firewall_legacy_shadowed",
+    ];
+
     pub fn new(config: &FirewallConfig) -> Self {
         Self {
             position_label: config.rule_position_label,
             legacy_names: config.legacy_metric_names,
-            layout: Arc::default(),
+            kept: Arc::new(Mutex::new(Kept {
+                layout: None,
+                cache: RuleCache::default(),
+                keys: Vec::new(),
+                digest: None,
+                changed: SystemTime::now(),
+                legacy: legacy::Cache::default(),
+            })),
+            flight: Arc::default(),
+            sets: SetCounts::default(),
+            deadline: READ_DEADLINE,
+            delay: Duration::ZERO,
             last_error: Arc::default(),
             last_legacy_error: Arc::default(),
             shadowed: Arc::default(),
-            legacy: Arc::default(),
         }
     }
 
-    /// The current values, with `layout` made current first.
-    fn read(&self, layout: &mut Option<Layout>) -> Result<Vec<Counters>, FirewallError> {
-        let known = layout.as_ref().map(|l| (l.generation, l.chains.as_slice()));
-        let mut read = netlink::read(known)?;
-        if let (Read::Counters(counts), Some(current)) = (&read, layout.as_ref()) {
+    /// For tests only: every read first sleeps `delay` (within its
+    /// deadline), and reads give up after `deadline`, so that scrapes
+    /// during a slow read and a read past its deadline can be staged.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_slow_reads_for_tests(mut self, delay: Duration, deadline: Duration) -> Self {
+        self.delay = delay;
+        self.deadline = deadline;
+        self
+    }
+
+    /// One read: the nftables ruleset's values, then the legacy tables it
+    /// does not shadow.
+    fn read(&self, kept: &mut Kept, deadline: Instant) -> Result<Snapshot, FirewallError> {
+        let started = Instant::now();
+        let mut snapshot = self.read_nftables(kept, deadline)?;
+        // Legacy tables only with a successful nftables read: which of them
+        // are shadowed depends on it.
+        snapshot.legacy = self.read_legacy(&snapshot.layout, &mut kept.legacy);
+        snapshot.took = started.elapsed();
+        Ok(snapshot)
+    }
+
+    /// One nftables read: the current values, with the kept layout made
+    /// current first.
+    fn read_nftables(&self, kept: &mut Kept, deadline: Instant) -> Result<Snapshot, FirewallError> {
+        let started = Instant::now();
+        if !self.delay.is_zero() {
+            thread::sleep(
+                self.delay
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+        let known = kept.layout.as_ref().map(|(g, l)| Known {
+            generation: *g,
+            chains: &l.chains,
+            keys: &kept.keys,
+            cache: &kept.cache,
+            full: false,
+        });
+        let mut read = netlink::read(known, deadline)?;
+        let quick = match &read {
+            Read::Counters(counts) => Some((None, counts)),
+            // Only set elements changed: the layout and its label text stay.
+            Read::Unchanged { generation, counts } => Some((Some(*generation), counts)),
+            Read::Full { .. } => None,
+        };
+        if let (Some((moved, counts)), Some((generation, current))) = (quick, kept.layout.as_ref())
+        {
             match current.values(counts) {
-                Some(values) => return Ok(values),
-                // Never expected (the generation held): a read that does not
-                // fit its generation's layout. Start again from the structure.
-                None => read = netlink::read(None)?,
+                Some(values) => {
+                    let generation = moved.unwrap_or(*generation);
+                    let layout = Arc::clone(current);
+                    kept.layout = Some((generation, Arc::clone(&layout)));
+                    return Ok(Snapshot {
+                        generation,
+                        layout,
+                        values,
+                        changed: kept.changed,
+                        legacy: legacy::Read::default(),
+                        took: started.elapsed(),
+                    });
+                }
+                // The chains and rules held, but not the named counters
+                // (or, never expected, the counters do not fit the layout):
+                // read the structure, still taking rules from the cache.
+                None => {
+                    let known = Known {
+                        generation: *generation,
+                        chains: &current.chains,
+                        keys: &kept.keys,
+                        cache: &kept.cache,
+                        full: true,
+                    };
+                    read = netlink::read(Some(known), deadline)?;
+                }
             }
         }
-        match read {
-            Read::Full {
-                generation,
+        let Read::Full {
+            generation,
+            ruleset,
+            counts,
+            cache,
+            keys,
+        } = read
+        else {
+            return Err(FirewallError::Malformed("ruleset"));
+        };
+        // A new generation need not be a new ruleset: set element updates
+        // move it too. Only a different digest is a change.
+        let read_took = started.elapsed();
+        let digest = ruleset.digest();
+        if kept.digest != Some(digest) {
+            kept.digest = Some(digest);
+            kept.changed = SystemTime::now();
+        }
+        kept.cache = cache;
+        kept.keys = keys;
+        // The same chains and rules by another route (say, a named counter
+        // added and removed): the layout and its label text stay.
+        let rules = ruleset.rules.len();
+        let structure = structure(digest, &counts);
+        let layout = match kept.layout.take() {
+            Some((_, layout)) if layout.structure == structure => layout,
+            _ => Arc::new(Layout::new(
                 ruleset,
-                counts,
-            } => {
-                let fresh = layout.insert(Layout::new(
-                    generation,
-                    ruleset,
-                    &counts,
-                    self.position_label,
-                ));
-                fresh
-                    .values(&counts)
-                    .ok_or(FirewallError::Malformed("ruleset"))
-            }
-            Read::Counters(_) => Err(FirewallError::Malformed("ruleset")),
-        }
+                &counts,
+                structure,
+                self.position_label,
+            )),
+        };
+        tracing::debug!(
+            "firewall counters: generation {} read with its structure in {read_took:?} ({rules} rules), layout ready after {:?}",
+            generation.id,
+            started.elapsed()
+        );
+        kept.layout = Some((generation, Arc::clone(&layout)));
+        let values = layout
+            .values(&counts)
+            .ok_or(FirewallError::Malformed("ruleset"))?;
+        Ok(Snapshot {
+            generation,
+            layout,
+            values,
+            changed: kept.changed,
+            legacy: legacy::Read::default(),
+            took: started.elapsed(),
+        })
+    }
+
+    /// The result of the read under way, or of a read made now.
+    fn shared_read(&self) -> Option<Arc<Result<Snapshot, FirewallError>>> {
+        let deadline = Instant::now() + self.deadline;
+        self.flight.share(deadline, || {
+            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            self.read(&mut kept, deadline)
+        })
     }
 
     fn log_failure(last: &LastError, message: String) {
@@ -123,8 +320,7 @@ impl FirewallCollector {
 
     /// The legacy tables, all but those `layout`'s iptables-nft tables
     /// shadow; logs failures and changes of what is shadowed.
-    fn read_legacy(&self, layout: &Layout) -> legacy::Read {
-        let mut cache = self.legacy.lock().unwrap_or_else(PoisonError::into_inner);
+    fn read_legacy(&self, layout: &Layout, cache: &mut legacy::Cache) -> legacy::Read {
         let read = legacy::read(
             |family, table| {
                 let nft = match family {
@@ -134,9 +330,8 @@ impl FirewallCollector {
                 nft.tables.contains(table)
             },
             self.position_label,
-            &mut cache,
+            cache,
         );
-        drop(cache);
         if read.errors.is_empty() {
             Self::recovered(&self.last_legacy_error, "legacy x_tables");
         } else {
@@ -162,11 +357,17 @@ impl FirewallCollector {
     }
 }
 
-fn counter_family<'a, L: EncodeLabelSet + 'a>(
+/// Seconds since the Unix epoch.
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn counter_family<'a>(
     encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
-    series: impl Iterator<Item = (&'a L, Counters)>,
+    series: impl Iterator<Item = (&'a Labels, Counters)>,
     value: fn(&Counters) -> u64,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -260,12 +461,7 @@ fn encode_xtables(
             format!("Number of rules in a chain of {prefix} (nftables and legacy x_tables)."),
         );
         let mut family = encoder.encode_descriptor(&name, &chain_help, None, MetricType::Gauge)?;
-        let chains: Vec<&(ChainLabels, u64)> = series
-            .chain_rules
-            .iter()
-            .chain(&legacy.chain_rules)
-            .collect();
-        for (labels, count) in chains {
+        for (labels, count) in series.chain_rules.iter().chain(&legacy.chain_rules) {
             ConstGauge::new(i64::try_from(*count).unwrap_or(i64::MAX))
                 .encode(family.encode_family(labels)?)?;
         }
@@ -286,37 +482,103 @@ fn encode_xtables(
     )?)
 }
 
+impl FirewallCollector {
+    /// `nftables_set_elements` and its refresh's families.
+    fn encode_sets(&self, encoder: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(counted) = self.sets.current() else {
+            return Ok(());
+        };
+        if let Ok(sets) = &counted.sets {
+            let mut family = encoder.encode_descriptor(
+                "nftables_set_elements",
+                "Elements of a named nftables set or map (as `nft list set` shows them: an interval once), as of nftables_set_elements_read_timestamp_seconds.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for set in sets {
+                ConstGauge::new(i64::try_from(set.elements).unwrap_or(i64::MAX)).encode(
+                    family.encode_family(&SetLabels {
+                        family: set.family.name(),
+                        table: set.table.clone(),
+                        set: set.set.clone(),
+                    })?,
+                )?;
+            }
+        }
+        gauge(
+            encoder,
+            "nftables_set_elements_read_duration_seconds",
+            "Duration of the last count of the nftables set elements (made apart from scrapes, at most every 5 s).",
+            counted.took.as_secs_f64(),
+        )?;
+        gauge(
+            encoder,
+            "nftables_set_elements_read_timestamp_seconds",
+            "When the last count of the nftables set elements was made.",
+            unix_seconds(counted.wall),
+        )?;
+        let success = ConstGauge::new(i64::from(counted.sets.is_ok()));
+        success.encode(encoder.encode_descriptor(
+            "nftables_set_elements_read_success",
+            "Whether the last count of the nftables set elements succeeded.",
+            None,
+            success.metric_type(),
+        )?)
+    }
+}
+
+/// A gauge family of 1 per legacy table listed, absent when none is.
+fn legacy_tables(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    tables: &[(LegacyFamily, String)],
+) -> Result<(), std::fmt::Error> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (family_name, table) in tables {
+        ConstGauge::new(1i64).encode(family.encode_family(&LegacyLabels {
+            family: family_name.label().into(),
+            table: table.clone(),
+        })?)?;
+    }
+    Ok(())
+}
+
 impl Collector for FirewallCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let started = Instant::now();
-        let mut layout = self.layout.lock().unwrap_or_else(PoisonError::into_inner);
-        let values = match self.read(&mut layout) {
-            Ok(values) => {
+        let shared = self.shared_read();
+        let snapshot = match shared.as_deref() {
+            Some(Ok(snapshot)) => {
                 Self::recovered(&self.last_error, "nftables");
-                Some(values)
+                Some(snapshot)
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 Self::log_failure(&self.last_error, e.to_string());
                 None
             }
+            None => {
+                Self::log_failure(&self.last_error, FirewallError::Deadline.to_string());
+                None
+            }
         };
-        let read = layout.as_ref().zip(values.as_deref());
-        // Legacy tables only with a successful nftables read: which of them
-        // are shadowed depends on it.
-        let legacy = read.map(|(l, _)| self.read_legacy(l));
-        let took = started.elapsed();
-        let both = read.zip(legacy.as_ref());
+        // A scrape that shared a read reports that read's duration.
+        let took = snapshot.map_or_else(|| started.elapsed(), |s| s.took);
+        let read = snapshot.map(|s| (&*s.layout, s.values.as_slice()));
         encode_xtables(
             &mut encoder,
             "iptables",
-            both.map(|((l, v), x)| (&l.iptables, v, &x.ipv4)),
+            snapshot.map(|s| (&s.layout.iptables, s.values.as_slice(), &s.legacy.ipv4)),
             self.legacy_names,
             took,
         )?;
         encode_xtables(
             &mut encoder,
             "ip6tables",
-            both.map(|((l, v), x)| (&l.ip6tables, v, &x.ipv6)),
+            snapshot.map(|s| (&s.layout.ip6tables, s.values.as_slice(), &s.legacy.ipv6)),
             false,
             took,
         )?;
@@ -350,37 +612,46 @@ impl Collector for FirewallCollector {
                 |c| c.packets,
             )?;
         }
-        let in_use = legacy::tables();
-        if !in_use.is_empty() {
-            let mut family = encoder.encode_descriptor(
-                "scanner_agent_firewall_legacy_table",
-                "1 for each legacy x_tables (iptables-legacy) table in use",
-                None,
-                MetricType::Gauge,
+        if let Some(snapshot) = snapshot {
+            gauge(
+                &mut encoder,
+                "nftables_ruleset_generation",
+                "The nftables ruleset generation read (every committed change moves it, set element updates included).",
+                f64::from(snapshot.generation.id),
             )?;
-            for (family_name, table) in in_use {
-                ConstGauge::new(1i64).encode(family.encode_family(&LegacyLabels {
-                    family: family_name.label().into(),
-                    table,
-                })?)?;
-            }
+            gauge(
+                &mut encoder,
+                "nftables_ruleset_last_change_timestamp_seconds",
+                "When the rendered rules last changed (chains, policies, rules and named counters; not set elements), as first seen by a read of this agent.",
+                unix_seconds(snapshot.changed),
+            )?;
         }
-        if let Some(shadowed) = legacy.as_ref().map(|l| &l.shadowed)
-            && !shadowed.is_empty()
-        {
-            let mut family = encoder.encode_descriptor(
+        let reads = ConstCounter::new(self.flight.reads());
+        reads.encode(encoder.encode_descriptor(
+            "scanner_agent_firewall_reads",
+            "Reads of the nftables ruleset over netlink (concurrent scrapes share one).",
+            None,
+            reads.metric_type(),
+        )?)?;
+        self.encode_sets(&mut encoder)?;
+        legacy_tables(
+            &mut encoder,
+            "scanner_agent_firewall_legacy_table",
+            "1 for each legacy x_tables (iptables-legacy) table in use",
+            &legacy::tables(),
+        )?;
+        if let Some(snapshot) = snapshot {
+            legacy_tables(
+                &mut encoder,
                 "scanner_agent_firewall_legacy_shadowed",
                 "1 for each legacy x_tables table not exported because an iptables-nft table of the same family and name is",
-                None,
-                MetricType::Gauge,
+                &snapshot.legacy.shadowed,
             )?;
-            for (family_name, table) in shadowed {
-                ConstGauge::new(1i64).encode(family.encode_family(&LegacyLabels {
-                    family: family_name.label().into(),
-                    table: table.clone(),
-                })?)?;
-            }
         }
+        tracing::trace!(
+            "firewall counters: scrape encoded after {:?} (read {took:?})",
+            started.elapsed()
+        );
         Ok(())
     }
 }

@@ -1,25 +1,30 @@
 //! Everything a scrape exports except the values: each family's label
-//! sets (rule texts rendered, identical ones merged, sorted as encoded),
-//! and for every chain, rule and named counter of a read, in dump order,
-//! its kernel handle and the series its counters add to.
+//! sets (rule texts rendered, identical ones merged, in dump order, written
+//! out as exposition text), and for every chain, rule and named counter of
+//! a read, in dump order, its kernel handle and the series its counters
+//! add to.
 //!
 //! A layout is built from one full read and reused while the ruleset
 //! generation holds, so a scrape of an unchanged ruleset only reads
-//! counters and adds them up. A new generation replaces it whole: its size
-//! follows the ruleset's, never the number of scrapes.
+//! counters and adds them up; a new generation with the same [`structure`]
+//! (only set elements changed) keeps it too. Any other change replaces it
+//! whole (its rules' texts come from the rule cache, rendered once): its
+//! size follows the ruleset's, never the number of scrapes.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry},
+    hash::{DefaultHasher, Hash, Hasher as _},
+};
 
 use super::{
-    netlink::{Counts, Generation, Handled},
+    labels::{LabelSet, Labels, Writer},
+    netlink::{Counts, Handled},
     render,
-    ruleset::{Chain, Counters, Family, Ruleset},
+    ruleset::{Chain, Counters, Family, Rule, Ruleset},
 };
 
 /// A chain policy series (labels in the order the original printed them).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct PolicyLabels {
     chain: String,
     policy: String,
@@ -36,8 +41,16 @@ impl PolicyLabels {
     }
 }
 
+impl LabelSet for PolicyLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("chain", &self.chain);
+        out.label("policy", &self.policy);
+        out.label("table", &self.table);
+    }
+}
+
 /// A chain of an iptables table (`iptables_chain_rules`).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct ChainLabels {
     chain: String,
     table: String,
@@ -49,6 +62,13 @@ impl ChainLabels {
             chain: chain.to_owned(),
             table: table.to_owned(),
         }
+    }
+}
+
+impl LabelSet for ChainLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("chain", &self.chain);
+        out.label("table", &self.table);
     }
 }
 
@@ -73,18 +93,18 @@ impl RuleLabels {
     }
 }
 
-impl EncodeLabelSet for RuleLabels {
-    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        ("chain", self.chain.as_str()).encode(encoder.encode_label())?;
+impl LabelSet for RuleLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("chain", &self.chain);
         if let Some(position) = self.position {
-            ("position", position).encode(encoder.encode_label())?;
+            out.label("position", &position.to_string());
         }
-        ("rule", self.rule.as_str()).encode(encoder.encode_label())?;
-        ("table", self.table.as_str()).encode(encoder.encode_label())
+        out.label("rule", &self.rule);
+        out.label("table", &self.table);
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct NftRuleLabels {
     family: String,
     table: String,
@@ -93,27 +113,47 @@ pub(super) struct NftRuleLabels {
     comment: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+impl LabelSet for NftRuleLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("family", &self.family);
+        out.label("table", &self.table);
+        out.label("chain", &self.chain);
+        out.label("handle", &self.handle);
+        out.label("comment", &self.comment);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct NamedCounterLabels {
     family: String,
     table: String,
     counter: String,
 }
 
-/// One family's series: label sets in encoding order; series `i` has the
-/// value at `first + i` of [`Layout::values`].
+impl LabelSet for NamedCounterLabels {
+    fn write(&self, out: &mut Writer) {
+        out.label("family", &self.family);
+        out.label("table", &self.table);
+        out.label("counter", &self.counter);
+    }
+}
+
+/// One family's series: label sets in encoding order, each already written
+/// out as exposition text ([`Labels`]), so that a scrape of an unchanged
+/// ruleset writes only the numbers; series `i` has the value at
+/// `first + i` of [`Layout::values`].
 #[derive(Debug)]
-pub(super) struct Series<L> {
-    pub labels: Vec<L>,
+pub(super) struct Series {
+    labels: Vec<Labels>,
     first: usize,
 }
 
-impl<L> Series<L> {
+impl Series {
     /// Each label set with its value.
     pub(super) fn with<'a>(
         &'a self,
         values: &'a [Counters],
-    ) -> impl Iterator<Item = (&'a L, Counters)> {
+    ) -> impl Iterator<Item = (&'a Labels, Counters)> {
         let values = &values[self.first..self.first + self.labels.len()];
         self.labels.iter().zip(values.iter().copied())
     }
@@ -122,10 +162,11 @@ impl<L> Series<L> {
 /// The series of one iptables family (IPv4 or IPv6).
 #[derive(Debug)]
 pub(super) struct Xtables {
-    pub policies: Series<PolicyLabels>,
-    pub rules: Series<RuleLabels>,
-    /// Rules per chain, every chain of `policies` included.
-    pub chain_rules: Vec<(ChainLabels, u64)>,
+    pub policies: Series,
+    pub rules: Series,
+    /// Rules per chain, every chain of `policies` included, labels
+    /// written out.
+    pub chain_rules: Vec<(Labels, u64)>,
     /// The tables exported: a legacy x_tables table of the same name is
     /// shadowed by them.
     pub tables: BTreeSet<String>,
@@ -141,7 +182,9 @@ struct Slot {
 
 #[derive(Debug)]
 pub(super) struct Layout {
-    pub generation: Generation,
+    /// [`structure`] of the read it was built from: a later full read with
+    /// the same structure (only set elements changed) keeps this layout.
+    pub structure: u64,
     /// Whose rules each read dumps, in this order.
     pub chains: Vec<Chain>,
     chain_slots: Vec<Slot>,
@@ -149,17 +192,18 @@ pub(super) struct Layout {
     named_slots: Vec<Slot>,
     pub iptables: Xtables,
     pub ip6tables: Xtables,
-    pub nftables: Series<NftRuleLabels>,
-    pub named: Series<NamedCounterLabels>,
+    pub nftables: Series,
+    pub named: Series,
     series: usize,
 }
 
 impl Layout {
-    /// The layout of a full read (`counts` from the same read).
+    /// The layout of a full read (`counts` from the same read, `structure`
+    /// theirs).
     pub(super) fn new(
-        generation: Generation,
         ruleset: Ruleset,
         counts: &Counts,
+        structure: u64,
         position_label: bool,
     ) -> Self {
         let slots = |handled: &[Handled]| -> Vec<Slot> {
@@ -184,15 +228,17 @@ impl Layout {
         let named = builder.series(
             &ruleset.counters,
             |_| true,
-            |c| NamedCounterLabels {
-                family: c.family.name(),
-                table: c.table.clone(),
-                counter: c.name.clone(),
+            |c| {
+                Labels::of(&NamedCounterLabels {
+                    family: c.family.name(),
+                    table: c.table.clone(),
+                    counter: c.name.clone(),
+                })
             },
             Target::Named,
         );
         Self {
-            generation,
+            structure,
             chains: ruleset.chains,
             chain_slots: builder.chain_slots,
             rule_slots: builder.rule_slots,
@@ -248,27 +294,55 @@ struct Builder {
 impl Builder {
     /// A family of the members of `items` that pass `member`, by labels;
     /// members with the same labels share (and add up in) one series.
-    fn series<'a, T, L: Ord>(
-        &mut self,
-        items: &'a [T],
-        member: impl Fn(&T) -> bool,
-        mut labels: impl FnMut(&'a T) -> L,
-        target: Target,
-    ) -> Series<L> {
-        let mut by_labels: BTreeMap<L, Vec<usize>> = BTreeMap::new();
-        for (index, item) in items.iter().enumerate().filter(|(_, i)| member(i)) {
-            by_labels.entry(labels(item)).or_default().push(index);
-        }
-        self.series_of(by_labels, target)
-    }
-
-    fn series_of<L>(&mut self, by_labels: BTreeMap<L, Vec<usize>>, target: Target) -> Series<L> {
-        let first = self.series;
-        let slots = match target {
+    /// Series in the order of their first member in the dump (as
+    /// `iptables-save` prints them, and as iptables_exporter encoded them):
+    /// grouping by hash keeps a rebuild linear in the rules.
+    fn slots(&mut self, target: Target) -> &mut [Slot] {
+        match target {
             Target::Chains => &mut self.chain_slots,
             Target::Rules => &mut self.rule_slots,
             Target::Named => &mut self.named_slots,
-        };
+        }
+    }
+
+    /// Labels come written out (usually kept with the rule, see
+    /// [`super::ruleset::RuleText`]), so a rebuild after a small change
+    /// copies them instead of rendering and escaping every rule again.
+    fn series<'a, T>(
+        &mut self,
+        items: &'a [T],
+        member: impl Fn(&T) -> bool,
+        mut labels: impl FnMut(&'a T) -> Labels,
+        target: Target,
+    ) -> Series {
+        let first = self.series;
+        let slots = self.slots(target);
+        let mut groups: HashMap<Labels, usize> = HashMap::new();
+        let mut ordered: Vec<Labels> = Vec::new();
+        for (index, item) in items.iter().enumerate().filter(|(_, i)| member(i)) {
+            let group = match groups.entry(labels(item)) {
+                Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(e) => {
+                    ordered.push(e.key().clone());
+                    *e.insert(ordered.len() - 1)
+                }
+            };
+            slots[index].series = Some(first + group);
+        }
+        self.series += ordered.len();
+        Series {
+            labels: ordered,
+            first,
+        }
+    }
+
+    fn series_of<L: LabelSet>(
+        &mut self,
+        by_labels: impl IntoIterator<Item = (L, Vec<usize>)>,
+        target: Target,
+    ) -> Series {
+        let first = self.series;
+        let slots = self.slots(target);
         let labels = by_labels
             .into_iter()
             .enumerate()
@@ -276,7 +350,7 @@ impl Builder {
                 for member in members {
                     slots[member].series = Some(first + offset);
                 }
-                labels
+                Labels::of(&labels)
             })
             .collect::<Vec<_>>();
         self.series += labels.len();
@@ -290,7 +364,7 @@ impl Builder {
         family: Family,
         position_label: bool,
     ) -> Xtables {
-        let is_managed = |table: &str| managed.contains(&(family, table.to_owned()));
+        let is_managed = |table: &str| managed.iter().any(|(f, t)| *f == family && t == table);
         let mut policies: BTreeMap<PolicyLabels, Vec<usize>> = BTreeMap::new();
         for (index, chain) in ruleset.chains.iter().enumerate() {
             if chain.family != family || !is_managed(&chain.table) {
@@ -341,51 +415,82 @@ impl Builder {
         let tables = chain_rules.keys().map(|c| c.table.clone()).collect();
         let policies = self.series_of(policies, Target::Chains);
 
-        let mut positions: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        let mut positions: HashMap<(&str, &str), usize> = HashMap::new();
+        let labels = |rule: &Rule, position: Option<usize>| {
+            Labels::of(&RuleLabels {
+                chain: rule.chain.clone(),
+                rule: rule
+                    .text
+                    .rendered
+                    .get_or_init(|| render::iptables_rule(rule))
+                    .clone(),
+                table: rule.table.clone(),
+                position,
+            })
+        };
         let rules = self.series(
             &ruleset.rules,
             |r| r.family == family && is_managed(&r.table),
             |rule| {
+                if !position_label {
+                    return rule.text.xtables.get_or_init(|| labels(rule, None)).clone();
+                }
                 let position = positions
                     .entry((rule.table.as_str(), rule.chain.as_str()))
                     .or_default();
                 *position += 1;
-                RuleLabels {
-                    chain: rule.chain.clone(),
-                    rule: render::iptables_rule(rule),
-                    table: rule.table.clone(),
-                    position: position_label.then_some(*position),
-                }
+                labels(rule, Some(*position))
             },
             Target::Rules,
         );
         Xtables {
             policies,
             rules,
-            chain_rules: chain_rules.into_iter().collect(),
+            chain_rules: chain_rules
+                .into_iter()
+                .map(|(labels, count)| (Labels::of(&labels), count))
+                .collect(),
             tables,
         }
     }
 
     /// Rules with a counter in every table iptables-nft does not manage.
-    fn nftables(
-        &mut self,
-        ruleset: &Ruleset,
-        managed: &BTreeSet<(Family, String)>,
-    ) -> Series<NftRuleLabels> {
+    fn nftables(&mut self, ruleset: &Ruleset, managed: &BTreeSet<(Family, String)>) -> Series {
         self.series(
             &ruleset.rules,
-            |r| r.has_counter() && !managed.contains(&(r.family, r.table.clone())),
-            |r| NftRuleLabels {
-                family: r.family.name(),
-                table: r.table.clone(),
-                chain: r.chain.clone(),
-                handle: r.handle.to_string(),
-                comment: r.comment.clone().unwrap_or_default(),
+            |r| r.has_counter() && !managed.iter().any(|(f, t)| *f == r.family && *t == r.table),
+            |r| {
+                r.text
+                    .nftables
+                    .get_or_init(|| {
+                        Labels::of(&NftRuleLabels {
+                            family: r.family.name(),
+                            table: r.table.clone(),
+                            chain: r.chain.clone(),
+                            handle: r.handle.to_string(),
+                            comment: r.comment.clone().unwrap_or_default(),
+                        })
+                    })
+                    .clone()
             },
             Target::Rules,
         )
     }
+}
+
+/// What a layout depends on: the ruleset as rendered
+/// ([`Ruleset::digest`]) and the kernel's handles of its chains, rules and
+/// named counters, which the reads follow. Set elements are no part of it.
+/// `digest` is the ruleset's.
+pub(super) fn structure(digest: u64, counts: &Counts) -> u64 {
+    let mut h = DefaultHasher::new();
+    digest.hash(&mut h);
+    for handled in [&counts.chains, &counts.rules, &counts.named] {
+        for h2 in handled.iter() {
+            h2.handle.hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// The built-in chains of each iptables table.

@@ -11,15 +11,24 @@
 //! reads hosts still on x_tables (getsockopt, rendered by the same
 //! printers) into the same `iptables_*`/`ip6tables_*` families. The daemon's HTTP server serves them,
 //! also on the separate drop-in port when asked.
+//!
+//! Around that: [`flight`] makes concurrent scrapes share one read (with a
+//! deadline), [`labels`] keeps each series' label text written out while
+//! the ruleset holds, the rule cache of [`netlink`] parses and renders only
+//! rules that changed, and [`set_counts`] counts set elements apart from
+//! the scrapes, at a bounded rate.
 
 mod collector;
 pub mod config;
+mod flight;
+mod labels;
 mod layout;
 mod legacy;
 mod netlink;
 mod render;
 mod ruleset;
 mod save_text;
+mod set_counts;
 mod xt_match;
 mod xt_target;
 
@@ -45,6 +54,8 @@ pub enum FirewallError {
     Malformed(&'static str),
     #[error("out of memory allocating a libnftnl object")]
     OutOfMemory,
+    #[error("the read did not finish within its deadline")]
+    Deadline,
 }
 
 impl FirewallError {

@@ -597,6 +597,8 @@ mod tests {
             handle: 1,
             exprs,
             comment: None,
+            digest: 0,
+            text: crate::firewall::ruleset::RuleText::default(),
         }
     }
 

@@ -64,6 +64,24 @@ pub(super) struct Rule {
     pub exprs: Vec<Expr>,
     /// The rule's comment (user data type 0), as `nft` and newer iptables store it.
     pub comment: Option<String>,
+    /// A digest of what the kernel holds for the rule apart from its handle,
+    /// its place and its counter values (see `netlink::attrs::RuleDigest`):
+    /// equal digests, equal rendered text.
+    pub digest: u64,
+    /// The rule's texts, made once when first needed and kept with the
+    /// rule for as long as it is unchanged (see `netlink::RuleCache`).
+    pub text: RuleText,
+}
+
+/// What the layout makes of a rule, kept with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct RuleText {
+    /// iptables-save's text for the rule.
+    pub rendered: std::sync::OnceLock<String>,
+    /// Its `iptables_rule_*` label set (without `position`), written out.
+    pub xtables: std::sync::OnceLock<super::labels::Labels>,
+    /// Its `nftables_rule_*` label set, written out.
+    pub nftables: std::sync::OnceLock<super::labels::Labels>,
 }
 
 impl Rule {
@@ -156,10 +174,34 @@ pub(super) struct NamedCounter {
     pub name: String,
 }
 
-/// Everything read in one consistent dump.
+/// Everything read in one consistent dump. Rules are shared with the
+/// cache of parsed rules (`netlink::RuleCache`), so a rule that did not
+/// change since the last read is neither parsed nor rendered again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Ruleset {
     pub chains: Vec<Chain>,
-    pub rules: Vec<Rule>,
+    pub rules: Vec<std::sync::Arc<Rule>>,
     pub counters: Vec<NamedCounter>,
+}
+
+impl Ruleset {
+    /// A digest of the ruleset as rendered: chains with their hooks and
+    /// policies, each rule's expressions and comment in chain order, named
+    /// counters. Kernel handles are left out, so reloading identical rules
+    /// (as `iptables-restore` does) is no change; set elements are not
+    /// part of it at all, so updating them (as fail2ban does) is none either.
+    pub(super) fn digest(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::hash::DefaultHasher::new();
+        for c in &self.chains {
+            (c.family, &c.table, &c.name, c.hook, c.policy).hash(&mut h);
+        }
+        for r in &self.rules {
+            r.digest.hash(&mut h);
+        }
+        for c in &self.counters {
+            (c.family, &c.table, &c.name).hash(&mut h);
+        }
+        h.finish()
+    }
 }

@@ -9,3 +9,7 @@ pub(crate) use testbed::*;
 pub(crate) fn agent() -> &'static str {
     env!("CARGO_BIN_EXE_scanner-agent")
 }
+
+/// Helpers of the firewall tests (`firewall_counters`, `firewall_legacy`).
+#[allow(dead_code, reason = "only the firewall tests use them")]
+pub(crate) mod firewall;

@@ -1,12 +1,15 @@
 //! The firewall counters' scrape latency: the agent's netlink reader (a
-//! running `scanner-agent run`, scraped over HTTP on its drop-in listener:
-//! read, encode, transfer) against what iptables_exporter did per scrape
+//! running `scanner-agent run`, scraped over HTTP on its drop-in listener
+//! as Prometheus scrapes: read, encode OpenMetrics, transfer) against the
+//! floor (the same netlink dumps, received and thrown away:
+//! [`netlink_floor`]) and against what iptables_exporter did per scrape
 //! (run `iptables-save -c`, parse it, encode the same families as
 //! OpenMetrics text; not served, so that side skips the HTTP transfer), at
-//! 100 and 10,000 iptables-nft rules in a namespace of its own; and the
-//! agent's resident memory across repeated scrapes. The ruleset is loaded
-//! once per size, so every timed scrape but the first after loading finds
-//! an unchanged ruleset generation, as scrapes of a live host mostly do.
+//! 100, 10,000 and 100,000 iptables-nft rules (chains of at most 1,000) in
+//! a namespace of its own; and the agent's resident memory across repeated
+//! scrapes. Scrapes of an unchanged ruleset (most scrapes of a live host)
+//! are timed apart from scrapes right after one rule changed and right
+//! after only set elements changed (a fail2ban host).
 
 use std::{
     collections::BTreeMap,
@@ -23,37 +26,51 @@ use anyhow::{Context as _, Result, bail};
 
 use testbed::{Netns, daemon::Daemon, run_with_input as sh};
 
-use super::measure;
+use super::{measure, netlink_floor};
 
 const NAMESPACE: &str = "sa-bench-fw";
 const DROP_IN_PORT: u16 = 19911;
 
+/// Rules per chain at most: rulesets spread their rules over chains, and
+/// the agent (like `iptables-save`) dumps chain by chain.
+const CHAIN_RULES: usize = 1000;
+
 /// A rule set of `n` rules of the kinds operators write, in iptables-restore
-/// form. Loopback is accepted first, as real rule sets do: the agent's side
-/// of the bench transfers its answer over loopback, and filtering that
-/// through thousands of rules would charge the agent for the firewall's
-/// packet path, which the iptables-save side never takes.
+/// form, spread over user chains of at most [`CHAIN_RULES`] rules that
+/// INPUT jumps to. Loopback is accepted first, as real rule sets do: the
+/// agent's side of the bench transfers its answer over loopback, and
+/// filtering that through thousands of rules would charge the agent for
+/// the firewall's packet path, which the iptables-save side never takes.
 fn ruleset(n: usize) -> String {
-    let mut text = String::from(
-        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:SVC - [0:0]\n-A INPUT -i lo -j ACCEPT\n-A OUTPUT -o lo -j ACCEPT\n",
-    );
-    for i in 2..n {
+    let chains = n.div_ceil(CHAIN_RULES);
+    let mut text =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for c in 0..chains {
+        text.push_str(&format!(":R{c} - [0:0]\n"));
+    }
+    text.push_str("-A INPUT -i lo -j ACCEPT\n-A OUTPUT -o lo -j ACCEPT\n");
+    for c in 0..chains {
+        text.push_str(&format!("-A INPUT -j R{c}\n"));
+    }
+    let body = n.saturating_sub(2 + chains);
+    for i in 0..body {
+        let chain = format!("R{}", i * chains / body.max(1));
         let (a, b) = (i / 250 % 250, i % 250 + 1);
         let port = 1024 + i % 60_000;
         let rule = match i % 5 {
-            0 => format!("-A INPUT -s 198.18.{a}.{b}/32 -p tcp -m tcp --dport {port} -j ACCEPT"),
+            0 => format!("-A {chain} -s 198.18.{a}.{b}/32 -p tcp -m tcp --dport {port} -j ACCEPT"),
             1 => format!(
-                "-A INPUT -p udp -m udp --sport {port} -m comment --comment \"rule {i}\" -j DROP"
+                "-A {chain} -p udp -m udp --sport {port} -m comment --comment \"rule {i}\" -j DROP"
             ),
             2 => format!(
-                "-A SVC -m conntrack --ctstate NEW -p tcp -m multiport --dports {port},{} -j ACCEPT",
+                "-A {chain} -m conntrack --ctstate NEW -p tcp -m multiport --dports {port},{} -j ACCEPT",
                 port + 1
             ),
             3 => format!(
-                "-A OUTPUT -d 198.19.{a}.{b}/32 -m limit --limit {}/min -j LOG --log-prefix \"r{i} \"",
+                "-A {chain} -d 198.19.{a}.{b}/32 -m limit --limit {}/min -j LOG --log-prefix \"r{i} \"",
                 i % 50 + 1
             ),
-            _ => format!("-A INPUT -i lo -m mark --mark 0x{i:x}/0xffff -j SVC"),
+            _ => format!("-A {chain} -i lo -m mark --mark 0x{i:x}/0xffff -j RETURN"),
         };
         text.push_str(&rule);
         text.push('\n');
@@ -62,11 +79,18 @@ fn ruleset(n: usize) -> String {
     text
 }
 
+/// A native table with a named set, as fail2ban keeps its bans: the
+/// bench adds elements to it to change nothing but set elements.
+const SET_TABLE: &str = "table inet sa_bench_sets {\n set banned { type ipv4_addr; }\n chain input {\n  type filter hook input priority 10; policy accept;\n  ip saddr @banned counter drop\n }\n}\n";
+
 /// An HTTP GET of /metrics on loopback (from a thread inside the
 /// namespace); the body.
 fn scrape_here() -> Result<String> {
     let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, DROP_IN_PORT))?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    // As Prometheus asks (it prefers OpenMetrics).
+    s.write_all(
+        b"GET /metrics HTTP/1.0\r\nHost: localhost\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n",
+    )?;
     let mut response = String::new();
     s.read_to_string(&mut response)?;
     if !response.starts_with("HTTP/1.0 200") && !response.starts_with("HTTP/1.1 200") {
@@ -188,6 +212,27 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Vec<Duratio
     Ok((times, outputs))
 }
 
+/// `runs` rounds of: `change(i)` then a timed scrape, `change(i + runs)`
+/// then a timed bare dump. The scrapes' times and the floor's.
+fn after_changes(
+    runs: usize,
+    mut change: impl FnMut(usize) -> Result<()>,
+) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut agent, mut floor) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        measure::check_interrupted()?;
+        change(i)?;
+        let start = Instant::now();
+        scrape_here()?;
+        agent.push(start.elapsed());
+        change(i + runs)?;
+        let start = Instant::now();
+        netlink_floor::read()?;
+        floor.push(start.elapsed());
+    }
+    Ok((agent, floor))
+}
+
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -217,42 +262,89 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
         thread::sleep(Duration::from_millis(100));
     }
 
+    sh(ns.command("nft").args(["-f", "-"]), SET_TABLE)?;
     let mut table = String::from(
-        "| rules | agent scrape (median) | of which the agent's netlink read | agent scrape after a ruleset change | iptables-save -c + parse + encode (median) | ratio | agent RSS after 10 / after all scrapes |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        "| rules | floor: bare netlink dump (median) | agent scrape, unchanged ruleset | ÷ floor | of which the agent's read | agent scrape after one rule changed | ÷ floor after the same change | agent scrape after set elements changed | ÷ floor after the same change | iptables-save -c + parse + encode | agent (unchanged) vs iptables-save | agent RSS after 10 / after all scrapes |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
-    for n in [100usize, 10_000] {
+    let sizes: &[usize] = if quick {
+        &[100, 10_000]
+    } else {
+        &[100, 10_000, 100_000]
+    };
+    for &n in sizes {
         eprintln!("xtask: bench: firewall counters at {n} rules");
         sh(ns.command("iptables-restore").arg("-c"), &ruleset(n))?;
         let runs = match (quick, n) {
             (true, _) => 5,
             (false, 100) => 50,
-            (false, _) => 20,
+            (false, 10_000) => 20,
+            (false, _) => 7,
         };
-        // Each side's calls all run on one thread inside the namespace.
-        let (agent_times, bodies) = ns.run_inside(move || time(runs, scrape_here))?;
+        // The floor and the agent alternate on one thread inside the
+        // namespace, so both see the same load of a shared machine.
+        let (floor_times, agent_times, bodies) = ns.run_inside(move || {
+            scrape_here()?;
+            netlink_floor::read()?;
+            let (mut floor, mut agent, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..runs {
+                measure::check_interrupted()?;
+                let start = Instant::now();
+                netlink_floor::read()?;
+                floor.push(start.elapsed());
+                let start = Instant::now();
+                bodies.push(scrape_here()?);
+                agent.push(start.elapsed());
+            }
+            Ok((floor, agent, bodies))
+        })?;
         let reads = bodies
             .iter()
             .map(|b| read_seconds(b))
             .collect::<Result<Vec<f64>>>()?;
-        // A commit that leaves the rules as they were still moves the
-        // ruleset generation: the next scrape reads and renders everything.
-        let (changed_times, _) = ns.run_inside(move || {
-            let mut times = Vec::new();
-            for _ in 0..runs.min(10) {
+        // One rule replaced (other expressions, the same handle): the next
+        // scrape parses and renders that rule only. The floor is timed
+        // right after the same kind of change too: the first dump after a
+        // commit is slower for any reader (caches the commit evicted).
+        let (changed_times, changed_floor) = ns.run_inside(move || {
+            after_changes(runs.min(10), |i| {
+                sh(
+                    Command::new("iptables")
+                        .args(["-R", "R0", "1", "-p", "tcp", "-m", "tcp", "--dport"])
+                        .arg((2000 + i).to_string())
+                        .args(["-j", "ACCEPT"]),
+                    "",
+                )
+                .map(drop)
+            })
+        })?;
+        // Only set elements (fail2ban's bans): the generation moves, no
+        // rule changes.
+        let (set_times, set_floor) = ns.run_inside(move || {
+            after_changes(runs.min(10), |i| {
                 sh(
                     Command::new("nft").arg("-f").arg("-"),
-                    "add table inet sa_bench_bump\ndelete table inet sa_bench_bump\n",
-                )?;
-                let start = Instant::now();
-                scrape_here()?;
-                times.push(start.elapsed());
-            }
-            Ok((times, ()))
+                    &format!(
+                        "add element inet sa_bench_sets banned {{ 198.18.{}.{} }}\n",
+                        n.ilog10(),
+                        i + 1
+                    ),
+                )
+                .map(drop)
+            })
         })?;
         let (save_times, _) = ns.run_inside(move || time(runs, iptables_save_here))?;
+        let floor_time = median(floor_times).as_secs_f64();
         let (agent_time, save_time) = (median(agent_times), median(save_times));
+        let (changed_time, set_time) = (
+            median(changed_times).as_secs_f64(),
+            median(set_times).as_secs_f64(),
+        );
+        let (changed_floor, set_floor) = (
+            median(changed_floor).as_secs_f64(),
+            median(set_floor).as_secs_f64(),
+        );
         // Memory across many scrapes: it must not grow with their number.
-        let repeat = if quick { 20 } else { 200 };
+        let repeat = if quick || n > 10_000 { 20 } else { 200 };
         let rss = ns.run_inside(move || {
             for _ in 0..10 {
                 scrape_here()?;
@@ -264,16 +356,25 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
             }
             Ok((early, rss_kib(pid)?))
         })?;
+        let ms = |s: f64| format!("{:.2} ms", s * 1e3);
+        let over = |s: f64, floor: f64| format!("{:.2}x", s / floor);
         table.push_str(&format!(
-            "| {n} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} KiB / {} KiB ({} scrapes) |\n",
-            agent_time.as_secs_f64() * 1e3,
-            median(reads) * 1e3,
-            median(changed_times).as_secs_f64() * 1e3,
-            save_time.as_secs_f64() * 1e3,
+            "| {n} | {} | {} | {} | {} | {} (floor {}) | {} | {} (floor {}) | {} | {} | {} | {} KiB / {} KiB ({} scrapes) |\n",
+            ms(floor_time),
+            ms(agent_time.as_secs_f64()),
+            over(agent_time.as_secs_f64(), floor_time),
+            ms(median(reads)),
+            ms(changed_time),
+            ms(changed_floor),
+            over(changed_time, changed_floor),
+            ms(set_time),
+            ms(set_floor),
+            over(set_time, set_floor),
+            ms(save_time.as_secs_f64()),
             ratio(save_time.as_secs_f64() / agent_time.as_secs_f64()),
             rss.0,
             rss.1,
-            1 + runs + runs.min(10) + 10 + repeat,
+            2 + runs + 2 * runs.min(10) + 10 + repeat,
         ));
     }
     drop(daemon);

@@ -8,6 +8,7 @@
 mod ceiling;
 mod firewall;
 mod measure;
+mod netlink_floor;
 mod passthrough;
 mod report;
 mod testbed;

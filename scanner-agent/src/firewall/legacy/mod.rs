@@ -19,11 +19,12 @@ mod entries;
 mod sockopt;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, hash_map::Entry},
     io,
 };
 
 use super::{
+    labels::Labels,
     layout::{ChainLabels, PolicyLabels, RuleLabels},
     ruleset::Counters,
 };
@@ -259,27 +260,30 @@ fn parsed<'c>(
 
 /// One family's legacy series, merged as the nftables path merges its
 /// own: identical rules of a chain add up in one series (unless
-/// `position` labels tell them apart).
+/// `position` labels tell them apart), series in the order of their first
+/// rule in the dump (as `iptables-legacy-save` prints them). Labels are
+/// written out as the layout writes the nftables ones.
 #[derive(Debug, Default)]
 pub(super) struct Series {
-    pub policies: Vec<(PolicyLabels, Counters)>,
-    pub rules: Vec<(RuleLabels, Counters)>,
-    pub chain_rules: Vec<(ChainLabels, u64)>,
+    pub policies: Vec<(Labels, Counters)>,
+    pub rules: Vec<(Labels, Counters)>,
+    pub chain_rules: Vec<(Labels, u64)>,
     /// Whether every table of the family was read.
     pub complete: bool,
 }
 
 impl Series {
     fn add(&mut self, table: &str, chains: &[Chain], position_label: bool) {
-        let mut rules: BTreeMap<RuleLabels, Counters> = BTreeMap::new();
+        let mut groups: HashMap<RuleLabels, usize> = HashMap::new();
+        let mut rules: Vec<(RuleLabels, Counters)> = Vec::new();
         for chain in chains {
             let policy = chain.policy.as_deref().unwrap_or("-");
             self.policies.push((
-                PolicyLabels::new(table, &chain.name, policy),
+                Labels::of(&PolicyLabels::new(table, &chain.name, policy)),
                 chain.counters,
             ));
             self.chain_rules.push((
-                ChainLabels::new(table, &chain.name),
+                Labels::of(&ChainLabels::new(table, &chain.name)),
                 chain.rules.len() as u64,
             ));
             for (position, rule) in chain.rules.iter().enumerate() {
@@ -289,10 +293,20 @@ impl Series {
                     rule.text.clone(),
                     position_label.then_some(position + 1),
                 );
-                *rules.entry(labels).or_default() += rule.counters;
+                match groups.entry(labels) {
+                    Entry::Occupied(e) => rules[*e.get()].1 += rule.counters,
+                    Entry::Vacant(e) => {
+                        rules.push((e.key().clone(), rule.counters));
+                        e.insert(rules.len() - 1);
+                    }
+                }
             }
         }
-        self.rules.extend(rules);
+        self.rules.extend(
+            rules
+                .into_iter()
+                .map(|(labels, counters)| (Labels::of(&labels), counters)),
+        );
     }
 }
 

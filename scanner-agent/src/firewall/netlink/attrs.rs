@@ -14,6 +14,8 @@ const NFTA_CHAIN_HANDLE: u16 = 2;
 const NFTA_CHAIN_COUNTERS: u16 = 8;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_POSITION: u16 = 6;
+const NFTA_RULE_PAD: u16 = 8;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_OBJ_TYPE: u16 = 3;
@@ -22,6 +24,17 @@ const NFTA_OBJ_HANDLE: u16 = 6;
 const NFTA_COUNTER_BYTES: u16 = 1;
 const NFTA_COUNTER_PACKETS: u16 = 2;
 const NFTA_GEN_ID: u16 = 1;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_FLAGS: u16 = 3;
+/// `NFT_SET_ANONYMOUS`.
+const SET_ANONYMOUS: u32 = 0x1;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+/// `NFT_SET_ELEM_INTERVAL_END`.
+const SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// `NFT_OBJECT_COUNTER`.
 pub(super) const OBJECT_COUNTER: u32 = 1;
 
@@ -106,6 +119,96 @@ pub(super) fn rule(msg: &[u8]) -> Result<Handled, FirewallError> {
     })
 }
 
+/// What identifies a rule's rendering, from its raw attributes: `content`
+/// covers its family, table, chain, expressions and user data (the comment),
+/// with the data of the expressions whose values change with traffic
+/// (`counter`, `quota`, `last`) left out; `key` adds the kernel's handle.
+/// Rules with equal keys render alike, so a rule read again under the same
+/// key is taken from the cache instead of being parsed and rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(in super::super) struct RuleDigest {
+    pub key: u64,
+    pub content: u64,
+}
+
+/// A word-at-a-time multiplicative hash (FxHash's step with a final mix):
+/// a full read hashes every rule's attributes, megabytes at 10,000 rules,
+/// where SipHash would cost milliseconds. Its inputs are the ruleset root
+/// wrote, not attacker-chosen keys of a hash table.
+#[derive(Default)]
+struct Digest(u64);
+
+impl Digest {
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn bytes(&mut self, data: &[u8]) {
+        let mut chunks = data.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.word(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+        }
+        let mut last = [0u8; 8];
+        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.word(u64::from_le_bytes(last));
+        self.word(data.len() as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // murmur3's finaliser, so that nearby inputs spread over all bits.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+}
+
+/// Expressions whose data changes with traffic, not with the ruleset.
+const STATEFUL: [&[u8]; 3] = [b"counter\0", b"quota\0", b"last\0"];
+
+/// The digests of a rule message.
+pub(in super::super) fn rule_digest(msg: &[u8]) -> RuleDigest {
+    let mut d = Digest::default();
+    // nfgenmsg's family.
+    d.word(u64::from(msg.get(16).copied().unwrap_or_default()));
+    let mut handle = 0;
+    for (kind, value) in message_attributes(msg) {
+        match kind {
+            NFTA_RULE_HANDLE => handle = be64(value).unwrap_or_default(),
+            NFTA_RULE_EXPRESSIONS => {
+                d.word(u64::from(kind));
+                for (_, expression) in attributes(value) {
+                    let mut name: &[u8] = &[];
+                    for (kind, value) in attributes(expression) {
+                        match kind {
+                            NFTA_EXPR_NAME => {
+                                name = value;
+                                d.bytes(value);
+                            }
+                            NFTA_EXPR_DATA if !STATEFUL.contains(&name) => d.bytes(value),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            // Neither the place (the previous rule's handle) nor padding.
+            NFTA_RULE_POSITION | NFTA_RULE_PAD => {}
+            _ => {
+                d.word(u64::from(kind));
+                d.bytes(value);
+            }
+        }
+    }
+    let content = d.finish();
+    d.word(handle);
+    RuleDigest {
+        key: d.finish(),
+        content,
+    }
+}
+
 /// The first counter among a rule's expressions (a list of nested
 /// expressions, each a name and its data).
 fn first_counter(expressions: &[u8]) -> Option<Counters> {
@@ -141,6 +244,50 @@ pub(super) fn named_counter(msg: &[u8]) -> Result<Option<Handled>, FirewallError
         handle: handle.ok_or(FirewallError::Malformed("object"))?,
         counters: data.and_then(counters),
     }))
+}
+
+/// A set of an `NFT_MSG_GETSET` dump: (family, table, name), or `None`
+/// for an anonymous set (one written inline in a rule, such as
+/// `tcp dport { 22, 80 }`, which belongs to that rule).
+pub(super) fn named_set(msg: &[u8]) -> Result<Option<(u8, String, String)>, FirewallError> {
+    let (mut table, mut name, mut flags) = (None, None, 0);
+    for (kind, value) in message_attributes(msg) {
+        match kind {
+            NFTA_SET_TABLE => table = Some(c_str(value)),
+            NFTA_SET_NAME => name = Some(c_str(value)),
+            NFTA_SET_FLAGS => flags = be32(value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    let (Some(table), Some(name)) = (table, name) else {
+        return Err(FirewallError::Malformed("set"));
+    };
+    let family = msg.get(HEADERS - 4).copied().unwrap_or_default();
+    Ok((flags & SET_ANONYMOUS == 0).then_some((family, table, name)))
+}
+
+/// The elements of an `NFT_MSG_GETSETELEM` dump message, counted as `nft
+/// list set` shows them: the kernel stores an interval of an interval set
+/// as a start and an end element, and the end (flagged
+/// `NFT_SET_ELEM_INTERVAL_END`) is not shown on its own.
+pub(super) fn set_elements(msg: &[u8]) -> u64 {
+    message_attributes(msg)
+        .filter(|(kind, _)| *kind == NFTA_SET_ELEM_LIST_ELEMENTS)
+        .flat_map(|(_, list)| attributes(list))
+        .filter(|(_, element)| {
+            let flags = attributes(element)
+                .find(|(kind, _)| *kind == NFTA_SET_ELEM_FLAGS)
+                .and_then(|(_, value)| be32(value))
+                .unwrap_or_default();
+            flags & SET_ELEM_INTERVAL_END == 0
+        })
+        .count() as u64
+}
+
+/// A NUL-terminated string attribute.
+fn c_str(value: &[u8]) -> String {
+    let text = value.split(|&b| b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(text).into_owned()
 }
 
 /// The ruleset generation of an `NFT_MSG_NEWGEN` answer.
@@ -227,6 +374,59 @@ mod tests {
         let mut data = attribute(NFTA_RULE_HANDLE, &1u64.to_be_bytes());
         data.extend_from_slice(&[200, 0, 4, 0, 1]);
         assert_eq!(attributes(&data).count(), 1);
+    }
+
+    #[test]
+    fn interval_ends_are_not_counted_and_anonymous_sets_not_listed() {
+        let element = |flags: u32| {
+            let body = [
+                attribute(1 | 0x8000, &attribute(1, &[198, 18, 0, 1])),
+                attribute(NFTA_SET_ELEM_FLAGS, &flags.to_be_bytes()),
+            ]
+            .concat();
+            attribute(1 | 0x8000, &body)
+        };
+        let list = [element(0), element(SET_ELEM_INTERVAL_END), element(0)].concat();
+        let msg = message(&[
+            attribute(NFTA_SET_ELEM_LIST_TABLE, b"t\0"),
+            attribute(NFTA_SET_ELEM_LIST_ELEMENTS | 0x8000, &list),
+        ]);
+        assert_eq!(set_elements(&msg), 2);
+        let set = |flags: u32| {
+            message(&[
+                attribute(NFTA_SET_TABLE, b"t\0"),
+                attribute(NFTA_SET_NAME, b"blocked\0"),
+                attribute(NFTA_SET_FLAGS, &flags.to_be_bytes()),
+            ])
+        };
+        assert_eq!(
+            named_set(&set(0x4)).unwrap(),
+            Some((0, "t".into(), "blocked".into()))
+        );
+        assert_eq!(named_set(&set(SET_ANONYMOUS | 0x2)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_rules_digest_ignores_counter_values_and_its_place() {
+        let rule = |packets: u64, position: u64, handle: u64, port: u8| {
+            let exprs = [
+                expression(b"payload\0", &attribute(1, &[0, 0, 0, port])),
+                expression(b"counter\0", &counter_data(packets, packets * 60)),
+            ]
+            .concat();
+            message(&[
+                attribute(1, b"filter\0"),
+                attribute(NFTA_RULE_HANDLE, &handle.to_be_bytes()),
+                attribute(NFTA_RULE_EXPRESSIONS, &exprs),
+                attribute(NFTA_RULE_POSITION, &position.to_be_bytes()),
+            ])
+        };
+        let a = rule_digest(&rule(1, 4, 9, 22));
+        assert_eq!(a, rule_digest(&rule(1000, 5, 9, 22)));
+        let moved = rule_digest(&rule(1, 4, 10, 22));
+        assert_eq!(a.content, moved.content);
+        assert_ne!(a.key, moved.key);
+        assert_ne!(a.content, rule_digest(&rule(1, 4, 9, 80)).content);
     }
 
     #[test]

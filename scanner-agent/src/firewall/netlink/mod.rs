@@ -19,16 +19,27 @@
 mod attrs;
 mod nftnl;
 
+mod sets;
+
 use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     io,
-    os::unix::fs::MetadataExt as _,
-    sync::atomic::{AtomicU32, Ordering},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Instant,
 };
 
-pub(super) use self::attrs::Handled;
+pub(super) use self::{
+    attrs::Handled,
+    sets::{SetElements, set_elements},
+};
 use super::{
     FirewallError,
-    ruleset::{Chain, Ruleset},
+    ruleset::{Chain, Rule, Ruleset},
 };
 
 /// Attempts before giving up on a ruleset that keeps changing.
@@ -46,8 +57,15 @@ static SEQ: AtomicU32 = AtomicU32::new(1);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Generation {
     /// The network namespace's inode: ids of different namespaces may meet.
-    netns: u64,
-    id: u32,
+    pub netns: u64,
+    pub id: u32,
+}
+
+/// The inode of this thread's network namespace. Through thread-self: a
+/// scrape may run on a thread that entered another namespace than the
+/// process's.
+pub(super) fn netns() -> u64 {
+    std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino())
 }
 
 /// Counter values of one read, in dump order: chains (policy counters),
@@ -60,21 +78,79 @@ pub(super) struct Counts {
 }
 
 pub(super) enum Read {
-    /// A generation the caller did not know: structure and counters.
+    /// A generation the caller did not know, with other chains or rules:
+    /// structure and counters, the rules' keys in dump order, and the
+    /// rules of this read as the cache for the next full read.
     Full {
         generation: Generation,
         ruleset: Ruleset,
+        counts: Counts,
+        cache: RuleCache,
+        keys: Vec<u64>,
+    },
+    /// A generation the caller did not know, with the chains and rules it
+    /// knew (only set elements, or nothing the rules show, changed):
+    /// counters only, in the same order.
+    Unchanged {
+        generation: Generation,
         counts: Counts,
     },
     /// The generation the caller knew: counters only, in the same order.
     Counters(Counts),
 }
 
-/// One consistent read. `known` is the generation whose structure the
-/// caller holds, with its chains (whose rules are dumped one by one).
-pub(super) fn read(known: Option<(Generation, &[Chain])>) -> Result<Read, FirewallError> {
+/// What the caller holds from its last read.
+#[derive(Clone, Copy)]
+pub(super) struct Known<'a> {
+    pub generation: Generation,
+    /// Whose rules each read dumps, in this order.
+    pub chains: &'a [Chain],
+    /// The rules' keys in dump order ([`attrs::RuleDigest::key`]).
+    pub keys: &'a [u64],
+    /// The rules themselves, by key.
+    pub cache: &'a RuleCache,
+    /// Give the structure even when the chains and rules are the known ones.
+    pub full: bool,
+}
+
+/// What a read's dumps gave.
+enum Dumped {
+    Counters(Counts),
+    Unchanged(Counts),
+    Full(Ruleset, Counts, RuleCache, Vec<u64>),
+}
+
+/// Parsed rules by [`attrs::RuleDigest::key`], as of the last full read:
+/// what a full read need not parse (nor the layout render) again. The keys
+/// are digests already, so the map uses them as they are.
+pub(super) type RuleCache = HashMap<u64, Arc<Rule>, BuildHasherDefault<KeyHasher>>;
+
+/// Hashes a [`RuleCache`] key, a well-mixed digest, to itself.
+#[derive(Default)]
+pub(super) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed; anything else still gets a fold.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+}
+
+/// One consistent read. `known` is what the caller holds from its last
+/// read, if anything. The read gives up at `deadline`.
+pub(super) fn read(known: Option<Known<'_>>, deadline: Instant) -> Result<Read, FirewallError> {
     for _ in 0..ATTEMPTS {
-        if let Some(read) = read_once(known)? {
+        if let Some(read) = read_once(known, deadline)? {
             return Ok(read);
         }
     }
@@ -82,22 +158,23 @@ pub(super) fn read(known: Option<(Generation, &[Chain])>) -> Result<Read, Firewa
 }
 
 /// A read, or `None` when the ruleset changed during it.
-fn read_once(known: Option<(Generation, &[Chain])>) -> Result<Option<Read>, FirewallError> {
-    let mut reader = Reader {
-        socket: mnl::Socket::new(mnl::Bus::Netfilter).map_err(FirewallError::netlink)?,
-        buffer: vec![0u64; RECV_BUFFER / 8],
-    };
+fn read_once(known: Option<Known<'_>>, deadline: Instant) -> Result<Option<Read>, FirewallError> {
+    let mut reader = Reader::new(deadline)?;
     let generation = reader.generation()?;
-    let read = match known {
-        Some((g, chains)) if g == generation => reader
-            .dumps(Some(chains))?
-            .map(|(_, counts)| Read::Counters(counts)),
-        _ => reader.dumps(None)?.map(|(ruleset, counts)| Read::Full {
-            generation,
-            ruleset,
-            counts,
-        }),
-    };
+    let same_generation = known.is_some_and(|k| !k.full && k.generation == generation);
+    let read = reader
+        .dumps(known, same_generation)?
+        .map(|dumped| match dumped {
+            Dumped::Counters(counts) => Read::Counters(counts),
+            Dumped::Unchanged(counts) => Read::Unchanged { generation, counts },
+            Dumped::Full(ruleset, counts, cache, keys) => Read::Full {
+                generation,
+                ruleset,
+                counts,
+                cache,
+                keys,
+            },
+        });
     if read.is_none() || reader.generation()? != generation {
         return Ok(None);
     }
@@ -108,6 +185,7 @@ struct Reader {
     socket: mnl::Socket,
     /// u64 elements keep the buffer aligned for `nlmsghdr`.
     buffer: Vec<u64>,
+    deadline: Instant,
 }
 
 /// The buffer as bytes, still aligned for `nlmsghdr`.
@@ -127,19 +205,67 @@ fn c_string(name: &str) -> Vec<u8> {
 }
 
 impl Reader {
-    /// Every dump of one read. With `known` chains only the counters are
-    /// read, following those chains; without, the structure is parsed too.
+    /// A netfilter socket whose receives give up at `deadline`.
+    fn new(deadline: Instant) -> Result<Self, FirewallError> {
+        let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(FirewallError::netlink)?;
+        let reader = Self {
+            socket,
+            buffer: vec![0u64; RECV_BUFFER / 8],
+            deadline,
+        };
+        reader.receive_timeout()?;
+        Ok(reader)
+    }
+
+    /// Makes a blocked receive return at the deadline (`SO_RCVTIMEO`).
+    fn receive_timeout(&self) -> Result<(), FirewallError> {
+        let left = self
+            .deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(FirewallError::Deadline)?;
+        let tv = libc::timeval {
+            tv_sec: left.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+            // At least 1 us: zero would mean no timeout.
+            tv_usec: libc::suseconds_t::from(left.subsec_micros().max(1)),
+        };
+        // SAFETY: a valid socket and a `timeval` of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(FirewallError::netlink(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Every dump of one read. With `counters_only` (the generation the
+    /// caller knows) only the counter values are read, following the known
+    /// chains. Otherwise every rule's key is taken too: when the chains and
+    /// keys are the caller's, nothing else is done (the set-element-only
+    /// change); else a rule is taken from the caller's cache under its key,
+    /// or parsed when it is not there, and the rules of this read become
+    /// the next cache. Comparing keys in dump order first keeps the common
+    /// case away from the cache's scattered entries.
     fn dumps(
         &mut self,
-        known: Option<&[Chain]>,
-    ) -> Result<Option<(Ruleset, Counts)>, FirewallError> {
-        let parse = known.is_none();
+        known: Option<Known<'_>>,
+        counters_only: bool,
+    ) -> Result<Option<Dumped>, FirewallError> {
+        let parse = !counters_only;
+        let empty = RuleCache::default();
+        let (cache, prev_keys) = known.map_or((&empty, &[][..]), |k| (k.cache, k.keys));
+        let mut keys: Vec<u64> = Vec::with_capacity(if parse { prev_keys.len() } else { 0 });
+        let mut fresh = RuleCache::default();
         let mut counts = Counts::default();
-        let Ruleset {
-            mut chains,
-            mut rules,
-            mut counters,
-        } = Ruleset::default();
+        let mut chains = Vec::new();
+        let mut counters = Vec::new();
         let complete = self.dump(libc::NFT_MSG_GETCHAIN as u16, 0, &[], |msg| {
             counts.chains.push(attrs::chain(msg)?);
             if parse {
@@ -150,7 +276,11 @@ impl Reader {
         if !complete {
             return Ok(None);
         }
-        for chain in known.unwrap_or(&chains) {
+        let dumped: &[Chain] = match known {
+            Some(k) if counters_only => k.chains,
+            _ => &chains,
+        };
+        for chain in dumped {
             let mut filter = Vec::new();
             attrs::push_attribute(&mut filter, NFTA_RULE_TABLE, &c_string(&chain.table));
             attrs::push_attribute(&mut filter, NFTA_RULE_CHAIN, &c_string(&chain.name));
@@ -161,7 +291,12 @@ impl Reader {
                 |msg| {
                     counts.rules.push(attrs::rule(msg)?);
                     if parse {
-                        rules.push(nftnl::parse_rule(msg)?);
+                        let key = attrs::rule_digest(msg).key;
+                        let known_here = prev_keys.get(keys.len()) == Some(&key);
+                        keys.push(key);
+                        if !known_here && !cache.contains_key(&key) && !fresh.contains_key(&key) {
+                            fresh.insert(key, Arc::new(nftnl::parse_rule(msg)?));
+                        }
                     }
                     Ok(())
                 },
@@ -182,13 +317,38 @@ impl Reader {
             }
             Ok(())
         })?;
-        Ok(complete.then_some((
+        if !complete {
+            return Ok(None);
+        }
+        if counters_only {
+            return Ok(Some(Dumped::Counters(counts)));
+        }
+        if known.is_some_and(|k| !k.full && k.chains == chains.as_slice()) && keys == prev_keys {
+            return Ok(Some(Dumped::Unchanged(counts)));
+        }
+        tracing::debug!(
+            "firewall counters: {} rules not seen before parsed",
+            fresh.len()
+        );
+        let mut next = RuleCache::with_capacity_and_hasher(keys.len(), Default::default());
+        let mut rules = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let rule = cache
+                .get(key)
+                .or_else(|| fresh.get(key))
+                .ok_or(FirewallError::Malformed("rule"))?;
+            next.insert(*key, Arc::clone(rule));
+            rules.push(Arc::clone(rule));
+        }
+        Ok(Some(Dumped::Full(
             Ruleset {
                 chains,
                 rules,
                 counters,
             },
             counts,
+            next,
+            keys,
         )))
     }
 
@@ -196,7 +356,10 @@ impl Reader {
     fn recv(&mut self) -> Result<usize, FirewallError> {
         self.socket
             .recv_raw(as_bytes(&mut self.buffer))
-            .map_err(FirewallError::netlink)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => FirewallError::Deadline,
+                _ => FirewallError::netlink(e),
+            })
     }
 
     /// Sends one nftables request: `msg_type` for `family` (0: all), with
@@ -236,6 +399,9 @@ impl Reader {
         attributes: &[u8],
         mut each: impl FnMut(&[u8]) -> Result<(), FirewallError>,
     ) -> Result<bool, FirewallError> {
+        if Instant::now() >= self.deadline {
+            return Err(FirewallError::Deadline);
+        }
         let seq = self.request(msg_type, family, libc::NLM_F_DUMP as u16, attributes)?;
         let portid = self.socket.portid();
         loop {
@@ -284,11 +450,8 @@ impl Reader {
                     error_code(msg),
                 )));
             }
-            // Through thread-self: a scrape may run on a thread that
-            // entered another namespace than the process's.
-            let netns = std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino());
             return Ok(Generation {
-                netns,
+                netns: netns(),
                 id: attrs::generation(msg)?,
             });
         }

@@ -13,9 +13,9 @@ use nftnl_sys as sys;
 
 use super::super::{
     FirewallError,
-    ruleset::{Chain, Expr, Family, NamedCounter, Rule},
+    ruleset::{Chain, Expr, Family, NamedCounter, Rule, RuleText},
 };
-use super::attrs::OBJECT_COUNTER;
+use super::attrs::{OBJECT_COUNTER, rule_digest};
 
 /// `NFTNL_UDATA_RULE_COMMENT`.
 const UDATA_RULE_COMMENT: u8 = 0;
@@ -224,6 +224,8 @@ pub(super) fn parse_rule(msg: &[u8]) -> Result<Rule, FirewallError> {
             handle: sys::nftnl_rule_get_u64(r, sys::NFTNL_RULE_HANDLE as u16),
             exprs,
             comment,
+            digest: rule_digest(msg).content,
+            text: RuleText::default(),
         })
     }
 }
