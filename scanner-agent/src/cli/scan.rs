@@ -436,6 +436,7 @@ fn summarize(r: &ScanReport, opts: &ScanOptions) {
     );
     if let Rate::Fixed(asked) = opts.tuning.rate
         && p.held_periods > 0
+        && p.achieved_rate() < asked as f64 * 0.95
     {
         tracing::info!(
             asked,

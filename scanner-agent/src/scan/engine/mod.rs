@@ -48,10 +48,14 @@ use crate::scan::{
 pub const DEFAULT_WINDOW: usize = 1 << 19;
 /// How often the adaptive rate is reconsidered.
 const RATE_PERIOD: Duration = Duration::from_millis(100);
-/// The shortest nap of the scan loop: the pacer's bucket holds 4 ms, so a
-/// turn a millisecond late loses no tokens, and replies wait at most this
-/// long to be read (nothing to the retry timeouts, 100 ms at least).
-const MIN_NAP: Duration = Duration::from_millis(1);
+/// The scan loop naps at least long enough for this many probes' tokens
+/// (at most [`MAX_NAP`]): turns of a few hundred probes keep the bursts
+/// that reach the link and the target's queues short at any rate.
+const PROBES_PER_NAP: f64 = 512.0;
+/// The longest of those naps: the pacer's bucket holds 4 ms, so a turn a
+/// millisecond late loses no tokens, and replies wait at most this long to
+/// be read (nothing to the retry timeouts, 100 ms at least).
+const MAX_NAP: Duration = Duration::from_millis(1);
 /// An Ethernet header, which the link's counters count with each probe.
 const ETHERNET_HEADER: usize = 14;
 /// A probe frame's size before any was sent: an IPv4 SYN with its MSS.
@@ -375,7 +379,8 @@ impl<'a> Engine<'a> {
             // senders need.
             let timeout = self.next_wake(now, finished, last_send);
             if !timeout.is_zero() {
-                std::thread::sleep(timeout.max(MIN_NAP));
+                let nap = Duration::from_secs_f64(PROBES_PER_NAP / self.pacer.rate()).min(MAX_NAP);
+                std::thread::sleep(timeout.max(nap));
             }
             stream
                 .poll(Duration::ZERO, |ev| replies.push(ev))

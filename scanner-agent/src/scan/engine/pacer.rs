@@ -37,6 +37,11 @@ impl Pacer {
         p
     }
 
+    /// Probes per second.
+    pub(super) fn rate(&self) -> f64 {
+        self.rate
+    }
+
     pub(super) fn set_rate(&mut self, rate: f64) {
         self.refill(Instant::now());
         self.rate = rate.max(1.0);
