@@ -7,7 +7,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, TcpStream},
     process::Stdio,
     sync::{
         Arc,
@@ -17,11 +17,11 @@ use std::{
 };
 
 use common::{
-    Lab, Netns, agent,
+    Netns, agent,
     daemon::{Daemon, await_body, fetch},
     firewall::{
-        Families, Sample, Scraper, TARGET, TARGET6, assert_matches_save, exported, samples, saved,
-        script, traffic,
+        Families, Sample, Scraper, assert_matches_save, exported, lab_with_traffic, samples, saved,
+        script,
     },
 };
 use prometheus_client::registry::Registry;
@@ -93,18 +93,7 @@ ip6tables -A OUTPUT -p tcp --sport 7000 -j LOG --log-prefix 'v6 out'
 #[test]
 fn every_label_and_counter_matches_iptables_save() {
     testbed::require_root!();
-    let lab = Lab::new(&[IpAddr::V4(TARGET), IpAddr::V6(TARGET6)], 1500);
-    script(&lab.target, IPV4_RULES);
-    script(&lab.target, IPV6_RULES);
-    let _listeners = lab.target.listen(&[
-        (IpAddr::V4(TARGET), 7000),
-        (IpAddr::V4(TARGET), 9042),
-        (IpAddr::V6(TARGET6), 7000),
-        (IpAddr::V6(TARGET6), 9042),
-    ]);
-    lab.target.udp_echo(SocketAddr::new(TARGET.into(), 5353));
-    lab.target.udp_echo(SocketAddr::new(TARGET6.into(), 5353));
-    traffic(&lab);
+    let (lab, _listeners) = lab_with_traffic(&[IPV4_RULES, IPV6_RULES]);
 
     let Families {
         rules, policies, ..

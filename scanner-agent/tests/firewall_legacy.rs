@@ -9,18 +9,14 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::Write as _,
-    net::{IpAddr, SocketAddr},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
 use common::{
-    Lab, Netns, agent,
+    Netns, agent,
     daemon::{Daemon, await_body, fetch},
     firewall::{
-        Scraper, Series, TARGET, TARGET6, assert_matches_save, exported, samples, saved, script,
-        traffic,
+        Scraper, Series, assert_matches_save, exported, lab_with_traffic, samples, saved, script,
     },
 };
 use scanner_agent::{firewall::FirewallConfig, web::exposition::classic_text};
@@ -98,24 +94,9 @@ $ipt -t nat -A POSTROUTING -o veth+ -p udp -j MASQUERADE --to-ports 2000-3000 --
 
 /// promtool's lint of the exposition: nothing about the firewall families.
 fn assert_promtool_is_quiet(text: &str) {
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is not on PATH (`cargo xtask test` provides it)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(classic_text(text).as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let report =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}\n{text}");
-    assert_eq!(report.trim(), "", "{text}");
+    let (passed, report) = common::promtool_lint(&classic_text(text));
+    assert!(passed, "{report:?}\n{text}");
+    assert!(report.is_empty(), "{report:?}\n{text}");
 }
 
 fn key(table: &str, chain: &str, rule: &str) -> (String, String, String) {
@@ -126,18 +107,7 @@ fn key(table: &str, chain: &str, rule: &str) -> (String, String, String) {
 fn legacy_counters_match_iptables_legacy_save_byte_for_byte() {
     testbed::require_root!();
     let started = Instant::now();
-    let lab = Lab::new(&[IpAddr::V4(TARGET), IpAddr::V6(TARGET6)], 1500);
-    script(&lab.target, IPV4_RULES);
-    script(&lab.target, IPV6_RULES);
-    let _listeners = lab.target.listen(&[
-        (IpAddr::V4(TARGET), 7000),
-        (IpAddr::V4(TARGET), 9042),
-        (IpAddr::V6(TARGET6), 7000),
-        (IpAddr::V6(TARGET6), 9042),
-    ]);
-    lab.target.udp_echo(SocketAddr::new(TARGET.into(), 5353));
-    lab.target.udp_echo(SocketAddr::new(TARGET6.into(), 5353));
-    traffic(&lab);
+    let (lab, _listeners) = lab_with_traffic(&[IPV4_RULES, IPV6_RULES]);
 
     let v4 = assert_matches_save(&lab.target, "iptables", "iptables-legacy-save");
     let v6 = assert_matches_save(&lab.target, "ip6tables", "ip6tables-legacy-save");

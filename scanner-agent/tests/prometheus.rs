@@ -3,7 +3,7 @@
 //! testbed. `promtool check metrics` lints the exposition.
 mod common;
 
-use std::{io::Write as _, net::Ipv4Addr, process::Stdio};
+use std::net::Ipv4Addr;
 
 use common::{
     Lab, Prometheus, agent,
@@ -140,23 +140,7 @@ fn promtool_finds_only_the_seeds_forced_warnings() {
         |b| b.contains("scan_duration_histogram_seconds_bucket") && b.contains("open_ports_total{"),
         "no scan in /metrics",
     );
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is not on PATH (`cargo xtask test` provides it)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let report =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    let warnings: Vec<&str> = report.lines().filter(|l| !l.trim().is_empty()).collect();
+    let (_, warnings) = common::promtool_lint(&body);
     assert_eq!(
         warnings,
         [

@@ -172,6 +172,28 @@ pub(crate) fn saved(ns: &Netns, tool: &str) -> Families {
     f
 }
 
+/// A lab whose target runs the iptables `scripts`, listens on TCP 7000 and
+/// 9042 and echoes UDP 5353 (both families), after [`traffic`] went
+/// through it; the listeners live as long as the returned value.
+pub(crate) fn lab_with_traffic(scripts: &[&str]) -> (Lab, Vec<std::net::TcpListener>) {
+    let lab = Lab::new(&[IpAddr::V4(TARGET), IpAddr::V6(TARGET6)], 1500);
+    for text in scripts {
+        script(&lab.target, text);
+    }
+    let listeners = lab.target.listen(&[
+        (IpAddr::V4(TARGET), 7000),
+        (IpAddr::V4(TARGET), 9042),
+        (IpAddr::V6(TARGET6), 7000),
+        (IpAddr::V6(TARGET6), 9042),
+    ]);
+    lab.target
+        .udp_echo(std::net::SocketAddr::new(TARGET.into(), 5353));
+    lab.target
+        .udp_echo(std::net::SocketAddr::new(TARGET6.into(), 5353));
+    traffic(&lab);
+    (lab, listeners)
+}
+
 /// TCP, UDP and ICMP (v4 and v6) from the scanner to the target.
 pub(crate) fn traffic(lab: &Lab) {
     lab.scanner.run(|| {

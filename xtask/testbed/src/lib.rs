@@ -99,6 +99,34 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
     out
 }
 
+/// `promtool check metrics` on an exposition in the classic text format
+/// (from PATH: `cargo xtask test` provides it): whether it passed, and the
+/// lines it reported (its warnings), stderr and stdout together.
+pub fn promtool_lint(exposition: &str) -> (bool, Vec<String>) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is not on PATH (`cargo xtask test` provides it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(exposition.as_bytes())
+        .expect("promtool reads its input");
+    let out = child.wait_with_output().expect("promtool ran");
+    let report =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let lines = report
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    (out.status.success(), lines)
+}
+
 /// Runs a command to completion with `stdin` as its input; its stdout, or
 /// an error carrying its stderr.
 pub fn run_with_input(c: &mut Command, stdin: &str) -> Result<String> {
