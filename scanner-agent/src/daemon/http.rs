@@ -197,8 +197,9 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .unwrap_or_else(PoisonError::into_inner);
     let full = shared.runtime.work.is_full();
     let capture_ok = shared.capture_ok();
-    let mode = shared.capture().map(|c| c.hub.mode().to_string());
-    let yielding = shared.capture().is_some_and(|c| c.hub.link().yielding());
+    let capture = shared.capture();
+    let mode = capture.as_ref().map(|c| c.hub.mode().to_string());
+    let yielding = capture.is_some_and(|c| c.hub.link().yielding());
     let stopped = shared.runtime.vitals.stopped();
     let status = if !stopped.is_empty() {
         format!("a daemon thread stopped: {}", stopped.join(", "))
