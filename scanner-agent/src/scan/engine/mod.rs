@@ -187,6 +187,8 @@ pub struct Engine<'a> {
     /// was told of.
     frame_bytes: u64,
     reported_bytes: u64,
+    /// Reply bytes reckoned since the link was last told.
+    reply_bytes: u64,
     progress: Option<Arc<Progress>>,
 }
 
@@ -245,6 +247,7 @@ impl<'a> Engine<'a> {
             link: None,
             frame_bytes: 0,
             reported_bytes: 0,
+            reply_bytes: 0,
             progress: None,
         }
     }
@@ -388,6 +391,12 @@ impl<'a> Engine<'a> {
             let now = Instant::now();
             for ev in replies.drain(..) {
                 self.on_reply(&ev, now);
+            }
+            // Told once a turn, not per reply: the link's counters are shared.
+            if let Some((link, _)) = &self.link
+                && self.reply_bytes > 0
+            {
+                link.received(std::mem::take(&mut self.reply_bytes));
             }
             if !self.rsts.is_empty() {
                 tx.submit(std::mem::take(&mut self.rsts))?;
@@ -637,13 +646,11 @@ impl<'a> Engine<'a> {
             return;
         }
         let Some(kind) = ev.kind() else { return };
-        if let Some((link, _)) = &self.link {
-            link.received(if ev.remote_addr().to_ip().is_ipv4() {
-                REPLY_FRAME_V4
-            } else {
-                REPLY_FRAME_V6
-            });
-        }
+        self.reply_bytes += if ev.remote_addr().to_ip().is_ipv4() {
+            REPLY_FRAME_V4
+        } else {
+            REPLY_FRAME_V6
+        };
         if kind == ReplyKind::SynAck {
             self.queue_rst(ev);
         }
