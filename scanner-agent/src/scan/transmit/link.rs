@@ -233,7 +233,9 @@ impl Link {
                 self.probe_rate
                     .set(own.2.wrapping_sub(prev_own.2) as f64 / secs);
             }
-            if u.rx.max(u.tx) > self.policy().yield_above {
+            let yield_above = self.policy().yield_above;
+            // 1 is "never", even when a link reports less than it carries.
+            if yield_above < 1.0 && u.rx.max(u.tx) > yield_above {
                 state.last_over = Some(now);
             }
             let yielding = state
@@ -420,6 +422,27 @@ mod tests {
         link.sample(&mut state, None, at(1600));
         assert!(!link.yielding());
         assert_eq!(link.utilisation(), Utilisation::default());
+    }
+
+    #[test]
+    fn yield_above_one_never_yields_even_past_the_reported_speed() {
+        let link = link(100);
+        link.set_policy(LinkPolicy {
+            yield_above: 1.0,
+            speed_mbps: Some(100),
+            ..LinkPolicy::default()
+        });
+        let mut state = SampleState::default();
+        let t0 = Instant::now();
+        link.sample(&mut state, Some((0, 0)), t0);
+        // 200 Mbit/s on a link that says 100.
+        link.sample(
+            &mut state,
+            Some((0, 2_500_000)),
+            t0 + Duration::from_millis(100),
+        );
+        assert!(link.utilisation().tx > 1.9);
+        assert!(!link.yielding());
     }
 
     #[test]
