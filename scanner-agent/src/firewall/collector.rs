@@ -28,7 +28,7 @@ use super::{
     labels::Labels,
     layout::{Layout, Xtables, structure},
     legacy::{self, Family as LegacyFamily},
-    netlink::{self, Generation, Known, Read, RuleCache},
+    netlink::{self, Generation, Known, Read, Rules},
     ruleset::Counters,
     set_counts::SetCounts,
 };
@@ -71,9 +71,7 @@ struct Kept {
     /// (several generations may share one layout).
     layout: Option<(Generation, Arc<Layout>)>,
     /// The rules of the last full read, parsed and (once needed) rendered.
-    cache: RuleCache,
-    /// Their keys in dump order.
-    keys: Vec<u64>,
+    rules: Rules,
     /// [`super::ruleset::Ruleset::digest`] of the last full read.
     digest: Option<u64>,
     changed: SystemTime,
@@ -94,6 +92,8 @@ pub struct FirewallCollector {
     deadline: Duration,
     /// Test-only: how long each read sleeps before it starts.
     delay: Duration,
+    /// Test-only: how many threads dump the rules, whatever their number.
+    dump_threads: Option<usize>,
     /// The last failure logged and when, so a broken setup logs once in a while, not per scrape.
     last_error: Arc<LastError>,
     /// The same for reading legacy x_tables.
@@ -145,8 +145,7 @@ impl FirewallCollector {
             legacy_names: config.legacy_metric_names,
             kept: Arc::new(Mutex::new(Kept {
                 layout: None,
-                cache: RuleCache::default(),
-                keys: Vec::new(),
+                rules: Rules::default(),
                 digest: None,
                 changed: SystemTime::now(),
                 legacy: legacy::Cache::default(),
@@ -155,6 +154,7 @@ impl FirewallCollector {
             sets: SetCounts::default(),
             deadline: READ_DEADLINE,
             delay: Duration::ZERO,
+            dump_threads: None,
             last_error: Arc::default(),
             last_legacy_error: Arc::default(),
             shadowed: Arc::default(),
@@ -169,6 +169,15 @@ impl FirewallCollector {
     pub fn with_slow_reads_for_tests(mut self, delay: Duration, deadline: Duration) -> Self {
         self.delay = delay;
         self.deadline = deadline;
+        self
+    }
+
+    /// For tests only: the rules are dumped on `threads` threads however
+    /// few they are (by default, a small ruleset is dumped on one).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_dump_threads_for_tests(mut self, threads: usize) -> Self {
+        self.dump_threads = Some(threads);
         self
     }
 
@@ -197,11 +206,10 @@ impl FirewallCollector {
         let known = kept.layout.as_ref().map(|(g, l)| Known {
             generation: *g,
             chains: &l.chains,
-            keys: &kept.keys,
-            cache: &kept.cache,
+            rules: &kept.rules,
             full: false,
         });
-        let mut read = netlink::read(known, deadline)?;
+        let mut read = netlink::read(known, deadline, self.dump_threads)?;
         let quick = match &read {
             Read::Counters(counts) => Some((None, counts)),
             // Only set elements changed: the layout and its label text stay.
@@ -226,16 +234,15 @@ impl FirewallCollector {
                 }
                 // The chains and rules held, but not the named counters
                 // (or, never expected, the counters do not fit the layout):
-                // read the structure, still taking rules from the cache.
+                // read the structure, still taking over the known rules.
                 None => {
                     let known = Known {
                         generation: *generation,
                         chains: &current.chains,
-                        keys: &kept.keys,
-                        cache: &kept.cache,
+                        rules: &kept.rules,
                         full: true,
                     };
-                    read = netlink::read(Some(known), deadline)?;
+                    read = netlink::read(Some(known), deadline, self.dump_threads)?;
                 }
             }
         }
@@ -243,8 +250,7 @@ impl FirewallCollector {
             generation,
             ruleset,
             counts,
-            cache,
-            keys,
+            rules: read_rules,
         } = read
         else {
             return Err(FirewallError::Malformed("ruleset"));
@@ -257,8 +263,7 @@ impl FirewallCollector {
             kept.digest = Some(digest);
             kept.changed = SystemTime::now();
         }
-        kept.cache = cache;
-        kept.keys = keys;
+        kept.rules = read_rules;
         // The same chains and rules by another route (say, a named counter
         // added and removed): the layout and its label text stay.
         let rules = ruleset.rules.len();

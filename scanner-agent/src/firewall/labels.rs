@@ -5,7 +5,11 @@
 //! label key encoder, which copies without escaping), so at 10,000 rules a
 //! scrape no longer escapes and lays out megabytes of unchanged label text.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+};
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 
@@ -42,27 +46,51 @@ impl Writer {
     }
 }
 
-/// A label set's text, ready for the encoder.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub(super) struct Labels(std::sync::Arc<str>);
+/// A label set's text, ready for the encoder, with a digest of it made
+/// once: a layout rebuild groups thousands of label sets by their text,
+/// and hashing each one's hundred-odd bytes anew was most of it.
+#[derive(Clone, Debug, Eq)]
+pub(super) struct Labels {
+    text: Arc<str>,
+    digest: u64,
+}
 
 impl Labels {
     pub(super) fn of(set: &impl LabelSet) -> Self {
         let mut out = Writer::default();
         set.write(&mut out);
-        Self(out.0.into())
+        let mut h = DefaultHasher::new();
+        out.0.hash(&mut h);
+        Self {
+            text: out.0.into(),
+            digest: h.finish(),
+        }
+    }
+}
+
+impl PartialEq for Labels {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+            && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
+    }
+}
+
+/// Only the digest: maps of labels hash it no further ([`super::digest::ByDigest`]).
+impl Hash for Labels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
     }
 }
 
 impl EncodeLabelSet for Labels {
     fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
-        if self.0.is_empty() {
+        if self.text.is_empty() {
             return Ok(());
         }
         let mut label = encoder.encode_label();
         // The key encoder writes as given: the text is escaped already.
         let mut key = label.encode_label_key()?;
-        key.write_str(&self.0)
+        key.write_str(&self.text)
     }
 }
 

@@ -17,6 +17,7 @@ use std::{
 };
 
 use super::{
+    digest::ByDigest,
     labels::{LabelSet, Labels, Writer},
     netlink::{Counts, Handled},
     render,
@@ -222,12 +223,13 @@ impl Layout {
             series: 0,
         };
         let managed = xtables_tables(&ruleset);
-        let iptables = builder.xtables(&ruleset, &managed, Family::IPV4, position_label);
-        let ip6tables = builder.xtables(&ruleset, &managed, Family::IPV6, position_label);
-        let nftables = builder.nftables(&ruleset, &managed);
+        let owners = xtables_owners(&ruleset, &managed);
+        let iptables = builder.xtables(&ruleset, &managed, &owners, Family::IPV4, position_label);
+        let ip6tables = builder.xtables(&ruleset, &managed, &owners, Family::IPV6, position_label);
+        let nftables = builder.nftables(&ruleset, &owners);
         let named = builder.series(
             &ruleset.counters,
-            |_| true,
+            |_, _| true,
             |c| {
                 Labels::of(&NamedCounterLabels {
                     family: c.family.name(),
@@ -311,15 +313,16 @@ impl Builder {
     fn series<'a, T>(
         &mut self,
         items: &'a [T],
-        member: impl Fn(&T) -> bool,
+        member: impl Fn(usize, &T) -> bool,
         mut labels: impl FnMut(&'a T) -> Labels,
         target: Target,
     ) -> Series {
         let first = self.series;
         let slots = self.slots(target);
-        let mut groups: HashMap<Labels, usize> = HashMap::new();
+        let mut groups: HashMap<Labels, usize, ByDigest> =
+            HashMap::with_capacity_and_hasher(items.len(), ByDigest::default());
         let mut ordered: Vec<Labels> = Vec::new();
-        for (index, item) in items.iter().enumerate().filter(|(_, i)| member(i)) {
+        for (index, item) in items.iter().enumerate().filter(|(n, i)| member(*n, i)) {
             let group = match groups.entry(labels(item)) {
                 Entry::Occupied(e) => *e.get(),
                 Entry::Vacant(e) => {
@@ -361,6 +364,7 @@ impl Builder {
         &mut self,
         ruleset: &Ruleset,
         managed: &BTreeSet<(Family, String)>,
+        owners: &[Option<Family>],
         family: Family,
         position_label: bool,
     ) -> Xtables {
@@ -403,14 +407,12 @@ impl Builder {
             .keys()
             .map(|p| (ChainLabels::new(&p.table, &p.chain), 0))
             .collect();
-        for rule in ruleset
-            .rules
-            .iter()
-            .filter(|r| r.family == family && is_managed(&r.table))
-        {
-            *chain_rules
-                .entry(ChainLabels::new(&rule.table, &rule.chain))
-                .or_default() += 1;
+        for (chain, rules) in ruleset.chains.iter().zip(&ruleset.chain_rules) {
+            if chain.family == family && is_managed(&chain.table) {
+                *chain_rules
+                    .entry(ChainLabels::new(&chain.table, &chain.name))
+                    .or_default() += rules.len() as u64;
+            }
         }
         let tables = chain_rules.keys().map(|c| c.table.clone()).collect();
         let policies = self.series_of(policies, Target::Chains);
@@ -430,7 +432,7 @@ impl Builder {
         };
         let rules = self.series(
             &ruleset.rules,
-            |r| r.family == family && is_managed(&r.table),
+            |index, _| owners[index] == Some(family),
             |rule| {
                 if !position_label {
                     return rule.text.xtables.get_or_init(|| labels(rule, None)).clone();
@@ -455,10 +457,10 @@ impl Builder {
     }
 
     /// Rules with a counter in every table iptables-nft does not manage.
-    fn nftables(&mut self, ruleset: &Ruleset, managed: &BTreeSet<(Family, String)>) -> Series {
+    fn nftables(&mut self, ruleset: &Ruleset, owners: &[Option<Family>]) -> Series {
         self.series(
             &ruleset.rules,
-            |r| r.has_counter() && !managed.iter().any(|(f, t)| *f == r.family && *t == r.table),
+            |index, r| owners[index].is_none() && r.has_counter(),
             |r| {
                 r.text
                     .nftables
@@ -491,6 +493,18 @@ pub(super) fn structure(digest: u64, counts: &Counts) -> u64 {
         }
     }
     h.finish()
+}
+
+/// For each rule, the family of its table when iptables-nft manages that
+/// table, else `None`: decided per chain, without visiting the rules.
+fn xtables_owners(ruleset: &Ruleset, managed: &BTreeSet<(Family, String)>) -> Vec<Option<Family>> {
+    let mut owners = vec![None; ruleset.rules.len()];
+    for (chain, rules) in ruleset.chains.iter().zip(&ruleset.chain_rules) {
+        if managed.contains(&(chain.family, chain.table.clone())) {
+            owners[rules.clone()].fill(Some(chain.family));
+        }
+    }
+    owners
 }
 
 /// The built-in chains of each iptables table.
@@ -527,12 +541,16 @@ fn xtables_tables(ruleset: &Ruleset) -> BTreeSet<(Family, String)> {
         .filter(|(_, ok)| *ok)
         .map(|((family, table), _)| (family, table.to_owned()))
         .collect();
-    for rule in ruleset
-        .rules
-        .iter()
-        .filter(|r| is_ip(r.family) && r.has_xt())
-    {
-        tables.insert((rule.family, rule.table.clone()));
+    // A table of other chains is managed when any rule of it carries an
+    // xtables expression: its rules are visited only until one does.
+    for (chain, rules) in ruleset.chains.iter().zip(&ruleset.chain_rules) {
+        let table = (chain.family, chain.table.clone());
+        if is_ip(chain.family)
+            && !tables.contains(&table)
+            && ruleset.rules[rules.clone()].iter().any(|r| r.has_xt())
+        {
+            tables.insert(table);
+        }
     }
     tables
 }

@@ -19,6 +19,7 @@
 //! the scrapes, at a bounded rate.
 
 mod collector;
+mod digest;
 pub mod config;
 mod flight;
 mod labels;
@@ -56,6 +57,8 @@ pub enum FirewallError {
     OutOfMemory,
     #[error("the read did not finish within its deadline")]
     Deadline,
+    #[error("a dump thread started in another network namespace than its scrape's")]
+    ThreadNamespace,
 }
 
 impl FirewallError {

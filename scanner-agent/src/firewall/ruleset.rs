@@ -175,12 +175,14 @@ pub(super) struct NamedCounter {
 }
 
 /// Everything read in one consistent dump. Rules are shared with the
-/// cache of parsed rules (`netlink::RuleCache`), so a rule that did not
-/// change since the last read is neither parsed nor rendered again.
+/// next read (`netlink::Rules`), so a rule that did not change since the
+/// last read is neither parsed nor rendered again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Ruleset {
     pub chains: Vec<Chain>,
+    /// Chain by chain: those of `chains[i]` are `rules[chain_rules[i]]`.
     pub rules: Vec<std::sync::Arc<Rule>>,
+    pub chain_rules: Vec<std::ops::Range<usize>>,
     pub counters: Vec<NamedCounter>,
 }
 
@@ -196,9 +198,13 @@ impl Ruleset {
         for c in &self.chains {
             (c.family, &c.table, &c.name, c.hook, c.policy).hash(&mut h);
         }
+        // The rules' digests are well mixed already: folded, not hashed
+        // again (a SipHash round per rule was a tenth of a layout rebuild).
+        let mut rules = 0u64;
         for r in &self.rules {
-            r.digest.hash(&mut h);
+            rules = (rules.rotate_left(5) ^ r.digest).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
+        rules.hash(&mut h);
         for c in &self.counters {
             (c.family, &c.table, &c.name).hash(&mut h);
         }

@@ -17,29 +17,26 @@
 //! ruleset changed while it was read: the whole read is retried.
 
 mod attrs;
+mod chains;
 mod nftnl;
 
 mod sets;
 
 use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
     io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::atomic::{AtomicU32, Ordering},
     time::Instant,
 };
 
 pub(super) use self::{
     attrs::Handled,
+    chains::Rules,
     sets::{SetElements, set_elements},
 };
 use super::{
     FirewallError,
-    ruleset::{Chain, Rule, Ruleset},
+    ruleset::{Chain, Ruleset},
 };
 
 /// Attempts before giving up on a ruleset that keeps changing.
@@ -79,14 +76,13 @@ pub(super) struct Counts {
 
 pub(super) enum Read {
     /// A generation the caller did not know, with other chains or rules:
-    /// structure and counters, the rules' keys in dump order, and the
-    /// rules of this read as the cache for the next full read.
+    /// structure and counters, and the rules of this read for the next
+    /// full read to take over.
     Full {
         generation: Generation,
         ruleset: Ruleset,
         counts: Counts,
-        cache: RuleCache,
-        keys: Vec<u64>,
+        rules: Rules,
     },
     /// A generation the caller did not know, with the chains and rules it
     /// knew (only set elements, or nothing the rules show, changed):
@@ -105,10 +101,8 @@ pub(super) struct Known<'a> {
     pub generation: Generation,
     /// Whose rules each read dumps, in this order.
     pub chains: &'a [Chain],
-    /// The rules' keys in dump order ([`attrs::RuleDigest::key`]).
-    pub keys: &'a [u64],
-    /// The rules themselves, by key.
-    pub cache: &'a RuleCache,
+    /// The rules of the last full read.
+    pub rules: &'a Rules,
     /// Give the structure even when the chains and rules are the known ones.
     pub full: bool,
 }
@@ -117,40 +111,20 @@ pub(super) struct Known<'a> {
 enum Dumped {
     Counters(Counts),
     Unchanged(Counts),
-    Full(Ruleset, Counts, RuleCache, Vec<u64>),
-}
-
-/// Parsed rules by [`attrs::RuleDigest::key`], as of the last full read:
-/// what a full read need not parse (nor the layout render) again. The keys
-/// are digests already, so the map uses them as they are.
-pub(super) type RuleCache = HashMap<u64, Arc<Rule>, BuildHasherDefault<KeyHasher>>;
-
-/// Hashes a [`RuleCache`] key, a well-mixed digest, to itself.
-#[derive(Default)]
-pub(super) struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed; anything else still gets a fold.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, key: u64) {
-        self.0 = key;
-    }
+    Full(Ruleset, Counts, Rules),
 }
 
 /// One consistent read. `known` is what the caller holds from its last
-/// read, if anything. The read gives up at `deadline`.
-pub(super) fn read(known: Option<Known<'_>>, deadline: Instant) -> Result<Read, FirewallError> {
+/// read, if anything. The read gives up at `deadline`. `threads` overrides
+/// how many threads dump the rules (by default it depends on the size of
+/// the last read).
+pub(super) fn read(
+    known: Option<Known<'_>>,
+    deadline: Instant,
+    threads: Option<usize>,
+) -> Result<Read, FirewallError> {
     for _ in 0..ATTEMPTS {
-        if let Some(read) = read_once(known, deadline)? {
+        if let Some(read) = read_once(known, deadline, threads)? {
             return Ok(read);
         }
     }
@@ -158,21 +132,24 @@ pub(super) fn read(known: Option<Known<'_>>, deadline: Instant) -> Result<Read, 
 }
 
 /// A read, or `None` when the ruleset changed during it.
-fn read_once(known: Option<Known<'_>>, deadline: Instant) -> Result<Option<Read>, FirewallError> {
+fn read_once(
+    known: Option<Known<'_>>,
+    deadline: Instant,
+    threads: Option<usize>,
+) -> Result<Option<Read>, FirewallError> {
     let mut reader = Reader::new(deadline)?;
     let generation = reader.generation()?;
     let same_generation = known.is_some_and(|k| !k.full && k.generation == generation);
     let read = reader
-        .dumps(known, same_generation)?
+        .dumps(known, same_generation, threads)?
         .map(|dumped| match dumped {
             Dumped::Counters(counts) => Read::Counters(counts),
             Dumped::Unchanged(counts) => Read::Unchanged { generation, counts },
-            Dumped::Full(ruleset, counts, cache, keys) => Read::Full {
+            Dumped::Full(ruleset, counts, rules) => Read::Full {
                 generation,
                 ruleset,
                 counts,
-                cache,
-                keys,
+                rules,
             },
         });
     if read.is_none() || reader.generation()? != generation {
@@ -247,22 +224,19 @@ impl Reader {
 
     /// Every dump of one read. With `counters_only` (the generation the
     /// caller knows) only the counter values are read, following the known
-    /// chains. Otherwise every rule's key is taken too: when the chains and
-    /// keys are the caller's, nothing else is done (the set-element-only
-    /// change); else a rule is taken from the caller's cache under its key,
-    /// or parsed when it is not there, and the rules of this read become
-    /// the next cache. Comparing keys in dump order first keeps the common
-    /// case away from the cache's scattered entries.
+    /// chains. Otherwise every rule's key is taken too, and each rule is
+    /// taken over from the caller's last full read under its key, or parsed;
+    /// when the chains and keys are the caller's, that is all (only set
+    /// elements changed).
     fn dumps(
         &mut self,
         known: Option<Known<'_>>,
         counters_only: bool,
+        threads: Option<usize>,
     ) -> Result<Option<Dumped>, FirewallError> {
         let parse = !counters_only;
-        let empty = RuleCache::default();
-        let (cache, prev_keys) = known.map_or((&empty, &[][..]), |k| (k.cache, k.keys));
-        let mut keys: Vec<u64> = Vec::with_capacity(if parse { prev_keys.len() } else { 0 });
-        let mut fresh = RuleCache::default();
+        let no_rules = Rules::default();
+        let previous = known.map_or(&no_rules, |k| k.rules);
         let mut counts = Counts::default();
         let mut chains = Vec::new();
         let mut counters = Vec::new();
@@ -280,31 +254,16 @@ impl Reader {
             Some(k) if counters_only => k.chains,
             _ => &chains,
         };
-        for chain in dumped {
-            let mut filter = Vec::new();
-            attrs::push_attribute(&mut filter, NFTA_RULE_TABLE, &c_string(&chain.table));
-            attrs::push_attribute(&mut filter, NFTA_RULE_CHAIN, &c_string(&chain.name));
-            let complete = self.dump(
-                libc::NFT_MSG_GETRULE as u16,
-                chain.family.0,
-                &filter,
-                |msg| {
-                    counts.rules.push(attrs::rule(msg)?);
-                    if parse {
-                        let key = attrs::rule_digest(msg).key;
-                        let known_here = prev_keys.get(keys.len()) == Some(&key);
-                        keys.push(key);
-                        if !known_here && !cache.contains_key(&key) && !fresh.contains_key(&key) {
-                            fresh.insert(key, Arc::new(nftnl::parse_rule(msg)?));
-                        }
-                    }
-                    Ok(())
-                },
-            )?;
-            if !complete {
-                return Ok(None);
-            }
-        }
+        let mode = if parse {
+            chains::Mode::Parse { previous }
+        } else {
+            chains::Mode::Counters
+        };
+        let threads = threads.unwrap_or_else(|| chains::threads(previous.len(), dumped.len()));
+        let deadline = self.deadline;
+        let Some(by_chain) = chains::dump(self, dumped, mode, threads, deadline)? else {
+            return Ok(None);
+        };
         let complete = self.dump(libc::NFT_MSG_GETOBJ as u16, 0, &[], |msg| {
             let Some(values) = attrs::named_counter(msg)? else {
                 return Ok(());
@@ -320,35 +279,26 @@ impl Reader {
         if !complete {
             return Ok(None);
         }
+        counts.rules = by_chain.iter().flat_map(|c| &c.counts).copied().collect();
         if counters_only {
             return Ok(Some(Dumped::Counters(counts)));
         }
-        if known.is_some_and(|k| !k.full && k.chains == chains.as_slice()) && keys == prev_keys {
+        let unchanged = known.is_some_and(|k| !k.full && k.chains == chains.as_slice())
+            && previous.len() == counts.rules.len()
+            && previous.same_keys(by_chain.iter().flat_map(|c| &c.keys));
+        if unchanged {
             return Ok(Some(Dumped::Unchanged(counts)));
         }
-        tracing::debug!(
-            "firewall counters: {} rules not seen before parsed",
-            fresh.len()
-        );
-        let mut next = RuleCache::with_capacity_and_hasher(keys.len(), Default::default());
-        let mut rules = Vec::with_capacity(keys.len());
-        for key in &keys {
-            let rule = cache
-                .get(key)
-                .or_else(|| fresh.get(key))
-                .ok_or(FirewallError::Malformed("rule"))?;
-            next.insert(*key, Arc::clone(rule));
-            rules.push(Arc::clone(rule));
-        }
+        let (rules, chain_rules, next) = chains::collect(&chains, by_chain);
         Ok(Some(Dumped::Full(
             Ruleset {
                 chains,
                 rules,
+                chain_rules,
                 counters,
             },
             counts,
             next,
-            keys,
         )))
     }
 
