@@ -40,8 +40,12 @@ pub(crate) struct Scraper(Arc<Registry>);
 
 impl Scraper {
     pub(crate) fn new(config: FirewallConfig) -> Self {
+        Self::of(FirewallCollector::new(&config))
+    }
+
+    pub(crate) fn of(collector: FirewallCollector) -> Self {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(FirewallCollector::new(&config)));
+        registry.register_collector(Box::new(collector));
         Self(Arc::new(registry))
     }
 

@@ -280,3 +280,18 @@ impl Reader {
         Ok(complete.then_some(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_rulesets_and_single_chains_stay_on_one_thread() {
+        assert_eq!(threads(0, 0), 1);
+        assert_eq!(threads(RULES_PER_THREAD - 1, 50), 1);
+        assert_eq!(threads(1_000_000, 1), 1, "one chain is one dump");
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(threads(1_000_000, 100), cores.min(MAX_THREADS));
+        assert!(threads(2 * RULES_PER_THREAD, 100) <= 2);
+    }
+}
