@@ -1,6 +1,6 @@
-//! Maps keyed by values that are digests already (rule keys, label sets'
-//! digests): the hasher passes the digest through instead of hashing it
-//! again.
+//! Values that are digests already (rule keys, label sets' digests,
+//! handles): maps whose hasher passes them through, and a fold of many
+//! into one, instead of hashing each again.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -25,5 +25,39 @@ impl Hasher for DigestHasher {
 
     fn write_u64(&mut self, digest: u64) {
         self.0 = digest;
+    }
+}
+
+/// One step of folding well-mixed digests into one. Each step is a
+/// bijection of the running value for a given input, so two sequences of
+/// one length that differ in a single place always fold differently.
+pub(super) fn fold(running: u64, digest: u64) -> u64 {
+    (running.rotate_left(5) ^ digest).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fold;
+
+    #[test]
+    fn one_changed_digest_always_changes_the_fold() {
+        let digests: Vec<u64> = (0..1000u64)
+            .map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d))
+            .collect();
+        let all = digests.iter().fold(0, |r, d| fold(r, *d));
+        for at in [0, 1, 499, 999] {
+            for other in [0, 1, u64::MAX, digests[at] ^ 1] {
+                if other == digests[at] {
+                    continue;
+                }
+                let mut changed = digests.clone();
+                changed[at] = other;
+                assert_ne!(
+                    changed.iter().fold(0, |r, d| fold(r, *d)),
+                    all,
+                    "{at} {other}"
+                );
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ use std::{
 };
 
 use super::{
-    digest::ByDigest,
+    digest::{ByDigest, fold},
     labels::{LabelSet, Labels, Writer},
     netlink::{Counts, Handled},
     render,
@@ -487,10 +487,14 @@ impl Builder {
 pub(super) fn structure(digest: u64, counts: &Counts) -> u64 {
     let mut h = DefaultHasher::new();
     digest.hash(&mut h);
+    // Handles folded, then hashed once: a SipHash round per rule costs
+    // more than the fold, and the layout only needs to tell reads apart.
     for handled in [&counts.chains, &counts.rules, &counts.named] {
+        let mut handles = handled.len() as u64;
         for h2 in handled.iter() {
-            h2.handle.hash(&mut h);
+            handles = fold(handles, h2.handle);
         }
+        handles.hash(&mut h);
     }
     h.finish()
 }

@@ -200,9 +200,9 @@ impl Ruleset {
         }
         // The rules' digests are well mixed already: folded, not hashed
         // again (a SipHash round per rule was a tenth of a layout rebuild).
-        let mut rules = 0u64;
+        let mut rules = self.rules.len() as u64;
         for r in &self.rules {
-            rules = (rules.rotate_left(5) ^ r.digest).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            rules = super::digest::fold(rules, r.digest);
         }
         rules.hash(&mut h);
         for c in &self.counters {
