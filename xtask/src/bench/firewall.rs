@@ -233,6 +233,21 @@ fn after_changes(
     Ok((agent, floor))
 }
 
+/// The process's user and system CPU time so far, all its threads (those
+/// that ended included), in clock ticks of 10 ms turned into seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces): utime is the 12th.
+    let after = stat.rsplit_once(')').context("no command in stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields.get(i).context("short stat")?.parse::<u64>()? as f64)
+    };
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
@@ -264,7 +279,7 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
 
     sh(ns.command("nft").args(["-f", "-"]), SET_TABLE)?;
     let mut table = String::from(
-        "| rules | floor: bare netlink dump (median) | agent scrape, unchanged ruleset | ÷ floor | of which the agent's read | agent scrape after one rule changed | ÷ floor after the same change | agent scrape after set elements changed | ÷ floor after the same change | iptables-save -c + parse + encode | agent (unchanged) vs iptables-save | agent RSS after 10 / after all scrapes |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| rules | floor: bare netlink dump (median) | agent scrape, unchanged ruleset | ÷ floor | of which the agent's read | agent CPU per unchanged scrape (mean) | ÷ floor | agent scrape after one rule changed | ÷ floor after the same change | agent scrape after set elements changed | ÷ floor after the same change | iptables-save -c + parse + encode | agent (unchanged) vs iptables-save | agent RSS after 10 / after all scrapes |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let sizes: &[usize] = if quick {
         &[100, 10_000]
@@ -282,10 +297,14 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
         };
         // The floor and the agent alternate on one thread inside the
         // namespace, so both see the same load of a shared machine.
-        let (floor_times, agent_times, bodies) = ns.run_inside(move || {
+        // The agent's CPU time over these scrapes too: its read dumps
+        // chains on both cores, so its wall time may go below the
+        // single-threaded floor while its CPU time cannot.
+        let (floor_times, agent_times, bodies, agent_cpu) = ns.run_inside(move || {
             scrape_here()?;
             netlink_floor::read()?;
             let (mut floor, mut agent, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+            let cpu_before = cpu_seconds(pid)?;
             for _ in 0..runs {
                 measure::check_interrupted()?;
                 let start = Instant::now();
@@ -295,7 +314,8 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
                 bodies.push(scrape_here()?);
                 agent.push(start.elapsed());
             }
-            Ok((floor, agent, bodies))
+            let cpu = (cpu_seconds(pid)? - cpu_before) / runs as f64;
+            Ok((floor, agent, bodies, cpu))
         })?;
         let reads = bodies
             .iter()
@@ -359,11 +379,13 @@ pub(super) fn run(agent: &Path, quick: bool, out_dir: &Path) -> Result<String> {
         let ms = |s: f64| format!("{:.2} ms", s * 1e3);
         let over = |s: f64, floor: f64| format!("{:.2}x", s / floor);
         table.push_str(&format!(
-            "| {n} | {} | {} | {} | {} | {} (floor {}) | {} | {} (floor {}) | {} | {} | {} | {} KiB / {} KiB ({} scrapes) |\n",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} (floor {}) | {} | {} (floor {}) | {} | {} | {} | {} KiB / {} KiB ({} scrapes) |\n",
             ms(floor_time),
             ms(agent_time.as_secs_f64()),
             over(agent_time.as_secs_f64(), floor_time),
             ms(median(reads)),
+            ms(agent_cpu),
+            over(agent_cpu, floor_time),
             ms(changed_time),
             ms(changed_floor),
             over(changed_time, changed_floor),
