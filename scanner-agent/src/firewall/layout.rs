@@ -8,8 +8,9 @@
 //! generation holds, so a scrape of an unchanged ruleset only reads
 //! counters and adds them up; a new generation with the same [`structure`]
 //! (only set elements changed) keeps it too. Any other change replaces it
-//! whole (its rules' texts come from the rule cache, rendered once): its
-//! size follows the ruleset's, never the number of scrapes.
+//! whole (its unchanged rules, taken over from the last read, bring their
+//! texts rendered once): its size follows the ruleset's, never the number
+//! of scrapes.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, hash_map::Entry},

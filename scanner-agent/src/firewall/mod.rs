@@ -14,9 +14,10 @@
 //!
 //! Around that: [`flight`] makes concurrent scrapes share one read (with a
 //! deadline), [`labels`] keeps each series' label text written out while
-//! the ruleset holds, the rule cache of [`netlink`] parses and renders only
-//! rules that changed, and [`set_counts`] counts set elements apart from
-//! the scrapes, at a bounded rate.
+//! the ruleset holds, [`netlink`] dumps large rulesets on several threads
+//! and takes unchanged rules over from the last read (so only rules that
+//! changed are parsed and rendered), and [`set_counts`] counts set elements
+//! apart from the scrapes, at a bounded rate.
 
 mod collector;
 mod digest;

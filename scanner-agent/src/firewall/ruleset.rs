@@ -69,7 +69,7 @@ pub(super) struct Rule {
     /// equal digests, equal rendered text.
     pub digest: u64,
     /// The rule's texts, made once when first needed and kept with the
-    /// rule for as long as it is unchanged (see `netlink::RuleCache`).
+    /// rule for as long as it is unchanged (see `netlink::Rules`).
     pub text: RuleText,
 }
 
