@@ -12,7 +12,7 @@ use std::{
     collections::HashMap,
     ops::Range,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Instant,
@@ -33,7 +33,9 @@ const RULES_PER_THREAD: usize = 2000;
 
 /// How many threads a read of `rules` rules in `chains` chains uses.
 pub(super) fn threads(rules: usize, chains: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // Asked once: the answer reads cgroup files.
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from));
     (rules / RULES_PER_THREAD)
         .clamp(1, MAX_THREADS)
         .min(cores)
