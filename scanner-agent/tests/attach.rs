@@ -17,7 +17,14 @@ fn driver_mode_on_a_jumbo_frame_veth() {
     let out = lab
         .scanner
         .command(agent())
-        .args(["scan", "-p", "5000-5500", "198.18.0.2"])
+        .args([
+            "scan",
+            "-p",
+            "5000-5500",
+            "198.18.0.2",
+            "--xdp-mode",
+            "driver",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -31,6 +38,48 @@ fn driver_mode_on_a_jumbo_frame_veth() {
         lab.scanner.xdp_prog(SCANNER_IF),
         None,
         "program left attached after the scan"
+    );
+}
+
+/// By default a veth gets SKB mode (its driver mode costs more), `skb`
+/// forces SKB mode, and `driver` where the driver has none (loopback) is an
+/// error that names the setting and leaves nothing attached.
+#[test]
+fn the_xdp_mode_setting_chooses_the_attach_mode() {
+    testbed::require_root!();
+    let lab = Lab::new(&[TARGET], 1500);
+    let _l = lab.target.listen(&[(TARGET, 5201)]);
+    let scan = |extra: &[&str], target: &str| {
+        let out = lab
+            .scanner
+            .command(agent())
+            .args(["scan", "-p", "5200-5202", target])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for extra in [&[][..], &["--xdp-mode", "auto"], &["--xdp-mode", "skb"]] {
+        let (ok, stdout, stderr) = scan(extra, "198.18.0.2");
+        assert!(ok, "{extra:?}: {stderr}");
+        assert!(stderr.contains("xdp_mode=skb"), "{extra:?}: {stderr}");
+        assert_eq!(stdout, "198.18.0.2       5201/tcp open          syn-ack\n");
+    }
+    let (ok, _, stderr) = scan(&["--xdp-mode", "driver"], "127.0.0.1");
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("interface lo cannot take the XDP program (xdp_mode driver: driver mode:"),
+        "{stderr}"
+    );
+    assert_eq!(lab.scanner.xdp_prog("lo"), None);
+    let (ok, _, stderr) = scan(&["--xdp-mode", "native"], "198.18.0.2");
+    assert!(
+        !ok && stderr.contains("unknown XDP mode \"native\" (auto, driver or skb)"),
+        "{stderr}"
     );
 }
 

@@ -37,6 +37,7 @@ fn options(target: &str) -> ScanOptions {
         cancel: None,
         budget: None,
         link: Default::default(),
+        xdp_mode: Default::default(),
     }
 }
 
@@ -61,7 +62,12 @@ fn scan_together(
     lab.scanner.run(move || {
         let set = TargetSet::parse(&targets).unwrap();
         let route = route::lookup(set.range_starts(), None).unwrap();
-        let hub = Hub::start(&route.interface, route::probe_ports().unwrap()).unwrap();
+        let hub = Hub::start(
+            &route.interface,
+            route::probe_ports().unwrap(),
+            Default::default(),
+        )
+        .unwrap();
         let started = std::time::Instant::now();
         let found = thread::scope(|s| {
             let scans: Vec<_> = targets

@@ -63,13 +63,14 @@ fn scheduled_scans_become_metrics_and_changes_are_counted() {
     );
     assert!(openmetrics.trim_end().ends_with("# EOF"));
     assert!(!body.contains("# EOF") && body.contains("# TYPE scans_successful_total counter"));
-    // The agent's own metrics: probes sent (11 ports x 4 addresses at least), XDP mode, no loss.
+    // The agent's own metrics: probes sent (11 ports x 4 addresses at least),
+    // XDP mode (SKB mode on a veth by default), no loss.
     assert!(
         metric(&body, "scanner_agent_probes_sent_total").is_some_and(|v| v >= 44.0),
         "{body}"
     );
     assert_eq!(
-        metric(&body, "scanner_agent_xdp_attached{mode=\"driver\"}"),
+        metric(&body, "scanner_agent_xdp_attached{mode=\"skb\"}"),
         Some(1.0),
         "{body}"
     );

@@ -288,7 +288,14 @@ fn runs_unprivileged_with_exactly_four_capabilities() {
     let dir =
         std::env::temp_dir().join(format!("scanner-agent-unprivileged-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.yaml"), config(PORT, "20-23", "tok")).unwrap();
+    // Driver mode, which a veth would not get by default: the capabilities
+    // must suffice for it.
+    let yaml = FastScan::new(PORT)
+        .ports("20-23")
+        .scanning("xdp_mode: driver")
+        .with("auth:\n  bearer_tokens: [tok]\n")
+        .to_string();
+    std::fs::write(dir.join("config.yaml"), yaml).unwrap();
     // The state file is the daemon's to write, as StateDirectory= arranges.
     std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
     let caps = "+bpf,+net_admin,+net_raw,+perfmon";

@@ -16,6 +16,7 @@ use scanner_agent::{
     config::Config,
     scan::{
         self, Attachment, ScanOptions, ScanReport,
+        capture::ModeSetting,
         engine::tuning::{NmapTimings, Rate, Tuning},
         exclude_file,
         probes::{Protocol, Shard},
@@ -144,6 +145,11 @@ pub(crate) struct ScanArgs {
     /// The interface's speed (Mbit/s) for links that report none.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     link_speed_mbps: Option<u64>,
+    /// How the XDP program attaches: auto (driver mode where the driver has
+    /// it, SKB mode on veth), driver or skb [default: auto, or the
+    /// config's scanning.xdp_mode].
+    #[arg(long, value_name = "MODE")]
+    xdp_mode: Option<ModeSetting>,
 }
 
 /// A share above 0 and at most 1, as the config's share keys take it.
@@ -272,6 +278,7 @@ impl ScanArgs {
                 yield_above: self.yield_above.unwrap_or(link.yield_above),
                 speed_mbps: self.link_speed_mbps.or(link.speed_mbps),
             },
+            xdp_mode: self.xdp_mode.unwrap_or(section.xdp_mode),
         })
     }
 }

@@ -24,6 +24,7 @@ pub use self::{
 };
 use crate::{
     scan::{
+        capture::ModeSetting,
         engine::tuning::{NmapTimings, Rate, Tuning},
         exclude_file,
         probes::{Protocol, Shard},
@@ -201,6 +202,9 @@ pub struct Scanning {
     /// or the wrong one (new key).
     #[serde(default)]
     pub link_speed_mbps: Option<Bounded<1, 10_000_000>>,
+    /// How the XDP program attaches: `auto`, `driver` or `skb` (new key).
+    #[serde(default)]
+    pub xdp_mode: ModeSetting,
 }
 
 impl Default for Scanning {

@@ -177,6 +177,10 @@ fn rejections_name_key_and_line() {
             "scanning:\n  seed: -1\n",
             "scanning.seed: invalid type: integer `-1`, expected u64 at line 2",
         ),
+        (
+            "scanning:\n  xdp_mode: native\n",
+            "scanning.xdp_mode: unknown variant `native`, expected one of `auto`, `driver`, `skb` at line 2",
+        ),
         ("bogus: 1\n", "unknown field `bogus`"),
     ];
     for (yaml, want) in cases {

@@ -301,6 +301,9 @@ impl Shared {
             .capture
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // `scanning.xdp_mode` applies when the program is attached (at
+        // start, or when the scan interface changes): the attached program
+        // cannot be swapped under scans in flight.
         if let Some(c) = capture.as_mut()
             && c.route.interface == route.interface
         {
@@ -310,6 +313,7 @@ impl Shared {
         let hub = Hub::start(
             &route.interface,
             route::probe_ports().map_err(ScanError::from)?,
+            live.config.scanning.xdp_mode,
         )
         .map_err(ScanError::from)?;
         let old = capture.take().map(|old| old.hub.mode().to_string());

@@ -100,6 +100,7 @@ fn scan_job(
         cancel: Some(Arc::clone(cancel)),
         budget: live.budget.clone(),
         link: s.link_policy(),
+        xdp_mode: s.xdp_mode,
     };
     scan::run(
         &opts,

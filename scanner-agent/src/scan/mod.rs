@@ -26,7 +26,7 @@ use siphasher::sip::SipHasher13;
 
 use self::{
     capture::{
-        AttachMode, Capture, CaptureError, XdpCounters,
+        AttachMode, Capture, CaptureError, ModeSetting, XdpCounters,
         hub::{Hub, HubError, Replies},
     },
     engine::{
@@ -99,6 +99,8 @@ pub struct ScanOptions {
     pub budget: Option<Budget>,
     /// How much of the link the scan may take, and when it gives way.
     pub link: LinkPolicy,
+    /// The XDP attach modes to try (for a scan that attaches its own).
+    pub xdp_mode: ModeSetting,
 }
 
 /// Hosts up and down per target, as the targets were named.
@@ -192,7 +194,7 @@ pub fn run_reporting(
             let route = route::lookup(targets.range_starts(), opts.interface.as_deref())?;
             tracing::info!(interface = %route.interface, sources = ?route.sources, "route chosen");
             let (mut capture, mut stream) =
-                Capture::attach(&route.interface, route::probe_ports()?)?;
+                Capture::attach(&route.interface, route::probe_ports()?, opts.xdp_mode)?;
             let key = probes::new_key();
             const SLOT: u32 = 0;
             capture.activate(SLOT, key, slot_protocols(opts))?;

@@ -180,7 +180,8 @@ impl ResultSet {
         ttl: Option<u8>,
     ) {
         let key = (ip, protocol, port);
-        if let Some(&(old, ..)) = self.entries.get(&key) {
+        let kept = self.entries.get(&key).map(|&(old, ..)| old);
+        if let Some(old) = kept {
             if state >= old {
                 return;
             }
@@ -189,7 +190,8 @@ impl ResultSet {
         self.counts[state as usize] += 1;
         if self.wanted.contains(&state) {
             self.entries.insert(key, (state, reason, ttl));
-        } else {
+        } else if kept.is_some() {
+            // Most answers (closed ports) were never kept: no second lookup.
             self.entries.remove(&key);
         }
     }

@@ -18,7 +18,7 @@ use scanner_common::{
     maps::{MAX_SCANS, Settings},
 };
 
-use super::{AttachMode, Capture, CaptureError, XdpCounters};
+use super::{AttachMode, Capture, CaptureError, ModeSetting, XdpCounters};
 use crate::scan::transmit::{Link, LinkPolicy, LinkWatch};
 
 /// Where a scan gets its replies from.
@@ -58,9 +58,10 @@ pub enum HubError {
 }
 
 impl Hub {
-    /// Attaches the program to `interface` and starts reading replies.
-    pub fn start(interface: &str, settings: Settings) -> Result<Self, HubError> {
-        let (capture, mut stream) = Capture::attach(interface, settings)?;
+    /// Attaches the program to `interface` (in a mode of `mode`) and
+    /// starts reading replies.
+    pub fn start(interface: &str, settings: Settings, mode: ModeSetting) -> Result<Self, HubError> {
+        let (capture, mut stream) = Capture::attach(interface, settings, mode)?;
         let shared = Arc::new(Shared {
             capture: Mutex::new(capture),
             routes: Mutex::new(Default::default()),

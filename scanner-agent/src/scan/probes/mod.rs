@@ -166,8 +166,39 @@ pub struct ProbePlan {
     targets: TargetSet,
     /// (protocol, port) pairs probed on every address, sorted.
     units: Vec<(Protocol, u16)>,
+    /// The same as runs of consecutive ports: each reply looks its port up
+    /// here, in a few cache lines, not in a binary search of `units`.
+    runs: Vec<UnitRun>,
     order: Permutation,
     shard: Shard,
+}
+
+/// Ports `first..=last` of `protocol`, which are `units[start..]`.
+#[derive(Clone, Copy, Debug)]
+struct UnitRun {
+    protocol: Protocol,
+    first: u16,
+    last: u16,
+    start: u32,
+}
+
+/// `units` (sorted, without duplicates) as runs of consecutive ports.
+fn unit_runs(units: &[(Protocol, u16)]) -> Vec<UnitRun> {
+    let mut runs: Vec<UnitRun> = Vec::new();
+    for (i, &(protocol, port)) in units.iter().enumerate() {
+        match runs.last_mut() {
+            Some(r) if r.protocol == protocol && u32::from(r.last) + 1 == u32::from(port) => {
+                r.last = port;
+            }
+            _ => runs.push(UnitRun {
+                protocol,
+                first: port,
+                last: port,
+                start: i as u32,
+            }),
+        }
+    }
+    runs
 }
 
 impl ProbePlan {
@@ -182,6 +213,7 @@ impl ProbePlan {
         let n = targets.len() * units.len() as u64;
         Self {
             targets,
+            runs: unit_runs(&units),
             units,
             order: Permutation::new(n, seed),
             shard,
@@ -248,10 +280,11 @@ impl ProbePlan {
 
     /// The position of `probe` in this shard's order, if it is part of it.
     pub fn index_of(&self, probe: &Probe) -> Option<u64> {
-        let unit = self
-            .units
-            .binary_search(&(probe.protocol, probe.port))
-            .ok()? as u64;
+        let key = (probe.protocol, probe.port);
+        let run = self.runs[self.runs.partition_point(|r| (r.protocol, r.last) < key)..]
+            .first()
+            .filter(|r| r.protocol == probe.protocol && r.first <= probe.port)?;
+        let unit = u64::from(run.start) + u64::from(probe.port - run.first);
         let x = self.targets.index_of(probe.addr)? * self.units.len() as u64 + unit;
         let p = self.order.position(x);
         let offset = p.checked_sub(self.shard.index - 1)?;
@@ -310,6 +343,37 @@ mod tests {
         };
         assert!(all.contains(&v6));
         assert_eq!(plan.index_of(&Probe { port: 444, ..v6 }), None);
+    }
+
+    /// Replies are looked up by runs of consecutive ports: every port of
+    /// every run is found, none between or beside them, nor of a protocol
+    /// the plan does not probe.
+    #[test]
+    fn reply_lookup_finds_exactly_the_planned_ports() {
+        let t = TargetSet::parse(&["198.18.0.1"]).unwrap();
+        let ports = PortList::parse("1-3,7,9-10,65534-65535").unwrap();
+        let plan = ProbePlan::ports(
+            t,
+            &ports,
+            &[Protocol::Tcp, Protocol::Udp],
+            [1, 1],
+            Shard::WHOLE,
+        );
+        let addr = "198.18.0.1".parse().unwrap();
+        for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Icmp] {
+            for port in [0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 65533, 65534, 65535] {
+                let probe = Probe {
+                    addr,
+                    protocol,
+                    port,
+                };
+                let planned = protocol != Protocol::Icmp && ports.as_slice().contains(&port);
+                match plan.index_of(&probe) {
+                    Some(i) => assert!(planned && plan.get(i) == probe, "{protocol} {port}"),
+                    None => assert!(!planned, "{protocol} {port} not found"),
+                }
+            }
+        }
     }
 
     #[test]

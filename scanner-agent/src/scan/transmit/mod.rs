@@ -36,6 +36,13 @@ use self::{
 };
 use crate::scan::probes::packets::MAX_PACKET;
 
+/// Whether `interface` is a veth device (false when it cannot be told).
+pub fn is_veth(interface: &str) -> bool {
+    Rtnl::open()
+        .and_then(|mut rtnl| rtnl.link(interface))
+        .is_ok_and(|link| link.veth)
+}
+
 /// Packets handed to the kernel in one `sendmmsg` call (or one ring flush).
 pub const BATCH: usize = 64;
 /// How long a gateway may take to resolve before the scan falls back to raw

@@ -27,7 +27,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressFlags, AddressMessage},
-    link::{LinkAttribute, LinkFlags, LinkLayerType, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
@@ -181,10 +181,15 @@ impl Rtnl {
         } else {
             None
         };
+        let veth = link.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(infos)
+                if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))))
+        });
         Ok(Interface {
             index,
             mac: mac.unwrap_or_default(),
             unusable,
+            veth,
         })
     }
 
@@ -359,6 +364,8 @@ pub(super) struct Interface {
     pub(super) mac: Mac,
     /// Why frames cannot be addressed on it, if they cannot.
     pub(super) unusable: Option<&'static str>,
+    /// A veth device (where XDP is cheaper in SKB mode, see `capture`).
+    pub(super) veth: bool,
 }
 
 /// A neighbour entry as the kernel reports it.
