@@ -216,10 +216,60 @@ fn tcp_open_closed_and_filtered_follow_nmaps_rules() {
         entry(t(2), "tcp", 83, "filtered", "icmp-host-unreach"),
     ]);
     assert_eq!(found, want, "{stderr}");
+    // Every other probe was answered at its first attempt, so (as in nmap)
+    // 81 gets 2 attempts; with --fixed-retries, all 3.
     assert!(
-        stderr.contains("retries=2"),
+        stderr.contains("retries=1 given_up_early=1"),
+        "81 was retried once: {stderr}"
+    );
+    args.push("--fixed-retries");
+    let (fixed, stderr) = scan(&lab, &args);
+    assert_eq!(fixed, want, "{stderr}");
+    assert!(
+        stderr.contains("retries=2 given_up_early=0"),
         "81 was retried twice: {stderr}"
     );
+}
+
+/// As in nmap, an unanswered probe gets one attempt more than the most any
+/// answer of the scan needed (at least 2), however many `--max-retries`
+/// allows: on a lossless path a dropped port costs 2 SYNs, not 7. Where
+/// every first SYN is lost (the target drops the first SYN to each port),
+/// answers need 2 attempts, so the dropped port gets 3, and every other
+/// port is still found.
+#[test]
+fn unanswered_probes_get_the_attempts_the_answers_needed() {
+    testbed::require_root!();
+    let lab = Lab::new(&[t(2)], 1500);
+    let _l = lab.target.listen(&[(t(2), 22), (t(2), 80)]);
+    let syns_to_81 = |first_syns_lost: bool| {
+        let lossy = if first_syns_lost {
+            " tcp flags syn ip daddr . tcp dport != @seen add @seen { ip daddr . tcp dport } drop\n"
+        } else {
+            ""
+        };
+        lab.target.nft(&format!(
+            "table inet retries {{\n counter to81 {{ }}\n set seen {{ type ipv4_addr . inet_service; flags dynamic; }}\n chain input {{\n  type filter hook input priority 0;\n  tcp dport 81 counter name to81 drop\n{lossy} }}\n}}\n"
+        ));
+        let mut args = vec!["-p", "20-90", "--max-retries", "6", "198.18.0.2"];
+        args.extend(QUICK);
+        let (found, stderr) = scan(&lab, &args);
+        let sent = lab.target.nft_counter("retries", "to81");
+        lab.target.nft("delete table inet retries\n");
+        (found, stderr, sent)
+    };
+    let want: Found = [
+        entry(t(2), "tcp", 22, "open", "syn-ack"),
+        entry(t(2), "tcp", 80, "open", "syn-ack"),
+    ]
+    .into();
+    let (found, stderr, sent) = syns_to_81(false);
+    assert_eq!(found, want, "{stderr}");
+    assert_eq!(sent, 2, "a lossless path: 2 attempts at 81: {stderr}");
+    assert!(stderr.contains("given_up_early=1"), "{stderr}");
+    let (found, stderr, sent) = syns_to_81(true);
+    assert_eq!(found, want, "every port answers its second SYN: {stderr}");
+    assert_eq!(sent, 3, "answers needed 2 attempts: 3 at 81: {stderr}");
 }
 
 /// The end follows the measured round trip, not a fixed second, and still
@@ -801,6 +851,8 @@ fn retries_recover_deliberately_dropped_probes() {
         "--disable-host-discovery",
         "--max-retries",
         "15",
+        // All 16 attempts for every port, whatever the answers needed.
+        "--fixed-retries",
     ];
     args.extend(QUICK);
     let (found, stderr) = scan(&lab, &args);

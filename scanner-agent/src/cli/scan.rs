@@ -109,9 +109,15 @@ pub(crate) struct ScanArgs {
     /// Probes that may await an answer at once, at least [default: 1000].
     #[arg(long)]
     min_parallelism: Option<usize>,
-    /// Retransmissions of an unanswered probe [default: 6].
+    /// Retransmissions of an unanswered probe, at most [default: 6]: as in
+    /// nmap, a probe gets one attempt more than the most any answer of the
+    /// scan needed (at least 2), unless --fixed-retries.
     #[arg(long)]
     max_retries: Option<u8>,
+    /// Every unanswered probe gets all --max-retries retries (as masscan's
+    /// --retries) [default: off, or the config's scanning.fixed_retries].
+    #[arg(long)]
+    fixed_retries: bool,
     /// Seconds after which a host that answered nothing gets no more probes (0 = never) [default: 300].
     #[arg(long)]
     host_timeout: Option<u64>,
@@ -199,6 +205,7 @@ impl ScanArgs {
         };
         tuning.min_parallelism = self.min_parallelism.unwrap_or(tuning.min_parallelism);
         tuning.max_retries = self.max_retries.unwrap_or(tuning.max_retries);
+        tuning.fixed_retries |= self.fixed_retries;
         let mut tuning = tuning.with_nmap_timings(NmapTimings {
             host_timeout: self.host_timeout,
             scan_delay: self.scan_delay,
@@ -422,6 +429,7 @@ fn summarize(r: &ScanReport, opts: &ScanOptions) {
     tracing::info!(
         probes = p.sent,
         retries = p.retries,
+        given_up_early = p.capped,
         seconds = format_args!("{:.2}", r.total_time.as_secs_f64()),
         startup_seconds = format_args!("{:.3}", r.startup.as_secs_f64()),
         yielded_seconds = format_args!("{:.1}", p.yielded.as_secs_f64()),

@@ -132,6 +132,10 @@ pub struct Scanning {
     pub min_parallelism: Bounded<0, 524_288>,
     #[serde(default = "defaults::max_retries")]
     pub max_retries: Bounded<0, 50>,
+    /// Every unanswered probe gets all `max_retries` retries (new key; by
+    /// default, as nmap, only as many as the scan's answers show needed).
+    #[serde(default)]
+    pub fixed_retries: bool,
     /// Seconds; 0: never.
     #[serde(default = "defaults::host_timeout")]
     pub host_timeout: Bounded<0, 604_800>,
@@ -469,6 +473,7 @@ impl Scanning {
             rate: Rate::adaptive(self.min_rate.0, self.max_rate.0),
             min_parallelism: self.min_parallelism.0 as usize,
             max_retries: self.max_retries.0 as u8,
+            fixed_retries: self.fixed_retries,
             ..Tuning::default()
         }
         .with_nmap_timings(NmapTimings {

@@ -130,6 +130,9 @@ pub struct EngineStats {
     /// Packets sent in the sending phase, retries included.
     pub sent_in_phase: u64,
     pub hosts_timed_out: u64,
+    /// Probes given up before `max_retries` because no answer of the scan
+    /// needed that many attempts (see `Tuning::fixed_retries`).
+    pub capped: u64,
     /// The rate the controller ended at.
     pub final_rate: f64,
     /// Rate periods (100 ms) a fixed rate was held below the asked one
@@ -170,6 +173,11 @@ pub struct Engine<'a> {
     start: Instant,
     /// Retransmissions due, sent before new probes.
     due: Vec<u64>,
+    /// Probes on the bench (see [`Fate::Benched`]); some may have been
+    /// answered or decided since.
+    benched: Vec<u64>,
+    /// The most attempts any answered probe had had (0: no answer yet).
+    most_tries_answered: u8,
     rsts: Vec<Packet>,
     stats: EngineStats,
     /// Until when (ms since the start) answers to given-up probes may
@@ -233,6 +241,8 @@ impl<'a> Engine<'a> {
             hosts: Hosts { state: tracked },
             start: Instant::now(),
             due: Vec::new(),
+            benched: Vec::new(),
+            most_tries_answered: 0,
             rsts: Vec::new(),
             stats,
             listen_until_ms: 0,
@@ -504,14 +514,73 @@ impl<'a> Engine<'a> {
         wake
     }
 
-    /// Moves overdue probes to the retry list, or decides them silent.
+    /// Attempts a probe may have for now: all `max_retries` + 1 with
+    /// `fixed_retries`; else, as nmap, one more than the most any answer
+    /// needed, at least 2.
+    fn allowed_tries(&self) -> u8 {
+        let all = self.tuning.max_retries.saturating_add(1);
+        if self.tuning.fixed_retries {
+            return all;
+        }
+        self.most_tries_answered.saturating_add(1).max(2).min(all)
+    }
+
+    /// Moves overdue probes to the retry list or the bench, or decides them
+    /// silent; settles benched probes the window needs room from, and all
+    /// of them once nothing could raise the allowed attempts any more.
     fn expire(&mut self, now: Instant) {
         let (now_ms, timeout_ms) = (self.ms(now), self.timeout_ms());
+        let allowed = self.allowed_tries();
         while let Some((i, slot)) = self.window.next_overdue(now_ms, timeout_ms) {
-            if slot.tries <= self.tuning.max_retries {
-                self.due.push(i);
-            } else {
+            if slot.tries > self.tuning.max_retries {
                 self.settle_silent(i, slot);
+            } else if slot.tries >= allowed {
+                self.window.decide(i, Fate::Benched);
+                self.benched.push(i);
+            } else {
+                self.due.push(i);
+            }
+        }
+        while !self.window.has_room()
+            && let Some((i, slot)) = self.window.benched_base()
+        {
+            self.settle_silent(i, slot);
+            self.stats.capped += 1;
+            self.window.advance();
+        }
+        let all_sent = self.window.head >= self.plan.len() || !self.window.has_room();
+        if all_sent && self.due.is_empty() && self.window.nothing_in_flight() {
+            for i in std::mem::take(&mut self.benched) {
+                if let Some(slot) = self
+                    .window
+                    .get(i)
+                    .filter(|s| s.fate == Fate::Benched)
+                    .copied()
+                {
+                    self.settle_silent(i, slot);
+                    self.stats.capped += 1;
+                }
+            }
+        }
+    }
+
+    /// An answer came after `tries` attempts: benched probes go back to
+    /// the retry list when that allows them more.
+    fn answered_after(&mut self, tries: u8) {
+        if tries <= self.most_tries_answered {
+            return;
+        }
+        let before = self.allowed_tries();
+        self.most_tries_answered = tries;
+        if self.allowed_tries() == before {
+            return;
+        }
+        for i in std::mem::take(&mut self.benched) {
+            if let Some(slot) = self.window.get(i)
+                && slot.fate == Fate::Benched
+            {
+                slot.fate = Fate::Pending;
+                self.due.push(i);
             }
         }
     }
@@ -690,9 +759,10 @@ impl<'a> Engine<'a> {
         let now_ms = self.ms(now);
         let base = self.window.base;
         match self.window.get(i) {
-            Some(slot) if slot.fate == Fate::Pending => {
+            Some(slot) if matches!(slot.fate, Fate::Pending | Fate::Benched) => {
                 slot.fate = Fate::Answered;
                 let (tries, sent_ms) = (slot.tries, slot.sent_ms);
+                self.answered_after(tries);
                 // Karn: only answers to a single attempt time the round trip.
                 if tries == 1 {
                     self.rtt.sample(Duration::from_millis(u64::from(

@@ -22,8 +22,14 @@ pub struct Tuning {
     /// Probes allowed to await an answer at once, at least (the window is
     /// never smaller than this).
     pub min_parallelism: usize,
-    /// Retransmissions of an unanswered probe before it counts as silent.
+    /// Retransmissions of an unanswered probe before it counts as silent,
+    /// at most: see `fixed_retries`.
     pub max_retries: u8,
+    /// Every unanswered probe gets all `max_retries` retries. Without it, as
+    /// in nmap, a probe gets one attempt more than the most any answer of
+    /// the scan needed (at least 2 attempts), and more only once an answer
+    /// needs them: on a lossless path a filtered port costs 2 probes, not 7.
+    pub fixed_retries: bool,
     /// Give up on a host that has answered nothing this long after its first
     /// probe; its remaining probes are not sent.
     pub host_timeout: Option<Duration>,
@@ -82,6 +88,7 @@ impl Default for Tuning {
             rate: Rate::Fixed(10_000),
             min_parallelism: 1000,
             max_retries: 6,
+            fixed_retries: false,
             host_timeout: Some(Duration::from_secs(300)),
             scan_delay: Duration::ZERO,
             max_scan_delay: None,

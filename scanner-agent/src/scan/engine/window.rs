@@ -11,6 +11,10 @@ pub(super) enum Fate {
     Answered,
     /// Every attempt went unanswered (or its host timed out).
     Silent,
+    /// Unanswered after as many attempts as the scan allows for now: not
+    /// retried unless an answer raises that number (nmap's bench), decided
+    /// silent when the window needs its slot or nothing else is left.
+    Benched,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,11 +127,27 @@ impl Window {
     pub(super) fn advance(&mut self) {
         while self.base < self.head {
             let n = self.slots.len() as u64;
-            if self.slots[(self.base % n) as usize].fate == Fate::Pending {
+            if matches!(
+                self.slots[(self.base % n) as usize].fate,
+                Fate::Pending | Fate::Benched
+            ) {
                 break;
             }
             self.base += 1;
         }
+    }
+
+    /// The first probe of the window, when it is on the bench.
+    pub(super) fn benched_base(&mut self) -> Option<(u64, Slot)> {
+        let base = self.base;
+        self.get(base)
+            .filter(|s| s.fate == Fate::Benched)
+            .map(|s| (base, *s))
+    }
+
+    /// Whether no attempt awaits its timeout.
+    pub(super) fn nothing_in_flight(&self) -> bool {
+        self.attempts.is_empty()
     }
 
     /// Whether every opened probe is decided.
@@ -172,5 +192,26 @@ mod tests {
             None,
             "decided probes are not retried"
         );
+    }
+
+    #[test]
+    fn benched_probes_hold_their_place_until_decided() {
+        let mut w = Window::new(2);
+        w.push(0, 100);
+        w.push(0, 100);
+        assert_eq!(w.next_overdue(100, 100).map(|(i, _)| i), Some(0));
+        w.decide(0, Fate::Benched);
+        w.decide(1, Fate::Answered);
+        w.advance();
+        assert_eq!(w.base, 0, "a benched probe is not decided");
+        assert!(!w.has_room());
+        assert_eq!(w.benched_base().map(|(i, s)| (i, s.tries)), Some((0, 1)));
+        w.decide(0, Fate::Silent);
+        assert_eq!(w.benched_base(), None);
+        w.advance();
+        assert!(w.settled());
+        assert!(!w.nothing_in_flight(), "probe 1's attempt is still queued");
+        assert_eq!(w.next_overdue(100, 100), None);
+        assert!(w.nothing_in_flight());
     }
 }
