@@ -14,7 +14,7 @@ use scanner_agent::scan::{capture::PROGRAMS, probes::packets};
 use scanner_common::{
     Addr, ReplyEvent, ReplyKind,
     cookie::{echo_data, echo_id_seq, ident_of, payload_secret, probe_hash, seq_of, tag_of},
-    maps::{Settings, SlotKey, protocols},
+    maps::{EVENT_RING_NAMES, Settings, SlotKey, protocols},
     reply::local_port,
 };
 
@@ -110,11 +110,14 @@ fn run(ebpf: &Ebpf, frame: &[u8]) -> std::io::Result<(u32, Vec<u8>)> {
     Ok(first)
 }
 
+/// The events of every ring (a test run writes to its CPU's).
 fn events(ebpf: &mut Ebpf) -> Vec<ReplyEvent> {
-    let mut ring = RingBuf::try_from(ebpf.map_mut("EVENTS").unwrap()).unwrap();
     let mut all = Vec::new();
-    while let Some(item) = ring.next() {
-        all.push(ReplyEvent::from_bytes(&item).unwrap());
+    for name in EVENT_RING_NAMES {
+        let mut ring = RingBuf::try_from(ebpf.map_mut(name).unwrap()).unwrap();
+        while let Some(item) = ring.next() {
+            all.push(ReplyEvent::from_bytes(&item).unwrap());
+        }
     }
     all
 }

@@ -9,6 +9,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
+    helpers::bpf_get_smp_processor_id,
     macros::{map, xdp},
     maps::{Array, PerCpuArray, RingBuf},
     programs::XdpContext,
@@ -16,7 +17,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use scanner_common::{
     Frame, ReplyEvent, frame,
-    maps::{EVENTS_BYTES, MAX_SCANS, Settings, SlotKey, counter},
+    maps::{EVENT_RINGS, EVENTS_BYTES, MAX_SCANS, Settings, SlotKey, counter},
     reply,
 };
 
@@ -26,8 +27,27 @@ static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 static KEYS: Array<SlotKey> = Array::with_max_entries(MAX_SCANS, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+// One ring per CPU (modulo `EVENT_RINGS`): see `scanner_common::maps`.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+static EVENTS0: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static EVENTS1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// This CPU's event ring.
+#[inline(always)]
+fn events() -> &'static RingBuf {
+    // SAFETY: a helper without arguments or memory effects.
+    match unsafe { bpf_get_smp_processor_id() } % EVENT_RINGS {
+        0 => &EVENTS0,
+        1 => &EVENTS1,
+        2 => &EVENTS2,
+        _ => &EVENTS3,
+    }
+}
 
 /// Per-CPU scratch space: the parsed packet and the event would overflow the
 /// 512-byte BPF stack.
@@ -103,7 +123,7 @@ fn classify(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     }
     bump(counter::MATCHED);
-    let Some(mut entry) = EVENTS.reserve::<ReplyEvent>(0) else {
+    let Some(mut entry) = events().reserve::<ReplyEvent>(0) else {
         bump(counter::RINGBUF_FULL);
         debug!(
             ctx,

@@ -15,7 +15,7 @@ use aya_log::EbpfLogger;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use scanner_common::{
     ProbeKey, ReplyEvent,
-    maps::{Settings, SlotKey, counter},
+    maps::{EVENT_RING_NAMES, Settings, SlotKey, counter},
 };
 
 /// The XDP program, built by `build.rs` with the pinned nightly.
@@ -136,7 +136,8 @@ pub struct Capture {
 
 /// The receiving end: validated replies, and the program's own log lines.
 pub struct ReplyStream {
-    events: RingBuf<MapData>,
+    /// One ring per CPU, modulo `scanner_common::maps::EVENT_RINGS`.
+    rings: Vec<RingBuf<MapData>>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -230,7 +231,10 @@ impl Capture {
         };
         let keys = Array::try_from(take(&mut ebpf, "KEYS")?)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?;
-        let events = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let rings = EVENT_RING_NAMES
+            .iter()
+            .map(|name| Ok(RingBuf::try_from(take(&mut ebpf, name)?)?))
+            .collect::<Result<Vec<_>, CaptureError>>()?;
         let capture = Self {
             _ebpf: ebpf,
             interface: interface.to_owned(),
@@ -239,7 +243,7 @@ impl Capture {
             keys,
             counters,
         };
-        Ok((capture, ReplyStream { events, logger }))
+        Ok((capture, ReplyStream { rings, logger }))
     }
 
     pub fn interface(&self) -> &str {
@@ -361,20 +365,20 @@ impl ReplyStream {
         timeout: Duration,
         mut on_reply: impl FnMut(ReplyEvent),
     ) -> io::Result<usize> {
-        // A zero timeout reads what the mapped ring holds, with no system
+        // A zero timeout reads what the mapped rings hold, with no system
         // call at all.
         if !timeout.is_zero() {
-            let events = || PollFd::new(self.events.as_fd(), PollFlags::POLLIN);
-            let (mut fds, n) = match &self.logger {
-                Some(logger) => (
-                    [events(), PollFd::new(logger.as_fd(), PollFlags::POLLIN)],
-                    2,
-                ),
-                None => ([events(), events()], 1),
-            };
+            let mut fds: Vec<PollFd<'_>> = self
+                .rings
+                .iter()
+                .map(|ring| PollFd::new(ring.as_fd(), PollFlags::POLLIN))
+                .collect();
+            if let Some(logger) = &self.logger {
+                fds.push(PollFd::new(logger.as_fd(), PollFlags::POLLIN));
+            }
             let ms = PollTimeout::try_from(timeout.as_millis().min(i32::MAX as u128) as i32)
                 .unwrap_or(PollTimeout::MAX);
-            match poll(&mut fds[..n], ms) {
+            match poll(&mut fds, ms) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -383,10 +387,12 @@ impl ReplyStream {
             logger.flush();
         }
         let mut handled = 0;
-        while let Some(item) = self.events.next() {
-            if let Some(event) = ReplyEvent::from_bytes(&item) {
-                on_reply(event);
-                handled += 1;
+        for ring in &mut self.rings {
+            while let Some(item) = ring.next() {
+                if let Some(event) = ReplyEvent::from_bytes(&item) {
+                    on_reply(event);
+                    handled += 1;
+                }
             }
         }
         Ok(handled)
