@@ -196,6 +196,29 @@ impl ResultSet {
         }
     }
 
+    /// Records the first state of a port that has none yet, as the engine
+    /// decides each probe once: without the lookup [`Self::record`] needs
+    /// (one per closed port, most of a scan's answers).
+    pub fn record_first(
+        &mut self,
+        ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        state: PortState,
+        reason: Reason,
+        ttl: Option<u8>,
+    ) {
+        debug_assert!(
+            !self.entries.contains_key(&(ip, protocol, port)),
+            "{ip} {protocol} {port} decided twice"
+        );
+        self.counts[state as usize] += 1;
+        if self.wanted.contains(&state) {
+            self.entries
+                .insert((ip, protocol, port), (state, reason, ttl));
+        }
+    }
+
     /// Records a late answer for a port already recorded as `silence` (its
     /// retries ran out first), which may have been counted but not kept.
     pub fn record_after_silence(

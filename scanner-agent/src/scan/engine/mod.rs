@@ -592,7 +592,7 @@ impl<'a> Engine<'a> {
         if self.phase == Phase::Ports {
             let probe = self.plan.get(i);
             let state = silence_of(probe.protocol);
-            self.results.record(
+            self.results.record_first(
                 probe.addr,
                 probe.protocol,
                 probe.port,
@@ -771,8 +771,14 @@ impl<'a> Engine<'a> {
                 }
                 self.rate.answered(tries > 1);
                 if self.phase == Phase::Ports {
-                    self.results
-                        .record(probe.addr, protocol, port, state, reason, Some(ev.ttl));
+                    self.results.record_first(
+                        probe.addr,
+                        protocol,
+                        port,
+                        state,
+                        reason,
+                        Some(ev.ttl),
+                    );
                 }
             }
             Some(_) => {} // a duplicate answer

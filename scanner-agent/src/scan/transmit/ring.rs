@@ -28,7 +28,12 @@ const BLOCK_SIZE: usize = 4096;
 /// 4096 frames: a millisecond at 4 Mpps, far more than one batch.
 const BLOCK_NR: usize = 256;
 
-const _: () = assert!(DATA_OFFSET + ETH_HEADER + MAX_PACKET <= FRAME_SIZE);
+/// `PACKET_VNET_HDR` (linux/if_packet.h; not in the libc crate).
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// A `struct virtio_net_hdr` before each frame (with `PACKET_VNET_HDR`).
+const VNET_HDR: usize = 10;
+
+const _: () = assert!(DATA_OFFSET + VNET_HDR + ETH_HEADER + MAX_PACKET <= FRAME_SIZE);
 const _: () = assert!(BLOCK_SIZE.is_multiple_of(FRAME_SIZE));
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,13 @@ pub(super) struct Ring {
     /// Frames handed to the kernel but not yet flushed with `send`.
     unflushed: usize,
     src: Mac,
+    /// Each frame starts with a virtio-net header whose `hdr_len` covers
+    /// the whole frame: the kernel then copies the frame into the packet
+    /// it sends. Without it, all but the Ethernet header stays in the ring
+    /// as page fragments, which a veth must copy into a new page for the
+    /// other namespace, frame by frame, and which hold the ring's frame
+    /// until the packet is freed.
+    vnet: bool,
     /// Times the kernel said its queue was full and a flush had to wait.
     pub(super) queue_full: u64,
 }
@@ -97,6 +109,9 @@ impl Ring {
             &(libc::tpacket_versions::TPACKET_V2 as libc::c_int),
         )
         .map_err(setup)?;
+        // Before the ring exists (the kernel refuses it after); a kernel
+        // without it gets the frames as they are.
+        let vnet = setsockopt(&fd, PACKET_VNET_HDR, &(1 as libc::c_int)).is_ok();
         let req = libc::tpacket_req {
             tp_block_size: BLOCK_SIZE as u32,
             tp_block_nr: BLOCK_NR as u32,
@@ -156,6 +171,7 @@ impl Ring {
             head: 0,
             unflushed: 0,
             src,
+            vnet,
             queue_full: 0,
         })
     }
@@ -194,17 +210,27 @@ impl Ring {
         };
         let len = ETH_HEADER + ip.len();
         assert!(ip.len() <= MAX_PACKET, "probes fit a frame");
+        let vnet = if self.vnet { VNET_HDR } else { 0 };
         let frame = self.frame(self.head);
         // SAFETY: the frame is ours (status AVAILABLE) until we hand it
-        // back; its data area holds DATA_OFFSET + len <= FRAME_SIZE bytes.
+        // back; its data area holds DATA_OFFSET + vnet + len <= FRAME_SIZE
+        // bytes.
         unsafe {
-            let data = std::slice::from_raw_parts_mut(frame.add(DATA_OFFSET), len);
-            data[..6].copy_from_slice(&dst);
-            data[6..12].copy_from_slice(&self.src);
-            data[12..14].copy_from_slice(&ethertype.to_be_bytes());
-            data[14..].copy_from_slice(ip);
+            let data = std::slice::from_raw_parts_mut(frame.add(DATA_OFFSET), vnet + len);
+            let (header, ethernet) = data.split_at_mut(vnet);
+            if vnet > 0 {
+                // flags 0, gso_type NONE, hdr_len: the whole frame (in the
+                // host's byte order, as legacy virtio on this host has it),
+                // no GSO, no checksum offload.
+                header.fill(0);
+                header[2..4].copy_from_slice(&(len as u16).to_ne_bytes());
+            }
+            ethernet[..6].copy_from_slice(&dst);
+            ethernet[6..12].copy_from_slice(&self.src);
+            ethernet[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            ethernet[14..].copy_from_slice(ip);
             let hdr = &mut *frame.cast::<libc::tpacket2_hdr>();
-            hdr.tp_len = len as u32;
+            hdr.tp_len = (vnet + len) as u32;
         }
         self.status(self.head)
             .store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
