@@ -263,7 +263,7 @@ impl FirewallCollector {
             kept.digest = Some(digest);
             kept.changed = SystemTime::now();
         }
-        kept.rules = read_rules;
+        super::retire::retire(std::mem::replace(&mut kept.rules, read_rules));
         // The same chains and rules by another route (say, a named counter
         // added and removed): the layout and its label text stay.
         let rules = ruleset.rules.len();

@@ -44,24 +44,29 @@ impl<T> Default for Flight<T> {
 }
 
 /// Ends a read even when it panics, so waiters never wait on a dead one.
-struct Finish<'a, T> {
+struct Finish<'a, T: Send + Sync + 'static> {
     flight: &'a Flight<T>,
     result: Option<Arc<T>>,
 }
 
-impl<T> Drop for Finish<'_, T> {
+impl<T: Send + Sync + 'static> Drop for Finish<'_, T> {
     fn drop(&mut self) {
         let mut state = self.flight.lock();
         state.reading = false;
         state.finished += 1;
         // None when the read panicked: its waiters fail rather than take
         // an older read for it.
-        state.last = self.result.take();
+        let replaced = std::mem::replace(&mut state.last, self.result.take());
         self.flight.done.notify_all();
+        drop(state);
+        // The last result may hold the last reference to a large layout.
+        if let Some(replaced) = replaced {
+            super::retire::retire(replaced);
+        }
     }
 }
 
-impl<T> Flight<T> {
+impl<T: Send + Sync + 'static> Flight<T> {
     fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -28,6 +28,7 @@ mod layout;
 mod legacy;
 mod netlink;
 mod render;
+mod retire;
 mod ruleset;
 mod save_text;
 mod set_counts;

@@ -174,6 +174,10 @@ pub(super) struct NamedCounter {
     pub name: String,
 }
 
+/// The rules of a read in dump order, shared by its [`Ruleset`] and what
+/// the next read takes over from it.
+pub(super) type SharedRules = std::sync::Arc<[std::sync::Arc<Rule>]>;
+
 /// Everything read in one consistent dump. Rules are shared with the
 /// next read (`netlink::Rules`), so a rule that did not change since the
 /// last read is neither parsed nor rendered again.
@@ -181,7 +185,7 @@ pub(super) struct NamedCounter {
 pub(super) struct Ruleset {
     pub chains: Vec<Chain>,
     /// Chain by chain: those of `chains[i]` are `rules[chain_rules[i]]`.
-    pub rules: Vec<std::sync::Arc<Rule>>,
+    pub rules: SharedRules,
     pub chain_rules: Vec<std::ops::Range<usize>>,
     pub counters: Vec<NamedCounter>,
 }
@@ -201,7 +205,7 @@ impl Ruleset {
         // The rules' digests are well mixed already: folded, not hashed
         // again (a SipHash round per rule was a tenth of a layout rebuild).
         let mut rules = self.rules.len() as u64;
-        for r in &self.rules {
+        for r in self.rules.iter() {
             rules = super::digest::fold(rules, r.digest);
         }
         rules.hash(&mut h);

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::firewall::{
     digest::ByDigest,
-    ruleset::{Chain, Family, Rule},
+    ruleset::{Chain, Family, Rule, SharedRules},
 };
 
 /// Dump threads at most, the caller's included.
@@ -48,7 +48,9 @@ pub(super) fn threads(rules: usize, chains: usize) -> usize {
 #[derive(Debug, Default)]
 pub(in super::super) struct Rules {
     keys: Vec<u64>,
-    rules: Vec<Arc<Rule>>,
+    /// Shared with the read's [`crate::firewall::ruleset::Ruleset`]: one
+    /// list, not a reference count more on every rule.
+    rules: SharedRules,
     /// Each dumped chain and where its rules are.
     chains: Vec<(Family, String, String, Range<usize>)>,
 }
@@ -184,26 +186,30 @@ pub(super) fn dump(
 pub(super) fn collect(
     chains: &[Chain],
     dumped: Vec<ChainDump>,
-) -> (Vec<Arc<Rule>>, Vec<Range<usize>>, Rules) {
+) -> (SharedRules, Vec<Range<usize>>, Rules) {
     let total = dumped.iter().map(|d| d.keys.len()).sum();
-    let mut rules = Rules {
-        keys: Vec::with_capacity(total),
-        rules: Vec::with_capacity(total),
-        chains: Vec::with_capacity(chains.len()),
-    };
+    let mut keys = Vec::with_capacity(total);
+    let mut all = Vec::with_capacity(total);
+    let mut places = Vec::with_capacity(chains.len());
     for (chain, dumped) in chains.iter().zip(dumped) {
-        let start = rules.keys.len();
-        rules.keys.extend(dumped.keys);
-        rules.rules.extend(dumped.rules);
-        rules.chains.push((
+        let start = keys.len();
+        keys.extend(dumped.keys);
+        all.extend(dumped.rules);
+        places.push((
             chain.family,
             chain.table.clone(),
             chain.name.clone(),
-            start..rules.keys.len(),
+            start..keys.len(),
         ));
     }
-    let ranges = rules.chains.iter().map(|(.., r)| r.clone()).collect();
-    (rules.rules.clone(), ranges, rules)
+    let ranges = places.iter().map(|(.., r)| r.clone()).collect();
+    let rules: SharedRules = all.into();
+    let next = Rules {
+        keys,
+        rules: Arc::clone(&rules),
+        chains: places,
+    };
+    (rules, ranges, next)
 }
 
 /// A chain's keys and rules of the last read, and where a new read is in
