@@ -6,9 +6,7 @@ mod common;
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
     net::{Ipv4Addr, TcpStream},
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -238,18 +236,7 @@ fn rules_dumped_on_several_threads_and_taken_over_match_iptables_save() {
         }
     }
     restore.push_str("COMMIT\n");
-    let mut child = ns
-        .command("iptables-restore")
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(restore.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    testbed::run_with_input(&mut ns.command("iptables-restore"), &restore).unwrap();
     // Traffic over loopback: one datagram to a rule of each chain, three
     // to one rule, so that values must land on the right series.
     ns.run(|| {
@@ -353,18 +340,7 @@ fn the_seeds_cassandra_ruleset_gives_the_seeds_label_sets() {
                  -A INPUT -p tcp -m tcp --dport 7199 -j ACCEPT\n-A INPUT -p tcp -m tcp --dport 9042 -j ACCEPT\n\
                  -A OUTPUT -p tcp -m tcp --sport 7000 -j ACCEPT\n-A OUTPUT -p tcp -m tcp --sport 9160 -j ACCEPT\n\
                  -A OUTPUT -p tcp -m tcp --sport 7199 -j ACCEPT\n-A OUTPUT -p tcp -m tcp --sport 9042 -j ACCEPT\nCOMMIT\n";
-    let mut child = ns
-        .command("iptables-restore")
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    testbed::run_with_input(&mut ns.command("iptables-restore"), rules).unwrap();
 
     let text = scrape(
         &ns,
