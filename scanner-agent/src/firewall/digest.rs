@@ -28,6 +28,16 @@ impl Hasher for DigestHasher {
     }
 }
 
+/// A value spread over all 64 bits (murmur3's finaliser), so that small
+/// numbers such as handles can be folded as digests.
+pub(super) fn mix(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
 /// One step of folding well-mixed digests into one. Each step is a
 /// bijection of the running value for a given input, so two sequences of
 /// one length that differ in a single place always fold differently.

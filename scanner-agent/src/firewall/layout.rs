@@ -18,7 +18,7 @@ use std::{
 };
 
 use super::{
-    digest::{ByDigest, fold},
+    digest::{ByDigest, fold, mix},
     labels::{LabelSet, Labels, Writer},
     netlink::{Counts, Handled},
     render,
@@ -493,7 +493,7 @@ pub(super) fn structure(digest: u64, counts: &Counts) -> u64 {
     for handled in [&counts.chains, &counts.rules, &counts.named] {
         let mut handles = handled.len() as u64;
         for h2 in handled.iter() {
-            handles = fold(handles, h2.handle);
+            handles = fold(handles, mix(h2.handle));
         }
         handles.hash(&mut h);
     }

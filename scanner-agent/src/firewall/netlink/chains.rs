@@ -66,10 +66,15 @@ impl Rules {
         let same = |(f, t, n, _): &&(Family, String, String, Range<usize>)| {
             *f == chain.family && *t == chain.table && *n == chain.name
         };
-        let found = self
-            .chains
-            .get(hint)
-            .filter(|c| same(c))
+        // Its old place, or one off (a chain added or removed before it),
+        // before a search of all: a ruleset of thousands of chains must
+        // not cost the square of them.
+        let near = [Some(hint), hint.checked_sub(1), hint.checked_add(1)];
+        let found = near
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.chains.get(i))
+            .find(same)
             .or_else(|| self.chains.iter().find(same));
         found.map_or((&[], &[]), |(.., range)| {
             (&self.keys[range.clone()], &self.rules[range.clone()])
@@ -149,11 +154,11 @@ pub(super) fn dump(
         let others: Vec<_> = (1..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    if netns() != here {
-                        return Err(FirewallError::ThreadNamespace);
-                    }
-                    let mut reader = Reader::new(deadline)?;
-                    let complete = work(&mut reader);
+                    let complete = if netns() == here {
+                        Reader::new(deadline).and_then(|mut reader| work(&mut reader))
+                    } else {
+                        Err(FirewallError::ThreadNamespace)
+                    };
                     if complete.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -171,10 +176,13 @@ pub(super) fn dump(
         }));
         results
     });
+    // An error wins over an interrupted dump (which only asks for a retry).
+    let mut complete = true;
     for result in results {
-        if !result? {
-            return Ok(None);
-        }
+        complete &= result?;
+    }
+    if !complete {
+        return Ok(None);
     }
     let mut done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
     done.sort_unstable_by_key(|(index, _)| *index);

@@ -386,13 +386,25 @@ impl ReplyStream {
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
+        // A bounded share of each ring per pass, in turn, so that one busy
+        // CPU's ring cannot hold up the others'; a bounded number of passes,
+        // so that rings refilled at line rate cannot hold up the caller.
+        const PER_PASS: usize = 4096;
+        const PASSES: usize = 8;
         let mut handled = 0;
-        for ring in &mut self.rings {
-            while let Some(item) = ring.next() {
-                if let Some(event) = ReplyEvent::from_bytes(&item) {
-                    on_reply(event);
-                    handled += 1;
+        for _ in 0..PASSES {
+            let before = handled;
+            for ring in &mut self.rings {
+                for _ in 0..PER_PASS {
+                    let Some(item) = ring.next() else { break };
+                    if let Some(event) = ReplyEvent::from_bytes(&item) {
+                        on_reply(event);
+                        handled += 1;
+                    }
                 }
+            }
+            if handled == before {
+                break;
             }
         }
         Ok(handled)

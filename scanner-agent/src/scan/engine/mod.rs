@@ -173,9 +173,9 @@ pub struct Engine<'a> {
     start: Instant,
     /// Retransmissions due, sent before new probes.
     due: Vec<u64>,
-    /// Probes on the bench (see [`Fate::Benched`]); some may have been
-    /// answered or decided since.
-    benched: Vec<u64>,
+    /// Probes on the bench (see [`Fate::Benched`]) now: they are found in
+    /// the window, so nothing grows with the scan.
+    benched: usize,
     /// The most attempts any answered probe had had (0: no answer yet).
     most_tries_answered: u8,
     rsts: Vec<Packet>,
@@ -241,7 +241,7 @@ impl<'a> Engine<'a> {
             hosts: Hosts { state: tracked },
             start: Instant::now(),
             due: Vec::new(),
-            benched: Vec::new(),
+            benched: 0,
             most_tries_answered: 0,
             rsts: Vec::new(),
             stats,
@@ -536,7 +536,7 @@ impl<'a> Engine<'a> {
                 self.settle_silent(i, slot);
             } else if slot.tries >= allowed {
                 self.window.decide(i, Fate::Benched);
-                self.benched.push(i);
+                self.benched += 1;
             } else {
                 self.due.push(i);
             }
@@ -545,22 +545,17 @@ impl<'a> Engine<'a> {
             && let Some((i, slot)) = self.window.benched_base()
         {
             self.settle_silent(i, slot);
+            self.benched -= 1;
             self.stats.capped += 1;
             self.window.advance();
         }
         let all_sent = self.window.head >= self.plan.len() || !self.window.has_room();
-        if all_sent && self.due.is_empty() && self.window.nothing_in_flight() {
-            for i in std::mem::take(&mut self.benched) {
-                if let Some(slot) = self
-                    .window
-                    .get(i)
-                    .filter(|s| s.fate == Fate::Benched)
-                    .copied()
-                {
-                    self.settle_silent(i, slot);
-                    self.stats.capped += 1;
-                }
+        if self.benched > 0 && all_sent && self.due.is_empty() && self.window.nothing_in_flight() {
+            for (i, slot) in self.window.benched() {
+                self.settle_silent(i, slot);
+                self.stats.capped += 1;
             }
+            self.benched = 0;
         }
     }
 
@@ -572,17 +567,14 @@ impl<'a> Engine<'a> {
         }
         let before = self.allowed_tries();
         self.most_tries_answered = tries;
-        if self.allowed_tries() == before {
+        if self.benched == 0 || self.allowed_tries() == before {
             return;
         }
-        for i in std::mem::take(&mut self.benched) {
-            if let Some(slot) = self.window.get(i)
-                && slot.fate == Fate::Benched
-            {
-                slot.fate = Fate::Pending;
-                self.due.push(i);
-            }
+        for (i, _) in self.window.benched() {
+            self.window.decide(i, Fate::Pending);
+            self.due.push(i);
         }
+        self.benched = 0;
     }
 
     fn settle_silent(&mut self, i: u64, slot: Slot) {
@@ -760,8 +752,10 @@ impl<'a> Engine<'a> {
         let base = self.window.base;
         match self.window.get(i) {
             Some(slot) if matches!(slot.fate, Fate::Pending | Fate::Benched) => {
+                let was_benched = slot.fate == Fate::Benched;
                 slot.fate = Fate::Answered;
                 let (tries, sent_ms) = (slot.tries, slot.sent_ms);
+                self.benched -= usize::from(was_benched);
                 self.answered_after(tries);
                 // Karn: only answers to a single attempt time the round trip.
                 if tries == 1 {

@@ -145,6 +145,16 @@ impl Window {
             .map(|s| (base, *s))
     }
 
+    /// The benched probes of the window, oldest first (a copy: the caller
+    /// may decide them as it goes).
+    pub(super) fn benched(&self) -> Vec<(u64, Slot)> {
+        let n = self.slots.len() as u64;
+        (self.base..self.head)
+            .map(|i| (i, self.slots[(i % n) as usize]))
+            .filter(|(_, s)| s.fate == Fate::Benched)
+            .collect()
+    }
+
     /// Whether no attempt awaits its timeout.
     pub(super) fn nothing_in_flight(&self) -> bool {
         self.attempts.is_empty()
@@ -206,6 +216,7 @@ mod tests {
         assert_eq!(w.base, 0, "a benched probe is not decided");
         assert!(!w.has_room());
         assert_eq!(w.benched_base().map(|(i, s)| (i, s.tries)), Some((0, 1)));
+        assert_eq!(w.benched().iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0]);
         w.decide(0, Fate::Silent);
         assert_eq!(w.benched_base(), None);
         w.advance();

@@ -60,10 +60,10 @@ pub(super) struct Ring {
     src: Mac,
     /// Each frame starts with a virtio-net header whose `hdr_len` covers
     /// the whole frame: the kernel then copies the frame into the packet
-    /// it sends. Without it, all but the Ethernet header stays in the ring
-    /// as page fragments, which a veth must copy into a new page for the
-    /// other namespace, frame by frame, and which hold the ring's frame
-    /// until the packet is freed.
+    /// it sends. Without it, all but the Ethernet header goes as fragments
+    /// of the ring's pages, which a veth must copy into a new page for the
+    /// other namespace, frame by frame. (Kernels before 4.11 accept the
+    /// option but ignore it on the TX ring; the agent needs 5.8.)
     vnet: bool,
     /// Times the kernel said its queue was full and a flush had to wait.
     pub(super) queue_full: u64,
