@@ -178,6 +178,10 @@ fn rejections_name_key_and_line() {
             "scanning.seed: invalid type: integer `-1`, expected u64 at line 2",
         ),
         (
+            "scanning:\n  fixed_retries: sometimes\n",
+            "scanning.fixed_retries: invalid type: string \"sometimes\", expected a boolean at line 2",
+        ),
+        (
             "scanning:\n  xdp_mode: native\n",
             "scanning.xdp_mode: unknown variant `native`, expected one of `auto`, `driver`, `skb` at line 2",
         ),

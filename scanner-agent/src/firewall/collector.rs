@@ -64,6 +64,28 @@ struct Snapshot {
     took: Duration,
 }
 
+impl Snapshot {
+    /// The nftables part of a read that began at `started`; `layout`
+    /// becomes the kept one, at `generation`. The legacy tables come later.
+    fn of(
+        kept: &mut Kept,
+        generation: Generation,
+        layout: Arc<Layout>,
+        values: Vec<Counters>,
+        started: Instant,
+    ) -> Self {
+        kept.layout = Some((generation, Arc::clone(&layout)));
+        Self {
+            generation,
+            layout,
+            values,
+            changed: kept.changed,
+            legacy: legacy::Read::default(),
+            took: started.elapsed(),
+        }
+    }
+}
+
 /// What reads keep for the next one.
 #[derive(Debug)]
 struct Kept {
@@ -222,15 +244,7 @@ impl FirewallCollector {
                 Some(values) => {
                     let generation = moved.unwrap_or(*generation);
                     let layout = Arc::clone(current);
-                    kept.layout = Some((generation, Arc::clone(&layout)));
-                    return Ok(Snapshot {
-                        generation,
-                        layout,
-                        values,
-                        changed: kept.changed,
-                        legacy: legacy::Read::default(),
-                        took: started.elapsed(),
-                    });
+                    return Ok(Snapshot::of(kept, generation, layout, values, started));
                 }
                 // The chains and rules held, but not the named counters
                 // (or, never expected, the counters do not fit the layout):
@@ -282,18 +296,10 @@ impl FirewallCollector {
             generation.id,
             started.elapsed()
         );
-        kept.layout = Some((generation, Arc::clone(&layout)));
         let values = layout
             .values(&counts)
             .ok_or(FirewallError::Malformed("ruleset"))?;
-        Ok(Snapshot {
-            generation,
-            layout,
-            values,
-            changed: kept.changed,
-            legacy: legacy::Read::default(),
-            took: started.elapsed(),
-        })
+        Ok(Snapshot::of(kept, generation, layout, values, started))
     }
 
     /// The result of the read under way, or of a read made now.

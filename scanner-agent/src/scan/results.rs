@@ -180,18 +180,17 @@ impl ResultSet {
         ttl: Option<u8>,
     ) {
         let key = (ip, protocol, port);
-        let kept = self.entries.get(&key).map(|&(old, ..)| old);
-        if let Some(old) = kept {
-            if state >= old {
-                return;
-            }
-            self.counts[old as usize] -= 1;
+        let Some(&(old, ..)) = self.entries.get(&key) else {
+            return self.record_first(ip, protocol, port, state, reason, ttl);
+        };
+        if state >= old {
+            return;
         }
+        self.counts[old as usize] -= 1;
         self.counts[state as usize] += 1;
         if self.wanted.contains(&state) {
             self.entries.insert(key, (state, reason, ttl));
-        } else if kept.is_some() {
-            // Most answers (closed ports) were never kept: no second lookup.
+        } else {
             self.entries.remove(&key);
         }
     }

@@ -160,53 +160,37 @@ struct Geometry {
     goto_flag: u8,
 }
 
-const V4: Geometry = Geometry {
-    entry: size_of::<IptEntry>(),
-    target_offset: offset_of!(IptEntry, target_offset),
-    next_offset: offset_of!(IptEntry, next_offset),
-    counters: offset_of!(IptEntry, counters),
-    addresses: [
-        offset_of!(IptIp, src),
-        offset_of!(IptIp, dst),
-        offset_of!(IptIp, smsk),
-        offset_of!(IptIp, dmsk),
-    ],
-    address_len: 4,
-    ifaces: [
-        offset_of!(IptIp, iniface),
-        offset_of!(IptIp, outiface),
-        offset_of!(IptIp, iniface_mask),
-        offset_of!(IptIp, outiface_mask),
-    ],
-    proto: offset_of!(IptIp, proto),
-    flags: offset_of!(IptIp, flags),
-    invflags: offset_of!(IptIp, invflags),
-    goto_flag: IPT_F_GOTO,
-};
+/// The geometry of an entry struct `$entry` whose match part is `$ip`.
+macro_rules! geometry {
+    ($entry:ty, $ip:ty, $address_len:expr, $goto_flag:expr) => {
+        Geometry {
+            entry: size_of::<$entry>(),
+            target_offset: offset_of!($entry, target_offset),
+            next_offset: offset_of!($entry, next_offset),
+            counters: offset_of!($entry, counters),
+            addresses: [
+                offset_of!($ip, src),
+                offset_of!($ip, dst),
+                offset_of!($ip, smsk),
+                offset_of!($ip, dmsk),
+            ],
+            address_len: $address_len,
+            ifaces: [
+                offset_of!($ip, iniface),
+                offset_of!($ip, outiface),
+                offset_of!($ip, iniface_mask),
+                offset_of!($ip, outiface_mask),
+            ],
+            proto: offset_of!($ip, proto),
+            flags: offset_of!($ip, flags),
+            invflags: offset_of!($ip, invflags),
+            goto_flag: $goto_flag,
+        }
+    };
+}
 
-const V6: Geometry = Geometry {
-    entry: size_of::<Ip6tEntry>(),
-    target_offset: offset_of!(Ip6tEntry, target_offset),
-    next_offset: offset_of!(Ip6tEntry, next_offset),
-    counters: offset_of!(Ip6tEntry, counters),
-    addresses: [
-        offset_of!(Ip6tIp6, src),
-        offset_of!(Ip6tIp6, dst),
-        offset_of!(Ip6tIp6, smsk),
-        offset_of!(Ip6tIp6, dmsk),
-    ],
-    address_len: 16,
-    ifaces: [
-        offset_of!(Ip6tIp6, iniface),
-        offset_of!(Ip6tIp6, outiface),
-        offset_of!(Ip6tIp6, iniface_mask),
-        offset_of!(Ip6tIp6, outiface_mask),
-    ],
-    proto: offset_of!(Ip6tIp6, proto),
-    flags: offset_of!(Ip6tIp6, flags),
-    invflags: offset_of!(Ip6tIp6, invflags),
-    goto_flag: IP6T_F_GOTO,
-};
+const V4: Geometry = geometry!(IptEntry, IptIp, 4, IPT_F_GOTO);
+const V6: Geometry = geometry!(Ip6tEntry, Ip6tIp6, 16, IP6T_F_GOTO);
 
 /// A match or target: name, revision and its info struct.
 struct Extension<'a> {

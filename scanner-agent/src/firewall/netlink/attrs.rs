@@ -3,7 +3,7 @@
 //! of a dump every scrape needs, and the only place counter values come
 //! from, whether or not the rest of the ruleset is parsed too.
 
-use super::super::{FirewallError, ruleset::Counters};
+use super::super::{FirewallError, digest::mix, ruleset::Counters};
 
 /// `struct nlmsghdr` and `struct nfgenmsg`, before the attributes.
 const HEADERS: usize = 16 + 4;
@@ -155,13 +155,8 @@ impl Digest {
     }
 
     fn finish(&self) -> u64 {
-        // murmur3's finaliser, so that nearby inputs spread over all bits.
-        let mut x = self.0;
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        x ^ (x >> 33)
+        // So that nearby inputs spread over all bits.
+        mix(self.0)
     }
 }
 
